@@ -1,0 +1,8 @@
+//! What bytes mean, no algorithms: schemes, the quantized tensor, FP8 codes,
+//! GGML block layouts and the on-disk checkpoint layouts.
+pub mod fp8;
+pub mod quantized;
+pub mod scheme;
+
+pub use quantized::QuantizedTensor;
+pub use scheme::{Granularity, IntParams, NumberFormat, QuantScheme};

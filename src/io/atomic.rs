@@ -1,0 +1,94 @@
+//! Atomic output directories: everything is written into a hidden temporary
+//! directory beside the destination and renamed into place only when complete,
+//! so a failure never leaves a partial checkpoint and never touches existing files.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// A directory being written. Dropped without [`AtomicDir::commit`], it is removed.
+pub struct AtomicDir {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl AtomicDir {
+    /// Refuses (before any work) when `dest` exists.
+    pub fn create(dest: impl AsRef<Path>) -> Result<Self> {
+        let dest = dest.as_ref().to_path_buf();
+        if dest.exists() {
+            return Err(Error::OutputExists { path: dest });
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let name = dest.file_name().ok_or_else(|| Error::option("output", format!("{} has no file name", dest.display())))?;
+        let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Self { tmp, dest, committed: false })
+    }
+
+    /// Path of a file inside the temporary directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.tmp.join(file)
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Write a whole file inside the temporary directory.
+    pub fn write(&self, file: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.path(file);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))
+    }
+
+    /// Rename into place. Fails (keeping nothing) if the destination appeared meanwhile.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.dest.exists() {
+            return Err(Error::OutputExists { path: self.dest.clone() });
+        }
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        self.committed = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_existing_and_cleans_up_on_drop() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        assert!(matches!(AtomicDir::create(&dest), Err(Error::OutputExists { .. })));
+
+        let dest2 = root.path().join("out2");
+        {
+            let d = AtomicDir::create(&dest2).unwrap();
+            d.write("a.txt", b"x").unwrap();
+        }
+        assert!(!dest2.exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "temporary directory left behind");
+
+        let d = AtomicDir::create(&dest2).unwrap();
+        d.write("a.txt", b"x").unwrap();
+        d.commit().unwrap();
+        assert_eq!(std::fs::read(dest2.join("a.txt")).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,3 @@
+//! File formats in and out: safetensors (memory-mapped, sharded), GGUF, config.json,
+//! tokenizer.json, atomic output directories.
+pub mod atomic;

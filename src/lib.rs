@@ -1,0 +1,12 @@
+//! Post-training quantization for large language models, on a plain CPU.
+//!
+//! Pipeline: GGUF or Hugging Face directory -> memory-mapped weights -> calibration
+//! runner -> quantizer (RTN, FP8, GPTQ, AWQ) -> compressed safetensors checkpoint
+//! (gptq, awq, compressed-tensors) -> evaluation against the baseline.
+pub mod error;
+pub mod format;
+pub mod io;
+pub mod model;
+pub mod quant;
+
+pub use error::{Error, Result};

@@ -1,0 +1,104 @@
+//! `Linear`: the one interface every linear layer of a model goes through, so there is
+//! one model file per architecture, not a dense twin and a quantized twin.
+//! Implementations: [`DenseLinear`] (f32, faer), the quantized CPU linear
+//! (`crate::model::qlinear`), and the GPU linear (`crate::gpu`).
+
+use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+
+pub trait Linear: Send + Sync {
+    fn in_features(&self) -> usize;
+    fn out_features(&self) -> usize;
+    /// `y[t][o] = Σ_i x[t][i] · W[o][i]`; `x`: `[tokens, in]`, `y`: `[tokens, out]`,
+    /// both row-major. Biases are the model's business, not the linear's.
+    fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]);
+    /// Bytes this layer keeps resident for its weights.
+    fn weight_bytes(&self) -> usize;
+}
+
+/// Thread pool handle for faer products: rayon's global pool.
+pub fn par() -> Par {
+    if rayon::current_num_threads() > 1 {
+        Par::rayon(0)
+    } else {
+        Par::Seq
+    }
+}
+
+/// `y = x · Wᵀ` with `x`: `[tokens, k]`, `w`: `[n, k]`, `y`: `[tokens, n]`, all row-major.
+pub fn matmul_xwt(x: &[f32], tokens: usize, w: &[f32], n: usize, k: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), tokens * k, "matmul_xwt: x shape");
+    assert_eq!(w.len(), n * k, "matmul_xwt: w shape");
+    assert_eq!(y.len(), tokens * n, "matmul_xwt: y shape");
+    let xm = MatRef::from_row_major_slice(x, tokens, k);
+    let wm = MatRef::from_row_major_slice(w, n, k);
+    let ym = MatMut::from_row_major_slice_mut(y, tokens, n);
+    matmul(ym, Accum::Replace, xm, wm.transpose(), 1.0f32, par());
+}
+
+/// Full-precision weights `[out, in]` row-major, owned in f32.
+pub struct DenseLinear {
+    pub weight: Vec<f32>,
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+impl DenseLinear {
+    pub fn new(weight: Vec<f32>, out_features: usize, in_features: usize) -> Self {
+        assert_eq!(weight.len(), out_features * in_features, "DenseLinear: weight shape");
+        Self { weight, out_features, in_features }
+    }
+}
+
+impl Linear for DenseLinear {
+    fn in_features(&self) -> usize {
+        self.in_features
+    }
+    fn out_features(&self) -> usize {
+        self.out_features
+    }
+    fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
+        matmul_xwt(x, tokens, &self.weight, self.out_features, self.in_features, y);
+    }
+    fn weight_bytes(&self) -> usize {
+        self.weight.len() * 4
+    }
+}
+
+/// Plain triple loop, the reference every fast path is tested against.
+pub fn reference_xwt(x: &[f32], tokens: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; tokens * n];
+    for t in 0..tokens {
+        for o in 0..n {
+            let mut acc = 0.0f64;
+            for i in 0..k {
+                acc += x[t * k + i] as f64 * w[o * k + i] as f64;
+            }
+            y[t * n + o] = acc as f32;
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn faer_product_matches_reference_on_odd_shapes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for &(t, n, k) in &[(1, 1, 1), (3, 5, 7), (0, 4, 3), (17, 33, 65), (64, 130, 257)] {
+            let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            if n * k > 0 {
+                w[0] = 1e4; // an outlier
+            }
+            let mut y = vec![0.0; t * n];
+            matmul_xwt(&x, t, &w, n, k, &mut y);
+            let r = reference_xwt(&x, t, &w, n, k);
+            for (a, b) in y.iter().zip(&r) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+}

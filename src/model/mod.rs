@@ -1,0 +1,2 @@
+//! LLaMA-family model: config, weights, forward pass over [`linear::Linear`].
+pub mod linear;

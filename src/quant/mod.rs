@@ -1,0 +1,1 @@
+//! Quantization algorithms, one per file: rtn, gptq, awq, activation; linalg helpers.
