@@ -49,3 +49,9 @@ impl Error {
         Error::InvalidOption { option: option.into(), msg: msg.into() }
     }
 }
+
+impl Error {
+    pub fn other_msg(msg: impl Into<String>) -> Self {
+        Error::Other(msg.into())
+    }
+}

@@ -4,6 +4,9 @@
 //! runner -> quantizer (RTN, FP8, GPTQ, AWQ) -> compressed safetensors checkpoint
 //! (gptq, awq, compressed-tensors) -> evaluation against the baseline.
 pub mod error;
+pub mod eval;
+pub mod cli;
+pub mod convert;
 pub mod format;
 pub mod io;
 pub mod model;

@@ -1,1 +1,9 @@
-fn main(){}
+use clap::Parser;
+
+fn main() {
+    let cli = quantize::cli::Cli::parse();
+    if let Err(e) = quantize::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

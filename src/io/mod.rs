@@ -1,3 +1,7 @@
 //! File formats in and out: safetensors (memory-mapped, sharded), GGUF, config.json,
 //! tokenizer.json, atomic output directories.
 pub mod atomic;
+pub mod gguf;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod tokenizer_build;

@@ -1,2 +1,8 @@
 //! LLaMA-family model: config, weights, forward pass over [`linear::Linear`].
+pub mod config;
+pub mod layers;
 pub mod linear;
+pub mod llama;
+
+pub use config::LlamaConfig;
+pub use llama::{Block, BlockHook, InputSite, LlamaModel, BLOCK_LINEARS};

@@ -1,1 +1,4 @@
 //! Quantization algorithms, one per file: rtn, gptq, awq, activation; linalg helpers.
+pub mod gptq;
+pub mod linalg;
+pub mod rtn;

@@ -1,0 +1,57 @@
+//! The `quantize` command line: `quantize [quantize options] MODEL`, and the
+//! subcommands `convert`, `eval`.
+pub mod eval;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "quantize", version, about = "Post-training quantization of LLMs on a plain CPU", args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a GGUF file into a Hugging Face LLaMA directory (safetensors, config, tokenizer).
+    Convert(ConvertArgs),
+    /// Perplexity of a model on a text; with --baseline, the cost of quantization.
+    Eval(eval::EvalArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// Input GGUF file.
+    pub gguf: PathBuf,
+    /// Output directory (must not exist).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Data type of the written weights.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Convert(a)) => convert(a),
+        Some(Command::Eval(a)) => eval::run(a),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+    }
+}
+
+fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    use crate::convert::{convert_gguf, OutDType};
+    let dtype = match a.dtype.as_str() {
+        "f16" => OutDType::F16,
+        "bf16" => OutDType::BF16,
+        _ => OutDType::F32,
+    };
+    let r = convert_gguf(&a.gguf, &a.output, dtype)?;
+    eprintln!("{r:?}");
+    Ok(())
+}

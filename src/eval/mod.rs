@@ -1,0 +1,167 @@
+//! Evaluation: perplexity of a model, and of a quantized model against its baseline
+//! (delta, KL divergence of the token distributions, top-1 agreement).
+pub mod perplexity;
+pub mod report;
+
+use crate::error::Result;
+use crate::model::LlamaModel;
+use perplexity::{log_sum_exp, window_nll, windows, Protocol};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOptions {
+    pub ctx: usize,
+    pub protocol: Protocol,
+    pub max_windows: Option<usize>,
+    /// Windows run together through one forward (bigger products, more memory).
+    pub batch: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PerplexityReport {
+    pub perplexity: f64,
+    pub mean_nll: f64,
+    pub tokens_scored: usize,
+    pub windows: usize,
+    pub ctx: usize,
+    pub protocol: Protocol,
+    pub seconds: f64,
+    /// Tokens run through the model (windows × ctx) per second of forward time.
+    pub tokens_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ComparisonReport {
+    pub baseline: PerplexityReport,
+    pub quantized: PerplexityReport,
+    /// (quantized - baseline) / baseline, in percent.
+    pub perplexity_delta_pct: f64,
+    /// Mean over scored positions of KL(baseline ‖ quantized), nats.
+    pub mean_kl_divergence: f64,
+    /// Fraction of scored positions where both models' most likely token agree.
+    pub top1_agreement: f64,
+}
+
+fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows {elapsed_precise} eta {eta}").unwrap().progress_chars("=> "));
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Run `model` over batches of windows, handing each window's logits to `visit`.
+fn for_each_window(model: &LlamaModel, wins: &[&[u32]], opts: &EvalOptions, label: &str, mut visit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<f64> {
+    let vocab = model.config.vocab_size;
+    let pb = progress_bar(wins.len(), label);
+    let mut forward_secs = 0.0;
+    for (bi, batch) in wins.chunks(opts.batch.max(1)).enumerate() {
+        let tokens: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
+        let t0 = Instant::now();
+        let logits = model.forward(&tokens, batch.len(), opts.ctx)?;
+        forward_secs += t0.elapsed().as_secs_f64();
+        for (wi, _) in batch.iter().enumerate() {
+            visit(bi * opts.batch.max(1) + wi, &logits[wi * opts.ctx * vocab..(wi + 1) * opts.ctx * vocab])?;
+        }
+        pb.inc(batch.len() as u64);
+    }
+    pb.finish_and_clear();
+    Ok(forward_secs)
+}
+
+fn report(nll: &[f64], n_windows: usize, opts: &EvalOptions, seconds: f64) -> PerplexityReport {
+    let mean = nll.iter().sum::<f64>() / nll.len() as f64;
+    PerplexityReport {
+        perplexity: mean.exp(),
+        mean_nll: mean,
+        tokens_scored: nll.len(),
+        windows: n_windows,
+        ctx: opts.ctx,
+        protocol: opts.protocol,
+        seconds,
+        tokens_per_second: (n_windows * opts.ctx) as f64 / seconds,
+    }
+}
+
+/// Perplexity of one model on a token stream.
+pub fn perplexity(model: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Result<PerplexityReport> {
+    let wins = windows(tokens, opts.ctx, opts.max_windows)?;
+    let first = opts.protocol.first_scored(opts.ctx);
+    let vocab = model.config.vocab_size;
+    let mut nll = Vec::new();
+    let secs = for_each_window(model, &wins, opts, "eval", |wi, logits| {
+        nll.extend(window_nll(logits, vocab, wins[wi], first));
+        Ok(())
+    })?;
+    Ok(report(&nll, wins.len(), opts, secs))
+}
+
+/// Quantized model against its baseline on the same windows.
+pub fn compare(baseline: &LlamaModel, quantized: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Result<ComparisonReport> {
+    let wins = windows(tokens, opts.ctx, opts.max_windows)?;
+    let first = opts.protocol.first_scored(opts.ctx);
+    let vocab = baseline.config.vocab_size;
+    // Baseline log-probabilities of the scored rows are kept per window: [scored, vocab].
+    let mut base_logp: Vec<Vec<f32>> = Vec::with_capacity(wins.len());
+    let mut base_nll = Vec::new();
+    let base_secs = for_each_window(baseline, &wins, opts, "baseline", |wi, logits| {
+        base_nll.extend(window_nll(logits, vocab, wins[wi], first));
+        base_logp.push(log_softmax_rows(&logits[first * vocab..(opts.ctx - 1) * vocab], vocab));
+        Ok(())
+    })?;
+    let (mut q_nll, mut kl_sum, mut agree) = (Vec::new(), 0.0f64, 0usize);
+    let q_secs = for_each_window(quantized, &wins, opts, "quantized", |wi, logits| {
+        q_nll.extend(window_nll(logits, vocab, wins[wi], first));
+        let q_logp = log_softmax_rows(&logits[first * vocab..(opts.ctx - 1) * vocab], vocab);
+        let (kl, ag) = kl_and_agreement(&base_logp[wi], &q_logp, vocab);
+        kl_sum += kl;
+        agree += ag;
+        base_logp[wi] = Vec::new();
+        Ok(())
+    })?;
+    let baseline = report(&base_nll, wins.len(), opts, base_secs);
+    let quantized = report(&q_nll, wins.len(), opts, q_secs);
+    let n = q_nll.len() as f64;
+    Ok(ComparisonReport {
+        perplexity_delta_pct: (quantized.perplexity / baseline.perplexity - 1.0) * 100.0,
+        mean_kl_divergence: kl_sum / n,
+        top1_agreement: agree as f64 / n,
+        baseline,
+        quantized,
+    })
+}
+
+/// Row-wise log-softmax, `[rows, vocab]`.
+pub fn log_softmax_rows(logits: &[f32], vocab: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; logits.len()];
+    out.par_chunks_mut(vocab).zip(logits.par_chunks(vocab)).for_each(|(o, r)| {
+        let lse = log_sum_exp(r);
+        for (o, &v) in o.iter_mut().zip(r) {
+            *o = (v as f64 - lse) as f32;
+        }
+    });
+    out
+}
+
+/// Σ over rows of KL(p ‖ q) (nats) and the number of rows whose argmax agree.
+pub fn kl_and_agreement(p_logp: &[f32], q_logp: &[f32], vocab: usize) -> (f64, usize) {
+    p_logp
+        .par_chunks(vocab)
+        .zip(q_logp.par_chunks(vocab))
+        .map(|(p, q)| {
+            let kl: f64 = p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum();
+            (kl.max(0.0), (argmax(p) == argmax(q)) as usize)
+        })
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,239 @@
+//! The LLaMA family (llama, mistral, qwen2) over [`Linear`]: one model file whose
+//! linears may be dense, quantized or on the GPU. The structure is declared as data
+//! ([`BLOCK_LINEARS`]) so calibration, GPTQ and AWQ never test for types.
+
+use super::config::LlamaConfig;
+use super::layers::{add_assign, add_bias, causal_attention, rms_norm, swiglu, Rope};
+use super::linear::{matmul_xwt, DenseLinear, Linear};
+use crate::error::{Error, Result};
+use crate::io::safetensors::SafetensorsStore;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where a linear reads its input; linears that share a site share one input (and one
+/// Hessian during calibration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InputSite {
+    /// Normalized block input: read by q, k, v.
+    AttnIn,
+    /// Attention output (heads concatenated): read by o.
+    AttnOut,
+    /// Normalized residual after attention: read by gate, up.
+    MlpIn,
+    /// SwiGLU activation: read by down.
+    MlpAct,
+}
+
+/// Linears of a block in the model's sequential order (the order GPTQ quantizes them),
+/// with the site whose activations they read.
+pub const BLOCK_LINEARS: [(&str, InputSite); 7] = [
+    ("self_attn.q_proj", InputSite::AttnIn),
+    ("self_attn.k_proj", InputSite::AttnIn),
+    ("self_attn.v_proj", InputSite::AttnIn),
+    ("self_attn.o_proj", InputSite::AttnOut),
+    ("mlp.gate_proj", InputSite::MlpIn),
+    ("mlp.up_proj", InputSite::MlpIn),
+    ("mlp.down_proj", InputSite::MlpAct),
+];
+
+/// `[out, in]` of a block linear, by its short name.
+pub fn linear_shape(cfg: &LlamaConfig, short: &str) -> (usize, usize) {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    match short {
+        "self_attn.q_proj" => (cfg.q_dim(), h),
+        "self_attn.k_proj" | "self_attn.v_proj" => (cfg.kv_dim(), h),
+        "self_attn.o_proj" => (h, cfg.q_dim()),
+        "mlp.gate_proj" | "mlp.up_proj" => (i, h),
+        "mlp.down_proj" => (h, i),
+        other => panic!("unknown block linear {other}"),
+    }
+}
+
+/// Sees the input of each linear site as a block runs (calibration observers).
+pub trait BlockHook {
+    /// `x`: `[tokens, width]` row-major, the exact input the site's linears receive.
+    fn on_input(&mut self, site: InputSite, x: &[f32], tokens: usize) -> Result<()>;
+}
+
+/// Makes the linear for a module name such as `model.layers.3.self_attn.q_proj`.
+pub type LinearFactory<'a> = dyn Fn(&str, usize, usize) -> Result<Box<dyn Linear>> + 'a;
+
+/// A dense linear read from `{name}.weight`, checked for shape.
+pub fn dense_from_store(store: &SafetensorsStore, name: &str, out: usize, inp: usize) -> Result<Box<dyn Linear>> {
+    let w = store.f32_shaped(&format!("{name}.weight"), &[out, inp])?;
+    Ok(Box::new(DenseLinear::new(w, out, inp)))
+}
+
+pub struct Block {
+    pub index: usize,
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    /// In [`BLOCK_LINEARS`] order.
+    pub linears: Vec<Box<dyn Linear>>,
+    /// q, k, v biases (qwen2).
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+}
+
+impl Block {
+    pub fn load(cfg: &LlamaConfig, store: &SafetensorsStore, index: usize, make: &LinearFactory) -> Result<Self> {
+        let p = format!("model.layers.{index}");
+        let h = cfg.hidden_size;
+        let linears = BLOCK_LINEARS
+            .iter()
+            .map(|(short, _)| {
+                let (o, i) = linear_shape(cfg, short);
+                make(&format!("{p}.{short}"), o, i)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let qkv_bias = if cfg.qkv_bias {
+            Some([
+                store.f32_shaped(&format!("{p}.self_attn.q_proj.bias"), &[cfg.q_dim()])?,
+                store.f32_shaped(&format!("{p}.self_attn.k_proj.bias"), &[cfg.kv_dim()])?,
+                store.f32_shaped(&format!("{p}.self_attn.v_proj.bias"), &[cfg.kv_dim()])?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            index,
+            input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
+            post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            linears,
+            qkv_bias,
+        })
+    }
+
+    /// Run the block in place on `x` (`[windows·seq, hidden]`).
+    pub fn forward(&self, cfg: &LlamaConfig, rope: &Rope, x: &mut [f32], windows: usize, seq: usize, mut hook: Option<&mut dyn BlockHook>) -> Result<()> {
+        let t = windows * seq;
+        let (h, qd, kvd, id) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        debug_assert_eq!(x.len(), t * h);
+        let mut normed = vec![0.0f32; t * h];
+        rms_norm(x, &self.input_norm, cfg.rms_norm_eps, &mut normed);
+        if let Some(hk) = hook.as_deref_mut() {
+            hk.on_input(InputSite::AttnIn, &normed, t)?;
+        }
+        let (mut q, mut k, mut v) = (vec![0.0f32; t * qd], vec![0.0f32; t * kvd], vec![0.0f32; t * kvd]);
+        self.linears[0].forward(&normed, t, &mut q);
+        self.linears[1].forward(&normed, t, &mut k);
+        self.linears[2].forward(&normed, t, &mut v);
+        if let Some([bq, bk, bv]) = &self.qkv_bias {
+            add_bias(&mut q, bq);
+            add_bias(&mut k, bk);
+            add_bias(&mut v, bv);
+        }
+        rope.apply(&mut q, cfg.num_heads);
+        rope.apply(&mut k, cfg.num_kv_heads);
+        let mut attn = vec![0.0f32; t * qd];
+        causal_attention(&q, &k, &v, windows, seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, &mut attn);
+        drop((q, k, v));
+        if let Some(hk) = hook.as_deref_mut() {
+            hk.on_input(InputSite::AttnOut, &attn, t)?;
+        }
+        let mut o = normed; // reuse: [t, h]
+        self.linears[3].forward(&attn, t, &mut o);
+        add_assign(x, &o);
+        rms_norm(x, &self.post_norm, cfg.rms_norm_eps, &mut o);
+        if let Some(hk) = hook.as_deref_mut() {
+            hk.on_input(InputSite::MlpIn, &o, t)?;
+        }
+        let (mut gate, mut up) = (vec![0.0f32; t * id], vec![0.0f32; t * id]);
+        self.linears[4].forward(&o, t, &mut gate);
+        self.linears[5].forward(&o, t, &mut up);
+        swiglu(&mut gate, &up);
+        drop(up);
+        if let Some(hk) = hook.as_deref_mut() {
+            hk.on_input(InputSite::MlpAct, &gate, t)?;
+        }
+        self.linears[6].forward(&gate, t, &mut o);
+        add_assign(x, &o);
+        Ok(())
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>() + (self.input_norm.len() + self.post_norm.len()) * 4
+    }
+}
+
+/// Token embedding plus the LM head (tied to the embedding, or its own linear).
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    /// `[vocab, hidden]`
+    pub embed: Arc<Vec<f32>>,
+    pub blocks: Vec<Block>,
+    pub norm: Vec<f32>,
+    /// `None` when the head is tied to `embed`.
+    pub lm_head: Option<Box<dyn Linear>>,
+}
+
+impl LlamaModel {
+    /// Load a Hugging Face directory with dense weights (f32/f16/bf16 safetensors).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let store = SafetensorsStore::open(dir)?;
+        Self::load_with(cfg, &store, &|name, o, i| dense_from_store(&store, name, o, i))
+    }
+
+    /// Load with a custom linear factory (quantized, GPU...).
+    pub fn load_with(cfg: LlamaConfig, store: &SafetensorsStore, make: &LinearFactory) -> Result<Self> {
+        let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+        let embed = Arc::new(store.f32_shaped("model.embed_tokens.weight", &[vocab, h])?);
+        let blocks = (0..cfg.num_layers).map(|i| Block::load(&cfg, store, i, make)).collect::<Result<Vec<_>>>()?;
+        let norm = store.f32_shaped("model.norm.weight", &[h])?;
+        let lm_head = if store.contains("lm_head.weight") || store.contains("lm_head.qweight") || store.contains("lm_head.weight_packed") {
+            Some(make("lm_head", vocab, h)?)
+        } else if cfg.tie_word_embeddings {
+            None
+        } else {
+            return Err(Error::tensor("lm_head.weight", "missing, and config.json does not set tie_word_embeddings"));
+        };
+        Ok(Self { config: cfg, embed, blocks, norm, lm_head })
+    }
+
+    /// Embedding rows of `tokens` -> `[tokens.len(), hidden]`. Refuses ids outside the vocabulary.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        embed_tokens(&self.embed, self.config.hidden_size, tokens)
+    }
+
+    /// Final norm and LM head: `[tokens, hidden]` -> logits `[tokens, vocab]`.
+    pub fn head(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        let cfg = &self.config;
+        let mut normed = vec![0.0f32; x.len()];
+        rms_norm(x, &self.norm, cfg.rms_norm_eps, &mut normed);
+        let mut logits = vec![0.0f32; tokens * cfg.vocab_size];
+        match &self.lm_head {
+            Some(l) => l.forward(&normed, tokens, &mut logits),
+            None => matmul_xwt(&normed, tokens, &self.embed, cfg.vocab_size, cfg.hidden_size, &mut logits),
+        }
+        logits
+    }
+
+    /// Logits for `windows` independent windows of `seq` tokens each
+    /// (`tokens.len() == windows·seq`): `[windows·seq, vocab]`.
+    pub fn forward(&self, tokens: &[u32], windows: usize, seq: usize) -> Result<Vec<f32>> {
+        assert_eq!(tokens.len(), windows * seq, "forward: tokens must be windows × seq");
+        let rope = Rope::new(self.config.head_dim, seq, self.config.rope_theta);
+        let mut x = self.embed_tokens(tokens)?;
+        for b in &self.blocks {
+            b.forward(&self.config, &rope, &mut x, windows, seq, None)?;
+        }
+        Ok(self.head(&x, tokens.len()))
+    }
+
+    /// Resident bytes of all weights (embedding, blocks, norm, head).
+    pub fn weight_bytes(&self) -> usize {
+        self.embed.len() * 4 + self.blocks.iter().map(Block::weight_bytes).sum::<usize>() + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, |l| l.weight_bytes())
+    }
+}
+
+pub fn embed_tokens(embed: &[f32], hidden: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+    let vocab = embed.len() / hidden;
+    let mut x = Vec::with_capacity(tokens.len() * hidden);
+    for &t in tokens {
+        if t as usize >= vocab {
+            return Err(Error::other_msg(format!("token id {t} is outside the vocabulary of {vocab}")));
+        }
+        x.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
+    }
+    Ok(x)
+}

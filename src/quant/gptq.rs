@@ -1,0 +1,590 @@
+//! GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for
+//! Generative Pre-trained Transformers") for one linear layer.
+//!
+//! The algorithm is `fasterquant` of IST-DASLab/gptq `gptq.py` (with `quant.py`'s
+//! quantizer and GPTQModel's `static_groups` / act-order `g_idx` rules):
+//! 1. dead input columns (`H[i,i] == 0`) get `H[i,i] = 1` and `W[:, i] = 0`;
+//! 2. act-order: columns are visited by descending `H[i,i]` (stable sort);
+//! 3. `Hinv = upper_cholesky((H + damp·mean(diag H)·I)⁻¹)`, with the damping raised
+//!    step by step when the factorization fails;
+//! 4. blocks of `block_size` columns: each column is quantized, its scaled error
+//!    `(w - q) / Hinv[i,i]` is spread over the block's later columns, and at the end
+//!    of the block over all later columns with one GEMM
+//!    (`W[:, i2:] -= Err1 · Hinv[i1:i2, i2:]`);
+//! 5. groups: the parameters of a group are found when the sweep reaches its first
+//!    column, from the weights as updated up to the start of the current block
+//!    (`quantizer.find_params(W[:, j:j+groupsize])` in `gptq.py`), or, with
+//!    `static_groups`, up front from the original weights over original columns.
+//!
+//! One deviation: per-channel / per-tensor parameters are found after dead columns are
+//! zeroed (the reference finds them before), so a weight that can never touch the output
+//! does not widen its row's range.
+//!
+//! Layout and speed: given `Hinv`, every output row is independent (its parameters and
+//! updates involve only that row), so rows are cut into fixed chunks of
+//! [`CHUNK_ROWS`] that run in parallel, each with its weights transposed to
+//! `[cols, chunk]` so that a column is a contiguous slice and the per-column loops
+//! vectorize. The partition depends on the shape only and every product runs with
+//! `Par::Seq`, so the result is the same bits for any number of threads.
+
+use super::linalg::{cholesky_inverse_upper, LinalgError};
+use super::rtn::{group_params, ClipSearch};
+use crate::error::{Error, Result};
+use crate::format::quantized::QuantizedTensor;
+use crate::format::scheme::{Granularity, IntParams, NumberFormat, QuantScheme};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// Output rows per parallel task. A multiple of the GEMM micro-kernel heights; small
+/// enough that a block of `128 × CHUNK_ROWS` weights stays in L1/L2.
+const CHUNK_ROWS: usize = 64;
+/// Each failed Cholesky multiplies the damping fraction by this.
+const DAMP_GROWTH: f64 = 2.0;
+/// Damping fraction tried first after a failure with `damp = 0`.
+const DAMP_FIRST_RETRY: f64 = 1e-4;
+/// Largest damping fraction (of the mean diagonal) tried before giving up: beyond
+/// it the Hessian says little and GPTQ degenerates into round-to-nearest.
+const DAMP_MAX: f64 = 1.0;
+
+/// Options of [`gptq_quantize`], named and defaulted as `fasterquant`'s arguments.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GptqOptions {
+    /// Columns per lazy-update block (`blocksize`, 128).
+    pub block_size: usize,
+    /// Damping as a fraction of the mean Hessian diagonal (`percdamp`, 0.01).
+    pub damp: f32,
+    /// Visit columns by descending Hessian diagonal (`actorder` / `desc_act`).
+    pub act_order: bool,
+    /// Find all group parameters up front from the original weights (GPTQModel).
+    pub static_groups: bool,
+    /// Parameters by the MSE clipping search of `quant.py` (`mse=True`) instead of min/max.
+    pub mse: bool,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        Self { block_size: 128, damp: 0.01, act_order: false, static_groups: false, mse: false }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GptqResult {
+    pub tensor: QuantizedTensor,
+    /// `Σ (w - q)² / Hinv[i,i]² / 2` over the layer: the `error` that `gptq.py` prints.
+    pub loss: f64,
+    /// Damping fraction (of the mean diagonal) that made the Hessian factorable.
+    pub damp_used: f32,
+    /// How many times the damping had to be raised.
+    pub damp_retries: u32,
+    /// Wall time of the whole call.
+    pub seconds: f64,
+}
+
+/// Quantize `weight` (`[rows = out, cols = in]` row-major) with the Hessian `hessian`
+/// (`[cols, cols]`, symmetric, `2/n Σ xᵀx` of the layer's inputs) in the integer
+/// `scheme`. Codes come back in the original column order; with act-order and dynamic
+/// groups, `g_idx` gives each column's group. `tensor.dequantize()` is exactly the `Q`
+/// the algorithm computed.
+pub fn gptq_quantize(
+    name: &str,
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: &[f32],
+    scheme: QuantScheme,
+    opts: &GptqOptions,
+) -> Result<GptqResult> {
+    quantize_impl(name, weight, rows, cols, hessian, scheme, opts, false).map(|(r, _)| r)
+}
+
+/// How the parameters of a position's group are found.
+#[derive(Clone, Copy, PartialEq)]
+enum Params {
+    /// One set for the whole tensor, found up front.
+    Tensor(IntParams),
+    /// One set per row, found up front.
+    Channel,
+    /// Per row and original-column group, found up front (GPTQModel `static_groups`).
+    Static,
+    /// Per row and position group, found when the sweep reaches the group.
+    Dynamic,
+}
+
+/// What every chunk shares.
+struct Plan<'a> {
+    weight: &'a [f32],
+    cols: usize,
+    /// Position -> original column.
+    perm: &'a [usize],
+    dead: &'a [bool],
+    hinv: MatRef<'a, f32>,
+    /// Diagonal blocks of `Hinv`, block at `i1` stored row-major at `i1 * bs`, stride `bs`.
+    diag_blocks: &'a [f32],
+    bs: usize,
+    scheme: QuantScheme,
+    mse: bool,
+    params: Params,
+    /// Group width in columns and groups per row.
+    gw: usize,
+    groups: usize,
+}
+
+struct ChunkOut {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    zeros: Vec<u8>,
+    q: Option<Vec<f32>>,
+    loss: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantize_impl(
+    name: &str,
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: &[f32],
+    scheme: QuantScheme,
+    opts: &GptqOptions,
+    keep_q: bool,
+) -> Result<(GptqResult, Option<Vec<f32>>)> {
+    let start = Instant::now();
+    validate(name, weight, rows, cols, hessian, scheme, opts)?;
+
+    // 1. Dead columns; 2. act-order permutation.
+    let diag: Vec<f32> = (0..cols).map(|i| hessian[i * cols + i]).collect();
+    let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
+    let key: Vec<f32> = diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
+    let mut perm: Vec<usize> = (0..cols).collect();
+    if opts.act_order {
+        perm.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
+    }
+    let mut hp = Mat::<f32>::zeros(cols, cols);
+    for b in 0..cols {
+        for a in 0..cols {
+            hp[(a, b)] = hessian[perm[a] * cols + perm[b]];
+        }
+        hp[(b, b)] = key[perm[b]];
+    }
+
+    // 3. Damped inverse factor, raising the damping until it factors.
+    let mean_diag = key.iter().map(|&d| d as f64).sum::<f64>() / cols.max(1) as f64;
+    let mut frac = opts.damp as f64;
+    let mut retries = 0u32;
+    let hinv = loop {
+        match cholesky_inverse_upper(hp.as_ref(), frac * mean_diag) {
+            Ok(u) => break u,
+            Err(e) => {
+                let next = if frac < DAMP_FIRST_RETRY { DAMP_FIRST_RETRY } else { frac * DAMP_GROWTH };
+                if next > DAMP_MAX {
+                    return Err(Error::tensor(name, hessian_failure(e, frac, mean_diag, &perm)));
+                }
+                eprintln!("gptq {name}: {}; raising damping from {frac:.4} to {next:.4} of the mean diagonal", hessian_failure(e, frac, mean_diag, &perm));
+                frac = next;
+                retries += 1;
+            }
+        }
+    };
+
+    let bs = opts.block_size;
+    let mut diag_blocks = vec![0.0f32; cols * bs];
+    for i1 in (0..cols).step_by(bs) {
+        let count = bs.min(cols - i1);
+        for i in 0..count {
+            for j in i..count {
+                diag_blocks[i1 * bs + i * bs + j] = hinv[(i1 + i, i1 + j)];
+            }
+        }
+    }
+
+    let groups = scheme.groups_per_row(cols);
+    let params = match scheme.granularity {
+        Granularity::PerTensor => {
+            let all: Vec<f32> = (0..rows * cols).map(|k| if dead[k % cols] { 0.0 } else { weight[k] }).collect();
+            Params::Tensor(find_params(&all, scheme, opts.mse))
+        }
+        Granularity::PerChannel => Params::Channel,
+        Granularity::Group(_) if opts.static_groups => Params::Static,
+        Granularity::Group(_) => Params::Dynamic,
+    };
+    let plan = Plan {
+        weight,
+        cols,
+        perm: &perm,
+        dead: &dead,
+        hinv: hinv.as_ref(),
+        diag_blocks: &diag_blocks,
+        bs,
+        scheme,
+        mse: opts.mse,
+        params,
+        gw: scheme.group_width(cols),
+        groups,
+    };
+
+    // 4./5. The sweep, chunk by chunk.
+    let n_chunks = rows.div_ceil(CHUNK_ROWS);
+    let outs: Vec<ChunkOut> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| {
+            let r0 = c * CHUNK_ROWS;
+            run_chunk(&plan, r0, CHUNK_ROWS.min(rows - r0), keep_q)
+        })
+        .collect();
+
+    let mut codes = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(rows * groups);
+    let mut zeros = Vec::with_capacity(rows * groups);
+    let mut q = keep_q.then(|| Vec::with_capacity(rows * cols));
+    let mut loss = 0.0f64;
+    for o in outs {
+        codes.extend_from_slice(&o.codes);
+        scales.extend_from_slice(&o.scales);
+        zeros.extend_from_slice(&o.zeros);
+        if let (Some(q), Some(oq)) = (q.as_mut(), o.q) {
+            q.extend_from_slice(&oq);
+        }
+        loss += o.loss;
+    }
+    if let Params::Tensor(p) = params {
+        scales = vec![p.scale];
+        zeros = vec![p.zero];
+    }
+    // g_idx only where it differs from `c / group_width`: act-order with dynamic groups.
+    let g_idx = (params == Params::Dynamic && opts.act_order).then(|| {
+        let mut g = vec![0u32; cols];
+        for (p, &c) in perm.iter().enumerate() {
+            g[c] = (p / plan.gw) as u32;
+        }
+        g
+    });
+    let tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx };
+    let result = GptqResult {
+        tensor,
+        loss: loss / 2.0,
+        damp_used: frac as f32,
+        damp_retries: retries,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((result, q))
+}
+
+fn validate(
+    name: &str,
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    hessian: &[f32],
+    scheme: QuantScheme,
+    opts: &GptqOptions,
+) -> Result<()> {
+    if !matches!(scheme.format, NumberFormat::Int { .. }) {
+        return Err(Error::tensor(name, format!("GPTQ needs an integer scheme, got {scheme}")));
+    }
+    if opts.block_size == 0 {
+        return Err(Error::option("--block-size", "0 is not a valid GPTQ block size (the reference uses 128)"));
+    }
+    if !(opts.damp >= 0.0 && opts.damp.is_finite()) {
+        return Err(Error::option("--damp", format!("{} is not a valid damping fraction (use e.g. 0.01)", opts.damp)));
+    }
+    if weight.len() != rows * cols {
+        return Err(Error::tensor(name, format!("weight has {} values, expected [{rows}, {cols}]", weight.len())));
+    }
+    if hessian.len() != cols * cols {
+        return Err(Error::tensor(name, format!("Hessian has {} values, expected [{cols}, {cols}]", hessian.len())));
+    }
+    if let Some(k) = weight.iter().position(|v| !v.is_finite()) {
+        return Err(Error::tensor(name, format!("weight holds {} at [{}, {}]", weight[k], k / cols, k % cols)));
+    }
+    if let Some(k) = hessian.iter().position(|v| !v.is_finite()) {
+        return Err(Error::tensor(name, format!("Hessian holds {} at [{}, {}]", hessian[k], k / cols, k % cols)));
+    }
+    if let Some(i) = (0..cols).find(|&i| hessian[i * cols + i] < 0.0) {
+        return Err(Error::tensor(name, format!("Hessian diagonal is negative at column {i}: {}", hessian[i * cols + i])));
+    }
+    Ok(())
+}
+
+fn hessian_failure(e: LinalgError, frac: f64, mean_diag: f64, perm: &[usize]) -> String {
+    let e = match e {
+        LinalgError::NotPositiveDefinite { index } => format!("Hessian not positive definite (pivot at column {})", perm[index]),
+        e => format!("Hessian inverse failed: {e}"),
+    };
+    format!("{e} with damping {frac:.4} × mean diagonal {mean_diag:.4e}")
+}
+
+/// Parameters of one group of values: min/max, or `quant.py`'s clipping search
+/// (shared with RTN so both quantizers search identically).
+fn find_params(values: &[f32], scheme: QuantScheme, mse: bool) -> IntParams {
+    group_params(values, scheme, mse.then(ClipSearch::default))
+}
+
+/// The whole sweep for rows `r0..r0+cr`. Returns codes `[cr, cols]` (original column
+/// order), scales/zeros `[cr, groups]`, and `Q` `[cr, cols]` when asked.
+fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
+    let (cols, bs, gw, groups) = (plan.cols, plan.bs, plan.gw, plan.groups);
+    let maxq = plan.scheme.maxq() as f32;
+    let mut scales = vec![0.0f32; cr * groups];
+    let mut zeros = vec![0u8; cr * groups];
+
+    // Rows with dead columns zeroed (original order) for up-front parameters, and the
+    // transposed working copy: wl[p * cr + r] = W[r0 + r, perm[p]].
+    let mut row = vec![0.0f32; cols];
+    let mut wl = vec![0.0f32; cols * cr];
+    for r in 0..cr {
+        let src = &plan.weight[(r0 + r) * cols..(r0 + r + 1) * cols];
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = if plan.dead[c] { 0.0 } else { src[c] };
+        }
+        for (p, &c) in plan.perm.iter().enumerate() {
+            wl[p * cr + r] = row[c];
+        }
+        match plan.params {
+            Params::Channel => set(&mut scales, &mut zeros, r, find_params(&row, plan.scheme, plan.mse)),
+            Params::Static => {
+                for g in 0..groups {
+                    let vals = &row[g * gw..((g + 1) * gw).min(cols)];
+                    set(&mut scales, &mut zeros, r * groups + g, find_params(vals, plan.scheme, plan.mse));
+                }
+            }
+            Params::Tensor(p) => set(&mut scales, &mut zeros, r, p),
+            Params::Dynamic => {}
+        }
+    }
+
+    let mut codes_l = vec![0u8; cols * cr];
+    let mut q_l = if keep_q { vec![0.0f32; cols * cr] } else { Vec::new() };
+    let mut err = vec![0.0f32; bs * cr];
+    let (mut cur_s, mut cur_z) = (vec![0.0f32; cr], vec![0.0f32; cr]);
+    let mut cur_g = usize::MAX;
+    let mut gather = vec![0.0f32; gw.min(cols)];
+    let mut loss = 0.0f64;
+
+    for i1 in (0..cols).step_by(bs) {
+        let i2 = (i1 + bs).min(cols);
+        let count = i2 - i1;
+        if plan.params == Params::Dynamic {
+            // Groups starting in this block, from the weights as of the block start.
+            for g in i1.div_ceil(gw)..i2.div_ceil(gw) {
+                let (a, b) = (g * gw, ((g + 1) * gw).min(cols));
+                for r in 0..cr {
+                    for (k, v) in gather[..b - a].iter_mut().enumerate() {
+                        *v = wl[(a + k) * cr + r];
+                    }
+                    set(&mut scales, &mut zeros, r * groups + g, find_params(&gather[..b - a], plan.scheme, plan.mse));
+                }
+            }
+        }
+        let block = &mut wl[i1 * cr..i2 * cr];
+        for i in 0..count {
+            let p = i1 + i;
+            let g = match plan.params {
+                Params::Tensor(_) | Params::Channel => 0,
+                Params::Static => plan.perm[p] / gw,
+                Params::Dynamic => p / gw,
+            };
+            if g != cur_g {
+                for r in 0..cr {
+                    cur_s[r] = scales[r * groups + g];
+                    cur_z[r] = zeros[r * groups + g] as f32;
+                }
+                cur_g = g;
+            }
+            let hrow = &plan.diag_blocks[i1 * bs + i * bs..i1 * bs + i * bs + count];
+            let d = hrow[i];
+            let (head, tail) = block.split_at_mut((i + 1) * cr);
+            let w = &head[i * cr..];
+            let e = &mut err[i * cr..(i + 1) * cr];
+            let codes = &mut codes_l[p * cr..(p + 1) * cr];
+            let mut col_loss = 0.0f32;
+            for r in 0..cr {
+                // quant.py: q = clamp(round(w / scale) + zero, 0, maxq); w_q = scale (q - zero)
+                let (s, z) = (cur_s[r], cur_z[r]);
+                let q = ((w[r] / s).round() + z).clamp(0.0, maxq);
+                let deq = s * (q - z);
+                codes[r] = q as u8;
+                let er = (w[r] - deq) / d;
+                e[r] = er;
+                col_loss += er * er;
+                if keep_q {
+                    q_l[p * cr + r] = deq;
+                }
+            }
+            loss += col_loss as f64;
+            // W1[:, i+1:] -= err ⊗ Hinv1[i, i+1:]
+            for (wj, &h) in tail.chunks_exact_mut(cr).zip(&hrow[i + 1..]) {
+                for (x, &er) in wj.iter_mut().zip(e.iter()) {
+                    *x -= er * h;
+                }
+            }
+        }
+        if i2 < cols {
+            // W[:, i2:] -= Err1 · Hinv[i1:i2, i2:]   (W, Err1 column-major [cr, ·])
+            let dst = MatMut::from_column_major_slice_mut(&mut wl[i2 * cr..], cr, cols - i2);
+            let lhs = MatRef::from_column_major_slice(&err[..count * cr], cr, count);
+            let rhs = plan.hinv.submatrix(i1, i2, count, cols - i2);
+            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+    }
+
+    let mut codes = vec![0u8; cr * cols];
+    let mut q = keep_q.then(|| vec![0.0f32; cr * cols]);
+    for (p, &c) in plan.perm.iter().enumerate() {
+        for r in 0..cr {
+            codes[r * cols + c] = codes_l[p * cr + r];
+            if let Some(q) = q.as_mut() {
+                q[r * cols + c] = q_l[p * cr + r];
+            }
+        }
+    }
+    ChunkOut { codes, scales, zeros, q, loss }
+}
+
+#[inline]
+fn set(scales: &mut [f32], zeros: &mut [u8], k: usize, p: IntParams) {
+    scales[k] = p.scale;
+    zeros[k] = p.zero;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::linalg::HessianAccumulator;
+    use rand::{Rng, SeedableRng};
+
+    /// A layer `[rows, cols]` and the Hessian of `tokens` correlated inputs with an
+    /// outlier channel and, if `dead`, an input channel that is always zero.
+    fn layer(seed: u64, rows: usize, cols: usize, tokens: usize, dead: Option<usize>) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for t in 0..tokens {
+            let base = x[t * cols];
+            for c in 0..cols {
+                x[t * cols + c] += 0.5 * base; // correlation
+            }
+            x[t * cols + 1] *= 10.0; // outlier channel
+            if let Some(d) = dead {
+                x[t * cols + d] = 0.0;
+            }
+        }
+        let mut acc = HessianAccumulator::new(cols);
+        acc.add_batch(&x, tokens);
+        (w, acc.hessian())
+    }
+
+    fn int4() -> QuantScheme {
+        QuantScheme::int(4).unwrap().asymmetric().unwrap()
+    }
+
+    #[test]
+    fn dequantize_is_exactly_the_computed_q_in_every_mode() {
+        let (rows, cols) = (70, 100);
+        let (w, h) = layer(3, rows, cols, 300, Some(5));
+        let schemes = [
+            int4().group(24).unwrap(), // groups straddle blocks of 16, last group of 4
+            int4().group(32).unwrap(),
+            QuantScheme::int(3).unwrap().group(40).unwrap(),
+            int4().per_channel(),
+            QuantScheme::int(2).unwrap().per_tensor(),
+            QuantScheme::int(8).unwrap().group(128).unwrap(), // one group wider than the layer
+        ];
+        for scheme in schemes {
+            for (act_order, static_groups) in [(false, false), (true, false), (false, true), (true, true)] {
+                let opts = GptqOptions { block_size: 16, act_order, static_groups, ..Default::default() };
+                let (r, q) = quantize_impl("t", &w, rows, cols, &h, scheme, &opts, true).unwrap();
+                let (t, q) = (r.tensor, q.unwrap());
+                let what = format!("{scheme} act_order={act_order} static={static_groups}");
+                assert_eq!(t.dequantize(), q, "{what}");
+                assert!(t.codes.iter().all(|&c| c as u32 <= scheme.maxq()), "{what}");
+                assert!((0..rows).all(|r| t.codes[r * cols + 5] == t.zeros.as_ref().unwrap()[t.param_index(r, t.column_groups()[5] as usize)]), "{what}: dead column not zero");
+                let groups = t.groups_per_row();
+                match &t.g_idx {
+                    Some(g) => {
+                        assert!(act_order && !static_groups && matches!(scheme.granularity, Granularity::Group(_)), "{what}");
+                        let mut count = vec![0usize; groups];
+                        g.iter().for_each(|&g| count[g as usize] += 1);
+                        let gw = scheme.group_width(cols);
+                        for (k, &n) in count.iter().enumerate() {
+                            assert_eq!(n, gw.min(cols - k * gw), "{what}: group {k} has {n} columns");
+                        }
+                    }
+                    None => assert!(!act_order || static_groups || !matches!(scheme.granularity, Granularity::Group(_)), "{what}"),
+                }
+                assert!(r.loss.is_finite() && r.loss > 0.0, "{what}");
+            }
+        }
+        let opts = GptqOptions { block_size: 16, act_order: true, mse: true, ..Default::default() };
+        let (r, q) = quantize_impl("t", &w, rows, cols, &h, schemes[0], &opts, true).unwrap();
+        assert_eq!(r.tensor.dequantize(), q.unwrap(), "mse");
+    }
+
+    #[test]
+    fn non_finite_inputs_are_refused_with_position() {
+        let (rows, cols) = (8, 16);
+        let (mut w, mut h) = layer(4, rows, cols, 64, None);
+        h[3 * cols + 2] = f32::NAN;
+        let e = gptq_quantize("blk.0.q", &w, rows, cols, &h, int4(), &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("blk.0.q") && e.contains("Hessian") && e.contains("NaN") && e.contains("[3, 2]"), "{e}");
+        h[3 * cols + 2] = 0.0;
+        w[17] = f32::INFINITY;
+        let e = gptq_quantize("blk.0.q", &w, rows, cols, &h, int4(), &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("weight") && e.contains("inf") && e.contains("[1, 1]"), "{e}");
+        let e = gptq_quantize("x", &w[..8], rows, cols, &h, int4(), &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("expected [8, 16]"), "{e}");
+        assert!(gptq_quantize("x", &w, rows, cols, &h, QuantScheme::fp8_e4m3(), &GptqOptions::default()).is_err());
+    }
+
+    #[test]
+    fn all_zero_weight_gives_zero_output() {
+        let (rows, cols) = (10, 48);
+        let (_, h) = layer(5, rows, cols, 100, Some(0));
+        let w = vec![0.0f32; rows * cols];
+        for scheme in [int4().group(16).unwrap(), QuantScheme::int(4).unwrap()] {
+            let opts = GptqOptions { act_order: true, ..Default::default() };
+            let r = gptq_quantize("z", &w, rows, cols, &h, scheme, &opts).unwrap();
+            assert!(r.tensor.dequantize().iter().all(|&v| v == 0.0));
+            assert!(r.tensor.scales.iter().all(|s| s.is_finite() && *s > 0.0));
+            assert_eq!(r.loss, 0.0);
+        }
+    }
+
+    #[test]
+    fn indefinite_hessian_is_damped_until_it_factors() {
+        let (rows, cols) = (16, 64);
+        // Rank-deficient: 20 tokens for 64 columns, no damping.
+        let (w, h) = layer(6, rows, cols, 20, None);
+        let opts = GptqOptions { damp: 0.0, ..Default::default() };
+        let r = gptq_quantize("rank", &w, rows, cols, &h, int4(), &opts).unwrap();
+        assert!(r.damp_retries > 0 && r.damp_used > 0.0, "retries {} damp {}", r.damp_retries, r.damp_used);
+        // Smallest eigenvalue moved to -0.05·mean(diag): the default damping 0.01 fails.
+        let (w, mut h) = layer(7, rows, cols, 500, None);
+        let m = MatRef::from_column_major_slice(&h, cols, cols);
+        let lmin = m.self_adjoint_eigenvalues(faer::Side::Lower).unwrap()[0];
+        let mean = (0..cols).map(|i| h[i * cols + i]).sum::<f32>() / cols as f32;
+        (0..cols).for_each(|i| h[i * cols + i] -= lmin + 0.05 * mean);
+        let r = gptq_quantize("neg", &w, rows, cols, &h, int4(), &GptqOptions::default()).unwrap();
+        assert!(r.damp_retries > 0 && r.damp_used > 0.05, "retries {} damp {}", r.damp_retries, r.damp_used);
+        assert!(r.tensor.dequantize().iter().all(|v| v.is_finite()));
+        // Hopeless: a negative diagonal is refused outright.
+        h[0] = -1.0;
+        let e = gptq_quantize("neg", &w, rows, cols, &h, int4(), &GptqOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("negative at column 0"), "{e}");
+    }
+
+    #[test]
+    fn same_bits_with_one_and_two_threads() {
+        let (rows, cols) = (200, 160); // four row chunks, a partial last block
+        let (w, h) = layer(8, rows, cols, 400, Some(9));
+        let opts = GptqOptions { act_order: true, block_size: 64, ..Default::default() };
+        let run = |n: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+            pool.install(|| gptq_quantize("d", &w, rows, cols, &h, int4().group(32).unwrap(), &opts).unwrap())
+        };
+        let (a, b) = (run(1), run(2));
+        assert_eq!(a.tensor, b.tensor);
+        assert_eq!(a.loss.to_bits(), b.loss.to_bits());
+    }
+}
