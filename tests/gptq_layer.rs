@@ -5,11 +5,12 @@
 //! magnitudes and a few are outliers, as in an LLM's activations; the Hessian comes from
 //! a calibration set, the error from a separate held-out set drawn the same way.
 
-use quantize::format::QuantScheme;
+use faer::Mat;
+use quantize::format::{Granularity, IntParams, QuantScheme};
 use quantize::model::linear::matmul_xwt;
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::quant::linalg::HessianAccumulator;
-use quantize::quant::rtn::quantize_rtn;
+use quantize::quant::linalg::{cholesky_inverse_upper, HessianAccumulator};
+use quantize::quant::rtn::{group_params, quantize_rtn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,12 +18,16 @@ const ROWS: usize = 256;
 const COLS: usize = 512;
 const CALIB_TOKENS: usize = 2048;
 const HELDOUT_TOKENS: usize = 1024;
+/// Latent factor `k` of the inputs has standard deviation `1 / (1 + DECAY·k)`: a
+/// spectrum falling 27x over the width, so the inputs have a low effective rank, as
+/// LLM activations do (white inputs would leave GPTQ nothing to exploit).
+const SPECTRUM_DECAY: f32 = 0.05;
 
-/// GPTQ's error as a fraction of RTN's that every configuration must beat. The paper's
-/// single-layer gains are 2-4x; on the real model here the reference GPTQ measured
-/// 0.28x (q_proj) to 0.72x (down_proj) of RTN's held-out error (REFERENCE.md), so 0.8
-/// is a clear margin that a broken error propagation (ratio ≈ 1 or above) cannot meet.
-const MAX_RATIO: f64 = 0.8;
+/// GPTQ's error as a fraction of RTN's that every configuration must beat. On this
+/// layer GPTQ measures 0.24-0.35x; on the real model here the reference GPTQ measured
+/// 0.28x (q_proj) to 0.72x (down_proj) of RTN's held-out error (REFERENCE.md). 0.5 is a
+/// clear margin that a broken error propagation (ratio near 1) cannot meet.
+const MAX_RATIO: f64 = 0.5;
 
 fn gauss(rng: &mut ChaCha8Rng) -> f32 {
     // Box-Muller
@@ -52,7 +57,7 @@ impl Inputs {
 
     /// `[tokens, COLS]` row-major.
     fn sample(&self, rng: &mut ChaCha8Rng, tokens: usize) -> Vec<f32> {
-        let z: Vec<f32> = (0..tokens * COLS).map(|_| gauss(rng)).collect();
+        let z: Vec<f32> = (0..tokens * COLS).map(|k| gauss(rng) / (1.0 + SPECTRUM_DECAY * (k % COLS) as f32)).collect();
         let mut x = vec![0.0f32; tokens * COLS];
         // x = z · mix = z · (mixᵀ)ᵀ: matmul_xwt takes the right factor as [n, k].
         let mix_t: Vec<f32> = (0..COLS * COLS).map(|k| self.mix[(k % COLS) * COLS + k / COLS]).collect();
@@ -121,11 +126,111 @@ fn gptq_beats_rtn_on_held_out_inputs() {
         ("int3 g128 sym", QuantScheme::int(3).unwrap().group(128).unwrap(), base),
     ];
     let mut failures = Vec::new();
+    let mut ratios = Vec::new();
     for (what, scheme, opts) in cases {
         let r = ratio(&l, scheme, opts);
         if !(r < MAX_RATIO) {
             failures.push(format!("{what}: GPTQ/RTN = {r:.3}"));
         }
+        ratios.push(r);
     }
     assert!(failures.is_empty(), "GPTQ not clearly better than RTN: {failures:?}");
+    // With outlier channels, visiting the columns by descending H[i,i] helps.
+    assert!(ratios[1] < ratios[0], "act-order {:.3} vs plain {:.3}", ratios[1], ratios[0]);
+    assert!(ratios[6] < ratios[5], "act-order {:.3} vs plain {:.3} per channel", ratios[6], ratios[5]);
+}
+
+/// A line-by-line translation of `gptq.py`'s `fasterquant` in f64 (plain loops, no
+/// chunking, no transposition), sharing only `cholesky_inverse_upper` and the group
+/// parameter search. Returns codes `[rows, cols]` in the original column order and the
+/// loss.
+fn reference_fasterquant(w: &[f32], rows: usize, cols: usize, h: &[f32], scheme: QuantScheme, bs: usize, act_order: bool) -> (Vec<u8>, f64) {
+    let gs = match scheme.granularity {
+        Granularity::Group(n) => Some(n),
+        _ => None,
+    };
+    let dead: Vec<bool> = (0..cols).map(|i| h[i * cols + i] == 0.0).collect();
+    let mut wm: Vec<Vec<f64>> = (0..rows).map(|r| (0..cols).map(|c| if dead[c] { 0.0 } else { w[r * cols + c] as f64 }).collect()).collect();
+    let as_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut params: Vec<IntParams> = wm.iter().map(|row| group_params(&as_f32(row), scheme, None)).collect();
+    let diag: Vec<f32> = (0..cols).map(|i| if dead[i] { 1.0 } else { h[i * cols + i] }).collect();
+    let mut perm: Vec<usize> = (0..cols).collect();
+    if act_order {
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+    }
+    wm = wm.iter().map(|row| perm.iter().map(|&c| row[c]).collect()).collect();
+    let hp = Mat::<f32>::from_fn(cols, cols, |a, b| if a == b { diag[perm[a]] } else { h[perm[a] * cols + perm[b]] });
+    let mean = diag.iter().map(|&d| d as f64).sum::<f64>() / cols as f64;
+    let hinv = cholesky_inverse_upper(hp.as_ref(), 0.01 * mean).unwrap();
+    let u = |i: usize, j: usize| hinv[(i, j)] as f64;
+    let maxq = scheme.maxq();
+    let mut codes = vec![0u8; rows * cols];
+    let mut loss = 0.0;
+    for i1 in (0..cols).step_by(bs) {
+        let i2 = (i1 + bs).min(cols);
+        let mut w1: Vec<Vec<f64>> = wm.iter().map(|row| row[i1..i2].to_vec()).collect();
+        let mut err1 = vec![vec![0.0f64; i2 - i1]; rows];
+        for i in 0..i2 - i1 {
+            if let Some(gs) = gs {
+                if (i1 + i) % gs == 0 {
+                    let end = (i1 + i + gs).min(cols);
+                    params = wm.iter().map(|row| group_params(&as_f32(&row[i1 + i..end]), scheme, None)).collect();
+                }
+            }
+            let d = u(i1 + i, i1 + i);
+            for r in 0..rows {
+                let x = w1[r][i];
+                let code = params[r].quantize(x as f32, maxq);
+                codes[r * cols + perm[i1 + i]] = code;
+                let e = (x - params[r].dequantize(code) as f64) / d;
+                loss += e * e / 2.0;
+                for j in i..i2 - i1 {
+                    w1[r][j] -= e * u(i1 + i, i1 + j);
+                }
+                err1[r][i] = e;
+            }
+        }
+        for r in 0..rows {
+            for j in i2..cols {
+                wm[r][j] -= (0..i2 - i1).map(|i| err1[r][i] * u(i1 + i, j)).sum::<f64>();
+            }
+        }
+    }
+    (codes, loss)
+}
+
+/// Codes the fast path may round differently from the f64 translation: a value within
+/// f32 rounding of a decision boundary (about 1e-6 of a step) is rare, and a flip
+/// perturbs only the columns after it.
+const MAX_CODE_MISMATCH: f64 = 0.01;
+/// Loss of the fast path against the f64 translation, relative.
+const LOSS_REL_TOL: f64 = 1e-4;
+
+#[test]
+fn fast_path_matches_line_by_line_translation_of_fasterquant() {
+    let (rows, cols, tokens) = (48, 96, 400);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let w: Vec<f32> = (0..rows * cols).map(|_| gauss(&mut rng)).collect();
+    let mut x: Vec<f32> = (0..tokens * cols).map(|_| gauss(&mut rng)).collect();
+    for t in 0..tokens {
+        let common = x[t * cols];
+        for c in 0..cols {
+            x[t * cols + c] = (x[t * cols + c] + common) * (1.0 + (c % 7) as f32);
+        }
+        x[t * cols + 13] = 0.0; // dead input channel
+    }
+    let mut acc = HessianAccumulator::new(cols);
+    acc.add_batch(&x, tokens);
+    let h = acc.hessian();
+    for scheme in [asym(4).group(24).unwrap(), asym(4), QuantScheme::int(3).unwrap().group(32).unwrap()] {
+        for act_order in [false, true] {
+            let opts = GptqOptions { block_size: 32, act_order, ..Default::default() };
+            let fast = gptq_quantize("t", &w, rows, cols, &h, scheme, &opts).unwrap();
+            let (codes, loss) = reference_fasterquant(&w, rows, cols, &h, scheme, 32, act_order);
+            let mismatch = codes.iter().zip(&fast.tensor.codes).filter(|(a, b)| a != b).count();
+            let what = format!("{scheme} act_order={act_order}");
+            assert!((mismatch as f64) <= MAX_CODE_MISMATCH * codes.len() as f64, "{what}: {mismatch} codes differ");
+            assert!((fast.loss - loss).abs() <= LOSS_REL_TOL * loss, "{what}: loss {} vs {loss}", fast.loss);
+        }
+    }
 }

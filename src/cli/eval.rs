@@ -42,13 +42,17 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.batch == 0 {
         anyhow::bail!("invalid option --batch: 0; use 1 or more windows per forward");
     }
+    let t0 = std::time::Instant::now();
     let text = read_text(&a.text)?;
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let tokens = tok.encode(&text)?;
+    eprintln!("tokenized {} ({} tokens) in {:.2}s", a.text.display(), tokens.len(), t0.elapsed().as_secs_f64());
     let opts = EvalOptions { ctx: a.ctx, protocol: a.protocol, max_windows: a.max_windows, batch: a.batch };
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
+    let t0 = std::time::Instant::now();
     let model = load_model(&a.model)?;
+    eprintln!("loaded {} in {:.2}s", a.model.display(), t0.elapsed().as_secs_f64());
     let json = match &a.baseline {
         None => {
             let r = perplexity(&model, &tokens, &opts)?;

@@ -1,7 +1,9 @@
 //! What bytes mean, no algorithms: schemes, the quantized tensor, FP8 codes,
 //! GGML block layouts and the on-disk checkpoint layouts.
+pub mod compressed_tensors;
 pub mod fp8;
 pub mod ggml;
+pub mod gptq;
 pub mod pack;
 pub mod quantized;
 pub mod scheme;

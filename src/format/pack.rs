@@ -23,6 +23,7 @@
 //! from the transposed `[in, out]` codes); "along axis 1" gives `[R, words(C)]`.
 
 use crate::error::{Error, Result};
+use crate::format::{Granularity, NumberFormat, QuantizedTensor};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -287,6 +288,59 @@ pub fn read_floats(name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
         return Err(Error::tensor(name, format!("non-finite value {} at flat index {i}", v[i])));
     }
     Ok(v)
+}
+
+/// Check a [`QuantizedTensor`] before it is packed, naming `name` and the first bad value:
+/// buffer lengths, integer codes and zero points within `[0, 2^bits)`, positive finite scales
+/// (exactly f16-representable for integer schemes, which every format here stores as f16),
+/// `g_idx` of length `cols` with groups in range.
+pub fn check_tensor(name: &str, q: &QuantizedTensor) -> Result<()> {
+    let bad = |msg: String| Err(Error::tensor(name, msg));
+    let n_params = match q.scheme.granularity {
+        Granularity::PerTensor => 1,
+        _ => q.rows * q.groups_per_row(),
+    };
+    if q.codes.len() != q.rows * q.cols || q.scales.len() != n_params {
+        return bad(format!(
+            "{} codes and {} scales for [{}, {}] in {} (expected {} and {n_params})",
+            q.codes.len(),
+            q.scales.len(),
+            q.rows,
+            q.cols,
+            q.scheme,
+            q.rows * q.cols
+        ));
+    }
+    if let Some(i) = q.scales.iter().position(|s| !(*s > 0.0 && s.is_finite())) {
+        return bad(format!("scale {} at index {i} is not positive and finite", q.scales[i]));
+    }
+    if let NumberFormat::Int { bits } = q.scheme.format {
+        let maxq = q.scheme.maxq();
+        if let Some(i) = q.codes.iter().position(|&c| c as u32 > maxq) {
+            return bad(format!("code {} at row {} col {} exceeds {bits}-bit range", q.codes[i], i / q.cols, i % q.cols));
+        }
+        if let Some(i) = q.scales.iter().position(|&s| half::f16::from_f32(s).to_f32() != s) {
+            return bad(format!("scale {} at index {i} is not representable in f16 (scales are rounded to f16 when quantizing)", q.scales[i]));
+        }
+        match &q.zeros {
+            Some(z) if z.len() == n_params => {
+                if let Some(i) = z.iter().position(|&v| v as u32 > maxq) {
+                    return bad(format!("zero point {} at index {i} exceeds {bits}-bit range", z[i]));
+                }
+            }
+            other => return bad(format!("{:?} zero points, expected {n_params}", other.as_ref().map(|z| z.len()))),
+        }
+    }
+    if let Some(g) = &q.g_idx {
+        let groups = q.groups_per_row() as u32;
+        if g.len() != q.cols {
+            return bad(format!("g_idx has {} entries for {} columns", g.len(), q.cols));
+        }
+        if let Some(c) = g.iter().position(|&v| v >= groups) {
+            return bad(format!("g_idx[{c}] = {} but there are {groups} groups", g[c]));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
