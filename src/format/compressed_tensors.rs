@@ -585,3 +585,13 @@ mod tests {
         assert!(back.weights_for("lm_head").unwrap_err().to_string().contains("ignore"));
     }
 }
+#[cfg(test)]
+mod dbg_tests {
+    use super::*;
+    #[test]
+    fn dbg() {
+        for (p, s) in [("(q|k)", "k"), ("(q|k)_", "k_"), ("a(q|k)", "ak"), (".*(q|k)", "xk"), ("x.(q|k)", "x.k"), ("k$", "k")] {
+            eprintln!("{p} {s} {} {:?}", Regex::parse(p).unwrap().matches(s), Regex::parse(p).unwrap());
+        }
+    }
+}

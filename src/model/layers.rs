@@ -69,6 +69,9 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     });
 }
 
+/// Query rows per attention block (see [`causal_attention`]).
+const ATTN_BLOCK: usize = 128;
+
 /// Causal grouped-query attention over independent windows.
 /// q: `[windows·seq, heads·hd]`, k, v: `[windows·seq, kv_heads·hd]`, out: `[windows·seq, heads·hd]`.
 /// Each window attends only to itself: nothing crosses windows.
@@ -85,22 +88,30 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], windows: usize, seq: us
         let qm = MatRef::from_row_major_slice_with_stride(&q[base * qw + h * hd..], seq, hd, qw);
         let km = MatRef::from_row_major_slice_with_stride(&k[base * kvw + kvh * hd..], seq, hd, kvw);
         let vm = MatRef::from_row_major_slice_with_stride(&v[base * kvw + kvh * hd..], seq, hd, kvw);
-        let mut scores = vec![0.0f32; seq * seq];
-        matmul(MatMut::from_row_major_slice_mut(&mut scores, seq, seq), Accum::Replace, qm, km.transpose(), scale, Par::Seq);
-        for (i, row) in scores.chunks_mut(seq).enumerate() {
-            let valid = &mut row[..=i];
-            let m = valid.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in valid.iter_mut() {
-                *s = (*s - m).exp();
-                sum += *s;
+        // Query rows in blocks of ATTN_BLOCK: block [r0, r1) only needs keys 0..r1,
+        // which skips most of the masked upper triangle.
+        let mut scores = vec![0.0f32; ATTN_BLOCK.min(seq) * seq];
+        for r0 in (0..seq).step_by(ATTN_BLOCK) {
+            let r1 = (r0 + ATTN_BLOCK).min(seq);
+            let (rows, keys) = (r1 - r0, r1);
+            let sc = &mut scores[..rows * keys];
+            matmul(MatMut::from_row_major_slice_mut(sc, rows, keys), Accum::Replace, qm.subrows(r0, rows), km.subrows(0, keys).transpose(), scale, Par::Seq);
+            for (i, row) in sc.chunks_mut(keys).enumerate() {
+                let valid = &mut row[..=r0 + i];
+                let m = valid.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0f32;
+                for s in valid.iter_mut() {
+                    *s = (*s - m).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                valid.iter_mut().for_each(|s| *s *= inv);
+                row[r0 + i + 1..].iter_mut().for_each(|s| *s = 0.0);
             }
-            let inv = 1.0 / sum;
-            valid.iter_mut().for_each(|s| *s *= inv);
-            row[i + 1..].iter_mut().for_each(|s| *s = 0.0);
+            let sm = MatRef::from_row_major_slice(sc, rows, keys);
+            let om = MatMut::from_row_major_slice_mut(&mut o[r0 * hd..r1 * hd], rows, hd);
+            matmul(om, Accum::Replace, sm, vm.subrows(0, keys), 1.0f32, Par::Seq);
         }
-        let sm = MatRef::from_row_major_slice(&scores, seq, seq);
-        matmul(MatMut::from_row_major_slice_mut(o, seq, hd), Accum::Replace, sm, vm, 1.0f32, Par::Seq);
     });
     out.par_chunks_mut(qw).enumerate().for_each(|(row, o)| {
         let (w, t) = (row / seq, row % seq);
@@ -119,4 +130,54 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 /// `x[t] += bias` for every row.
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     x.par_chunks_mut(bias.len()).for_each(|r| r.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Plain causal GQA attention in f64, one position at a time.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], windows: usize, seq: usize, heads: usize, kv: usize, hd: usize) -> Vec<f32> {
+        let (qw, kw) = (heads * hd, kv * hd);
+        let mut out = vec![0.0f32; windows * seq * qw];
+        for w in 0..windows {
+            for h in 0..heads {
+                let kh = h / (heads / kv);
+                for i in 0..seq {
+                    let qi = &q[(w * seq + i) * qw + h * hd..][..hd];
+                    let s: Vec<f64> = (0..=i).map(|j| qi.iter().zip(&k[(w * seq + j) * kw + kh * hd..][..hd]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for d in 0..hd {
+                        out[(w * seq + i) * qw + h * hd + d] = (0..=i).map(|j| (s[j] - m).exp() / z * v[(w * seq + j) * kw + kh * hd + d] as f64).sum::<f64>() as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn blocked_causal_attention_matches_reference() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for &(windows, seq, heads, kv, hd) in &[(2, 300, 6, 2, 8), (1, 1, 2, 1, 4), (3, 129, 4, 4, 6)] {
+            let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
+            let (q, k, v) = (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
+            let mut out = vec![0.0; q.len()];
+            causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, &mut out);
+            let r = reference(&q, &k, &v, windows, seq, heads, kv, hd);
+            for (i, (a, b)) in out.iter().zip(&r).enumerate() {
+                assert!((a - b).abs() < 1e-4, "shape {:?} index {i}: {a} vs {b}", (windows, seq, heads, kv, hd));
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_of_zero_row_is_finite() {
+        let x = vec![0.0f32; 8];
+        let mut o = vec![1.0f32; 8];
+        rms_norm(&x, &[1.0; 8], 1e-5, &mut o);
+        assert!(o.iter().all(|v| *v == 0.0));
+    }
 }

@@ -103,20 +103,21 @@ impl Block {
         })
     }
 
-    /// Run the block in place on `x` (`[windows·seq, hidden]`).
-    pub fn forward(&self, cfg: &LlamaConfig, rope: &Rope, x: &mut [f32], windows: usize, seq: usize, mut hook: Option<&mut dyn BlockHook>) -> Result<()> {
-        let t = windows * seq;
-        let (h, qd, kvd, id) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-        debug_assert_eq!(x.len(), t * h);
-        let mut normed = vec![0.0f32; t * h];
+    /// Stage 1: normalized input read by q, k, v. `x`: `[tokens, hidden]`.
+    pub fn attn_input(&self, cfg: &LlamaConfig, x: &[f32]) -> Vec<f32> {
+        let mut normed = vec![0.0f32; x.len()];
         rms_norm(x, &self.input_norm, cfg.rms_norm_eps, &mut normed);
-        if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::AttnIn, &normed, t)?;
-        }
+        normed
+    }
+
+    /// Stage 2: attention heads (input of o) from the normalized input `h1`.
+    pub fn attention(&self, cfg: &LlamaConfig, rope: &Rope, h1: &[f32], windows: usize, seq: usize) -> Vec<f32> {
+        let t = windows * seq;
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let (mut q, mut k, mut v) = (vec![0.0f32; t * qd], vec![0.0f32; t * kvd], vec![0.0f32; t * kvd]);
-        self.linears[0].forward(&normed, t, &mut q);
-        self.linears[1].forward(&normed, t, &mut k);
-        self.linears[2].forward(&normed, t, &mut v);
+        self.linears[0].forward(h1, t, &mut q);
+        self.linears[1].forward(h1, t, &mut k);
+        self.linears[2].forward(h1, t, &mut v);
         if let Some([bq, bk, bv]) = &self.qkv_bias {
             add_bias(&mut q, bq);
             add_bias(&mut k, bk);
@@ -126,27 +127,63 @@ impl Block {
         rope.apply(&mut k, cfg.num_kv_heads);
         let mut attn = vec![0.0f32; t * qd];
         causal_attention(&q, &k, &v, windows, seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, &mut attn);
-        drop((q, k, v));
+        attn
+    }
+
+    /// Stage 3: `x += o(attn)` in place; returns the normalized residual read by gate, up.
+    pub fn mlp_input(&self, cfg: &LlamaConfig, x: &mut [f32], attn: &[f32]) -> Vec<f32> {
+        let t = x.len() / cfg.hidden_size;
+        let mut o = vec![0.0f32; x.len()];
+        self.linears[3].forward(attn, t, &mut o);
+        add_assign(x, &o);
+        rms_norm(x, &self.post_norm, cfg.rms_norm_eps, &mut o);
+        o
+    }
+
+    /// Stage 4: SwiGLU activation read by down, from the normalized residual `h2`.
+    pub fn mlp_act(&self, cfg: &LlamaConfig, h2: &[f32]) -> Vec<f32> {
+        let t = h2.len() / cfg.hidden_size;
+        let id = cfg.intermediate_size;
+        let (mut gate, mut up) = (vec![0.0f32; t * id], vec![0.0f32; t * id]);
+        self.linears[4].forward(h2, t, &mut gate);
+        self.linears[5].forward(h2, t, &mut up);
+        swiglu(&mut gate, &up);
+        gate
+    }
+
+    /// Stage 5: `x += down(act)` in place.
+    pub fn mlp_output(&self, cfg: &LlamaConfig, x: &mut [f32], act: &[f32]) {
+        let t = x.len() / cfg.hidden_size;
+        let mut d = vec![0.0f32; x.len()];
+        self.linears[6].forward(act, t, &mut d);
+        add_assign(x, &d);
+    }
+
+    /// Run the block in place on `x` (`[windows·seq, hidden]`), showing each linear
+    /// site's input to `hook`.
+    pub fn forward(&self, cfg: &LlamaConfig, rope: &Rope, x: &mut [f32], windows: usize, seq: usize, mut hook: Option<&mut dyn BlockHook>) -> Result<()> {
+        let t = windows * seq;
+        debug_assert_eq!(x.len(), t * cfg.hidden_size);
+        let h1 = self.attn_input(cfg, x);
+        if let Some(hk) = hook.as_deref_mut() {
+            hk.on_input(InputSite::AttnIn, &h1, t)?;
+        }
+        let attn = self.attention(cfg, rope, &h1, windows, seq);
+        drop(h1);
         if let Some(hk) = hook.as_deref_mut() {
             hk.on_input(InputSite::AttnOut, &attn, t)?;
         }
-        let mut o = normed; // reuse: [t, h]
-        self.linears[3].forward(&attn, t, &mut o);
-        add_assign(x, &o);
-        rms_norm(x, &self.post_norm, cfg.rms_norm_eps, &mut o);
+        let h2 = self.mlp_input(cfg, x, &attn);
+        drop(attn);
         if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::MlpIn, &o, t)?;
+            hk.on_input(InputSite::MlpIn, &h2, t)?;
         }
-        let (mut gate, mut up) = (vec![0.0f32; t * id], vec![0.0f32; t * id]);
-        self.linears[4].forward(&o, t, &mut gate);
-        self.linears[5].forward(&o, t, &mut up);
-        swiglu(&mut gate, &up);
-        drop(up);
+        let act = self.mlp_act(cfg, &h2);
+        drop(h2);
         if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::MlpAct, &gate, t)?;
+            hk.on_input(InputSite::MlpAct, &act, t)?;
         }
-        self.linears[6].forward(&gate, t, &mut o);
-        add_assign(x, &o);
+        self.mlp_output(cfg, x, &act);
         Ok(())
     }
 

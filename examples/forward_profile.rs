@@ -1,0 +1,26 @@
+//! Times the stages of one forward batch on a model directory (a profiling aid).
+//! `cargo run --release --example forward_profile -- DIR [windows] [seq]`
+use quantize::model::layers::Rope;
+use quantize::model::LlamaModel;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let model = LlamaModel::load(std::path::Path::new(&args[1])).unwrap();
+    let windows: usize = args.get(2).map_or(4, |s| s.parse().unwrap());
+    let seq: usize = args.get(3).map_or(512, |s| s.parse().unwrap());
+    let tokens: Vec<u32> = (0..windows * seq).map(|i| (i * 7919 % 49152) as u32).collect();
+    for _ in 0..3 {
+        let rope = Rope::new(model.config.head_dim, seq, model.config.rope_theta);
+        let t0 = Instant::now();
+        let mut x = model.embed_tokens(&tokens).unwrap();
+        for b in &model.blocks {
+            b.forward(&model.config, &rope, &mut x, windows, seq, None).unwrap();
+        }
+        let t1 = Instant::now();
+        let logits = model.head(&x, tokens.len());
+        let t2 = Instant::now();
+        let n = tokens.len() as f64;
+        println!("blocks {:.3}s head {:.3}s total {:.1} tok/s ({} logits)", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), n / (t2 - t0).as_secs_f64(), logits.len());
+    }
+}
