@@ -5,6 +5,7 @@
 //! (gptq, awq, compressed-tensors) -> evaluation against the baseline.
 pub mod error;
 pub mod eval;
+pub mod calib;
 pub mod cli;
 pub mod convert;
 pub mod format;

@@ -1,0 +1,4 @@
+//! Calibration: text -> token windows, observers (statistics), and the block-by-block runner.
+pub mod dataset;
+pub mod observers;
+pub mod runner;

@@ -1,0 +1,121 @@
+//! Observers: pure accumulation of activation statistics over calibration batches.
+//! Each sees `x`: `[tokens, width]` row-major, the input of a linear site.
+
+use crate::quant::linalg::HessianAccumulator;
+
+/// Which statistics a quantizer asks the runner for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsRequest {
+    pub hessian: bool,
+    pub abs_mean: bool,
+    pub min_max: bool,
+}
+
+/// Per-channel min and max.
+#[derive(Clone, Debug)]
+pub struct MinMaxObserver {
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
+}
+
+impl MinMaxObserver {
+    pub fn new(width: usize) -> Self {
+        Self { min: vec![f32::INFINITY; width], max: vec![f32::NEG_INFINITY; width] }
+    }
+    pub fn observe(&mut self, x: &[f32]) {
+        for row in x.chunks_exact(self.min.len()) {
+            for ((lo, hi), &v) in self.min.iter_mut().zip(self.max.iter_mut()).zip(row) {
+                *lo = lo.min(v);
+                *hi = hi.max(v);
+            }
+        }
+    }
+    /// Whole-tensor range.
+    pub fn tensor_range(&self) -> (f32, f32) {
+        (self.min.iter().copied().fold(f32::INFINITY, f32::min), self.max.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+    }
+}
+
+/// Per-channel mean |x| (AWQ's activation magnitude), accumulated in f64.
+#[derive(Clone, Debug)]
+pub struct AbsMeanObserver {
+    sum: Vec<f64>,
+    tokens: usize,
+}
+
+impl AbsMeanObserver {
+    pub fn new(width: usize) -> Self {
+        Self { sum: vec![0.0; width], tokens: 0 }
+    }
+    pub fn observe(&mut self, x: &[f32]) {
+        let w = self.sum.len();
+        for row in x.chunks_exact(w) {
+            for (s, &v) in self.sum.iter_mut().zip(row) {
+                *s += v.abs() as f64;
+            }
+        }
+        self.tokens += x.len() / w;
+    }
+    pub fn mean(&self) -> Vec<f32> {
+        self.sum.iter().map(|&s| (s / self.tokens.max(1) as f64) as f32).collect()
+    }
+}
+
+/// Statistics of one linear site (the input shared by its linears).
+pub struct SiteStats {
+    pub width: usize,
+    pub tokens: usize,
+    pub hessian: Option<HessianAccumulator>,
+    pub abs_mean: Option<AbsMeanObserver>,
+    pub min_max: Option<MinMaxObserver>,
+}
+
+impl SiteStats {
+    pub fn new(width: usize, req: StatsRequest) -> Self {
+        Self {
+            width,
+            tokens: 0,
+            hessian: req.hessian.then(|| HessianAccumulator::new(width)),
+            abs_mean: req.abs_mean.then(|| AbsMeanObserver::new(width)),
+            min_max: req.min_max.then(|| MinMaxObserver::new(width)),
+        }
+    }
+
+    pub fn observe(&mut self, x: &[f32], tokens: usize) {
+        self.tokens += tokens;
+        if let Some(h) = &mut self.hessian {
+            h.add_batch(x, tokens);
+        }
+        if let Some(a) = &mut self.abs_mean {
+            a.observe(x);
+        }
+        if let Some(m) = &mut self.min_max {
+            m.observe(x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observers_match_direct_computation() {
+        let x = [1.0f32, -2.0, 3.0, -4.0, 0.5, 6.0]; // [3 tokens, 2 channels]
+        let mut s = SiteStats::new(2, StatsRequest { hessian: true, abs_mean: true, min_max: true });
+        s.observe(&x[..2], 1);
+        s.observe(&x[2..], 2);
+        let mm = s.min_max.as_ref().unwrap();
+        assert_eq!((mm.min.clone(), mm.max.clone()), (vec![0.5, -4.0], vec![3.0, 6.0]));
+        assert_eq!(s.abs_mean.as_ref().unwrap().mean(), vec![(1.0 + 3.0 + 0.5) / 3.0, (2.0 + 4.0 + 6.0) / 3.0]);
+        // H = 2/n Σ xᵀx
+        let h = s.hessian.as_ref().unwrap().hessian();
+        let direct = |i: usize, j: usize| 2.0 / 3.0 * (0..3).map(|t| x[t * 2 + i] as f64 * x[t * 2 + j] as f64).sum::<f64>();
+        for i in 0..2 {
+            for j in 0..2 {
+                assert!((h[i * 2 + j] as f64 - direct(i, j)).abs() < 1e-5, "H[{i},{j}]");
+            }
+        }
+        assert_eq!(s.tokens, 3);
+    }
+}
