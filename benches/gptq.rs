@@ -4,8 +4,9 @@
 //! `cargo bench --bench gptq` (add `-- 4096` to run only shapes with that many columns).
 //!
 //! Work counted: Hessian `2·tokens·cols²/2` (lower triangle), inverse factor `2/3·cols³`
-//! (one Cholesky and one triangular inverse, f64), the sweep `2·rows·cols²` (the in-block
-//! rank-1 updates plus the lazy-batch GEMMs).
+//! (one Cholesky and one triangular inverse, f64), the sweep `rows·cols·(cols + block)`
+//! (the lazy-batch GEMMs, `Σ 2·rows·block·(cols - i2) ≈ rows·cols²`, plus the in-block
+//! rank-1 updates, `rows·cols·block`).
 
 use faer::MatRef;
 use quantize::format::QuantScheme;
@@ -55,7 +56,7 @@ fn main() {
                 t_inv * 1e3,
                 2.0 / 3.0 * (cols as f64).powi(3) / t_inv / 1e9,
                 sweep * 1e3,
-                2.0 * rows as f64 * (cols * cols) as f64 / sweep / 1e9,
+                rows as f64 * cols as f64 * (cols + 128) as f64 / sweep / 1e9,
             );
         }
     }

@@ -479,7 +479,7 @@ mod tests {
         );
         unpermute_rows(&mut gguf, rows, cols, heads).unwrap();
         assert_eq!(gguf, hf);
-        assert!(unpermute_rows(&mut vec![0.0; 6], 3, 2, 1).is_err());
+        assert!(unpermute_rows(&mut [0.0; 6], 3, 2, 1).is_err());
     }
 
     #[test]

@@ -18,7 +18,6 @@ use crate::model::layers::Rope;
 use crate::model::linear::{DenseLinear, Linear};
 use crate::model::llama::{dense_from_store, embed_tokens, linear_shape, Block, InputSite, BLOCK_LINEARS};
 use crate::model::LlamaConfig;
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

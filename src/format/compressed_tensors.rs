@@ -22,7 +22,7 @@
 //! `<p>.weight_scale` F32 `[out, 1]` (channel) or `[1]` (tensor). compressed-tensors has no
 //! E5M2 weight type (`type: float, num_bits: 8` is `torch.float8_e4m3fn`), so E5M2 is refused.
 
-use super::pack::{check_tensor, pack_matrix, read_floats, read_ints, read_words, unpack_matrix};
+use super::pack::{check_tensor, pack_matrix, packed_words, read_floats, read_ints, read_words, unpack_matrix};
 use super::pack::{Axis, PackRule, RawTensor};
 use super::{Granularity, NumberFormat, QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
@@ -349,8 +349,12 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
         _ => return Err(Error::tensor(name("weight_shape"), format!("{shape:?} is not [out, in]"))),
     };
     let pv = need("weight_packed")?;
-    let codes = unpack_matrix(&name("weight_packed"), &read_words(&name("weight_packed"), &pv)?, dims2(&pv), rows, cols, Axis::Cols, bits, PackRule::WordAligned)
-        .map_err(|e| Error::tensor(name("weight_packed"), format!("{e} (config num_bits = {bits}, weight_shape = [{rows}, {cols}])")))?;
+    let expect = [rows, packed_words(cols, bits, PackRule::WordAligned)];
+    if pv.shape() != expect {
+        let msg = format!("shape {:?}, but config num_bits = {bits} with weight_shape [{rows}, {cols}] needs {expect:?}", pv.shape());
+        return Err(Error::tensor(name("weight_packed"), msg));
+    }
+    let codes = unpack_matrix(&name("weight_packed"), &read_words(&name("weight_packed"), &pv)?, expect, rows, cols, Axis::Cols, bits, PackRule::WordAligned)?;
     check_scales(rows, cols)?;
     let half = 1u8 << (bits - 1);
     let n = scales.len();
@@ -521,7 +525,8 @@ fn match_seq(seq: &[Piece], s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bo
 
 /// Greedy repetition of `p` (already matched `n` times) followed by `rest`.
 fn match_rep(p: &Piece, n: usize, rest: &[Piece], s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    if n < p.max && match_atom(&p.atom, s, i, &mut |j| j != i && match_rep(p, n + 1, rest, s, j, k)) {
+    // An empty match (`$`, an empty group) counts only towards `min`, so loops terminate.
+    if n < p.max && match_atom(&p.atom, s, i, &mut |j| (j != i || n < p.min) && match_rep(p, n + 1, rest, s, j, k)) {
         return true;
     }
     n >= p.min && match_seq(rest, s, i, k)
@@ -583,15 +588,5 @@ mod tests {
         assert_eq!(back.weights_for("model.layers.0.mlp.down_proj").unwrap().scheme.bits(), 8);
         assert_eq!(back.weights_for("model.layers.0.mlp.up_proj").unwrap().scheme.bits(), 4);
         assert!(back.weights_for("lm_head").unwrap_err().to_string().contains("ignore"));
-    }
-}
-#[cfg(test)]
-mod dbg_tests {
-    use super::*;
-    #[test]
-    fn dbg() {
-        for (p, s) in [("(q|k)", "k"), ("(q|k)_", "k_"), ("a(q|k)", "ak"), (".*(q|k)", "xk"), ("x.(q|k)", "x.k"), ("k$", "k")] {
-            eprintln!("{p} {s} {} {:?}", Regex::parse(p).unwrap().matches(s), Regex::parse(p).unwrap());
-        }
     }
 }

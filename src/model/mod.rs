@@ -3,6 +3,7 @@ pub mod config;
 pub mod layers;
 pub mod linear;
 pub mod llama;
+pub mod qlinear;
 
 pub use config::LlamaConfig;
 pub use llama::{Block, BlockHook, InputSite, LlamaModel, BLOCK_LINEARS};

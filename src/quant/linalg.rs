@@ -10,14 +10,17 @@
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::matmul::matmul;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
+use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-/// Width of the column panels of `H` that [`HessianAccumulator::add_batch`] computes
-/// as independent tasks (a fixed partition, so the result is thread-count independent).
-const HESSIAN_PANEL: usize = 64;
+/// Side of the square tiles of the lower triangle of `H` that
+/// [`HessianAccumulator::add_batch`] computes as independent tasks (a partition that
+/// depends on `cols` only, so the result does not depend on the number of threads).
+const HESSIAN_TILE: usize = 256;
+/// Columns of `M⁻¹` solved per task in [`cholesky_inverse_upper`] (fixed partition).
+const INVERSE_PANEL: usize = 64;
 
 /// Running mean of `2 xᵀx` over calibration tokens, as `gptq.py`'s `add_batch`:
 /// `H *= n/(n+t); H += 2/(n+t) · xᵀx`, accumulated in f32 like the reference.
@@ -56,20 +59,43 @@ impl HessianAccumulator {
         let beta = (self.n_samples as f64 / total as f64) as f32;
         let alpha = (2.0 / total as f64) as f32;
         self.n_samples = total;
-        // x: [tokens, n] row-major = xᵀ column-major [n, tokens].
-        let xt = MatRef::from_column_major_slice(x, n, tokens);
-        self.h.par_chunks_mut(HESSIAN_PANEL * n).enumerate().for_each(|(p, panel)| {
-            let j0 = p * HESSIAN_PANEL;
-            let w = panel.len() / n;
-            // Lower part of columns j0..j0+w: rows j0..n.
-            for col in panel.chunks_exact_mut(n) {
-                col[j0..].iter_mut().for_each(|v| *v *= beta);
+        // Channel-major copy, xc: [tokens, n] column-major, so that both factors of every
+        // tile product have the token dimension contiguous (measured 2x faster in faer).
+        let mut xc = vec![0.0f32; tokens * n];
+        for (t, row) in x.chunks_exact(n).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                xc[c * tokens + t] = v;
             }
-            let dst = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
-            // H[j0.., j0..j0+w] += alpha · x[:, j0..]ᵀ x[:, j0..j0+w]
-            let lhs = xt.subrows(j0, n - j0);
-            let rhs = xt.subrows(j0, w).transpose();
-            matmul(dst, Accum::Add, lhs, rhs, alpha, Par::Seq);
+        }
+        let xm = MatRef::from_column_major_slice(&xc, tokens, n);
+        // Tiles (i0, j0) with i0 ≥ j0 of H (column-major): split every column panel of
+        // width HESSIAN_TILE into its row tiles, then run all tiles in parallel.
+        let mut tiles = Vec::new();
+        for (p, panel) in self.h.chunks_mut(HESSIAN_TILE * n).enumerate() {
+            let j0 = p * HESSIAN_TILE;
+            let w = panel.len() / n;
+            let mut rest = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
+            let mut i0 = j0;
+            while i0 < n {
+                let h = HESSIAN_TILE.min(n - i0);
+                let (tile, below) = rest.split_at_row_mut(h);
+                tiles.push((tile, i0, j0));
+                rest = below;
+                i0 += h;
+            }
+        }
+        tiles.into_par_iter().for_each(|(mut tile, i0, j0)| {
+            let (h, w) = (tile.nrows(), tile.ncols());
+            for j in 0..w {
+                for i in 0..h {
+                    tile[(i, j)] *= beta;
+                }
+            }
+            // H[i0.., j0..] += alpha · x[:, i0..]ᵀ x[:, j0..]
+            let lhs = xm.subcols(i0, h).transpose();
+            let rhs = xm.subcols(j0, w);
+            let structure = if i0 == j0 { BlockStructure::TriangularLower } else { BlockStructure::Rectangular };
+            triangular::matmul(tile, structure, Accum::Add, lhs, BlockStructure::Rectangular, rhs, BlockStructure::Rectangular, alpha, Par::Seq);
         });
     }
 
@@ -102,7 +128,8 @@ pub enum LinalgError {
 /// `[n, n]` symmetric (the lower triangle is read). This is the `Hinv` of `gptq.py`.
 ///
 /// Computed in f64 with one Cholesky and one triangular inverse instead of the
-/// reference's three steps: with `J` the order reversal and `J H J = M Mᵀ`,
+/// reference's three f32 steps (f64 so that a damped but ill-conditioned Hessian still
+/// gives an accurate factor): with `J` the order reversal and `J H J = M Mᵀ`,
 /// `H⁻¹ = J M⁻ᵀ M⁻¹ J = Uᵀ U` with `U = J M⁻¹ J` upper triangular with a positive
 /// diagonal, which is the unique upper Cholesky factor of `H⁻¹`.
 pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>, LinalgError> {
@@ -124,8 +151,19 @@ pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>,
                 LinalgError::NotPositiveDefinite { index: n - 1 - index }
             }
         })?;
-    let mut minv = Mat::<f64>::zeros(n, n);
-    invert_lower_triangular(minv.as_mut(), a.as_ref(), par);
+    // M⁻¹ column panel by column panel: M[j0.., j0..] Y = [I; 0], in parallel.
+    let m = a.as_ref();
+    let mut minv = vec![0.0f64; n * n];
+    minv.par_chunks_mut(INVERSE_PANEL * n).enumerate().for_each(|(p, panel)| {
+        let j0 = p * INVERSE_PANEL;
+        let w = panel.len() / n;
+        let mut y = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
+        for k in 0..w {
+            y[(k, k)] = 1.0;
+        }
+        solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y, Par::Seq);
+    });
+    let minv = MatRef::from_column_major_slice(&minv, n, n);
     // U = J M⁻¹ J: U[i][j] = M⁻¹[n-1-i][n-1-j], upper for j ≥ i.
     let mut u = Mat::<f32>::zeros(n, n);
     for j in 0..n {

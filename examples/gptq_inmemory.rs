@@ -1,0 +1,50 @@
+//! Development aid: GPTQ or RTN of a model in memory, then its perplexity, without
+//! writing a checkpoint. `cargo run --release --example gptq_inmemory -- DIR CALIB HELDOUT [gptq|rtn] [nsamples] [seqlen] [act_order] [group]`
+use quantize::calib::dataset::sample_windows;
+use quantize::calib::runner::RunnerOptions;
+use quantize::eval::{perplexity, perplexity::Protocol, EvalOptions};
+use quantize::format::QuantScheme;
+use quantize::io::safetensors::SafetensorsStore;
+use quantize::io::tokenizer::{read_text, Tokenizer};
+use quantize::model::linear::DenseLinear;
+use quantize::model::{llama::dense_from_store, LlamaConfig, LlamaModel};
+use quantize::quant::gptq::GptqOptions;
+use quantize::quant::pipeline::{quantize_gptq_model, quantize_rtn_model};
+use std::path::Path;
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let dir = Path::new(&a[1]);
+    let method = a.get(4).map_or("gptq", |s| s.as_str());
+    let nsamples: usize = a.get(5).map_or(128, |s| s.parse().unwrap());
+    let seqlen: usize = a.get(6).map_or(512, |s| s.parse().unwrap());
+    let act_order = a.get(7).is_some_and(|s| s == "1");
+    let group: i64 = a.get(8).map_or(128, |s| s.parse().unwrap());
+    let cfg = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
+    let store = SafetensorsStore::open(dir).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let mut scheme = QuantScheme::int(4).unwrap().asymmetric().unwrap();
+    if group > 0 {
+        scheme = scheme.group(group as usize).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    let (tensors, report) = if method == "gptq" {
+        let calib = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
+        let wins = sample_windows(&calib, nsamples, seqlen, 0).unwrap();
+        let opts = GptqOptions { act_order, ..Default::default() };
+        quantize_gptq_model(&cfg, &store, &wins, scheme, opts, RunnerOptions { chunk_windows: 8, progress: true }, false).unwrap()
+    } else {
+        quantize_rtn_model(&cfg, &store, scheme, None, false).unwrap()
+    };
+    eprintln!("{method} {scheme}: {:.1}s timings {:?}", t0.elapsed().as_secs_f64(), report.timings);
+    let model = LlamaModel::load_with(cfg, &store, &|name, o, i| match tensors.get(name) {
+        Some(q) => Ok(Box::new(DenseLinear::new(q.dequantize(), o, i)) as _),
+        None => dense_from_store(&store, name, o, i),
+    })
+    .unwrap();
+    let held = tok.encode(&read_text(Path::new(&a[3])).unwrap()).unwrap();
+    for protocol in [Protocol::LlamaCpp, Protocol::Chunks] {
+        let r = perplexity(&model, &held, &EvalOptions { ctx: 512, protocol, max_windows: Some(40), batch: 4 }).unwrap();
+        println!("{method} {scheme} act_order={act_order} {}: ppl {:.4}", protocol.name(), r.perplexity);
+    }
+}

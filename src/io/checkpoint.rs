@@ -1,0 +1,401 @@
+//! Quantized checkpoints on disk: write a Hugging Face model directory whose quantized
+//! linears are stored as gptq or compressed-tensors (docs/FORMATS.md), and read one back,
+//! ours or another tool's.
+//!
+//! Writing: every source tensor is copied through (same dtype, same bytes) except
+//! `<module>.weight` of each quantized module, replaced by the format's tensors. Tensors are
+//! ordered as the safetensors crate orders them (dtype alignment descending, then name, so
+//! every tensor starts aligned) and split into shards of at most [`MAX_SHARD_BYTES`]
+//! (`model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`).
+//! The header is written by hand with sorted keys so the bytes are deterministic (the crate's
+//! serializer iterates a `HashMap` for `__metadata__`). Everything goes through
+//! [`AtomicDir`]: on any error nothing is left behind.
+
+use super::atomic::AtomicDir;
+use super::safetensors::SafetensorsStore;
+use crate::error::{Error, Result};
+use crate::format::compressed_tensors::{self as ct, target_matches, CtConfig};
+use crate::format::gptq::{self, GptqConfig};
+use crate::format::pack::RawTensor;
+use crate::format::QuantizedTensor;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Shard size limit: Hugging Face's default `max_shard_size` ("5GB").
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Files copied unchanged from the source directory when present.
+pub const COPIED_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model"];
+
+/// Reserved `__metadata__` keys (the `meta` argument may not override them).
+const RESERVED_META: &[&str] = &["format", "quantize_tool", "quantize_version", "quantize_checkpoint_format"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckpointFormat {
+    /// AutoGPTQ/GPTQModel `checkpoint_format: "gptq"` (v1).
+    Gptq,
+    /// compressed-tensors `pack-quantized` (int) or `float-quantized` (FP8 E4M3).
+    CompressedTensors,
+}
+
+impl CheckpointFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointFormat::Gptq => "gptq",
+            CheckpointFormat::CompressedTensors => "compressed-tensors",
+        }
+    }
+}
+
+impl std::str::FromStr for CheckpointFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "gptq" => Ok(Self::Gptq),
+            "compressed-tensors" | "ct" => Ok(Self::CompressedTensors),
+            other => Err(Error::option("--format", format!("{other:?} is not a checkpoint format (gptq, compressed-tensors)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not valid JSON: {e}")))
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(v).expect("a JSON value serializes");
+    s.push(b'\n');
+    s
+}
+
+/// Module names of 2-D `<m>.weight` source tensors that look like linears (not
+/// embeddings) and are not quantized: the formats must be told to leave them alone.
+fn unquantized_linears(store: &SafetensorsStore, quantized: &BTreeMap<String, QuantizedTensor>) -> Result<Vec<String>> {
+    let mut out = vec![];
+    for name in store.names() {
+        if let Some(m) = name.strip_suffix(".weight") {
+            if !quantized.contains_key(m) && !m.contains("embed") && store.raw(name)?.shape.len() == 2 {
+                out.push(m.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Escape a module name for a Python regex (`re.match`), anchored at both ends.
+fn exact_regex(name: &str) -> String {
+    let mut s = String::from("^");
+    for c in name.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('$');
+    s
+}
+
+/// Write `quantized` (module name -> tensor, e.g. `model.layers.0.self_attn.q_proj`) over
+/// the model in `src_dir` to a new directory `out` in `format`. `meta` goes into every
+/// shard's `__metadata__` next to the tool name and version.
+pub fn write_quantized_checkpoint(
+    src_dir: &Path,
+    out: &Path,
+    quantized: &BTreeMap<String, QuantizedTensor>,
+    format: CheckpointFormat,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    let dir = AtomicDir::create(out)?;
+    let store = SafetensorsStore::open(src_dir)?;
+    let cfg_path = src_dir.join("config.json");
+    let mut config = read_json(&cfg_path)?;
+    if !config.is_object() {
+        return Err(Error::config(&cfg_path, "config.json is not a JSON object"));
+    }
+    for (m, q) in quantized {
+        let wname = format!("{m}.weight");
+        let src = store.raw(&wname).map_err(|_| Error::tensor(&wname, "quantized module has no weight in the source model"))?;
+        if src.shape != [q.rows, q.cols] {
+            return Err(Error::tensor(&wname, format!("source shape {:?} but the quantized tensor is [{}, {}]", src.shape, q.rows, q.cols)));
+        }
+    }
+    let skipped = unquantized_linears(&store, quantized)?;
+    let mut raws: Vec<RawTensor> = vec![];
+    let mut extra_files: Vec<(&str, Value)> = vec![];
+    let qconfig = match format {
+        CheckpointFormat::Gptq => {
+            let cfg = GptqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
+            for (m, q) in quantized {
+                raws.extend(gptq::to_tensors(q, m)?);
+            }
+            let mut qc = cfg.quantization_config();
+            if !skipped.is_empty() {
+                // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
+                let dynamic: serde_json::Map<String, Value> = skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
+                qc["dynamic"] = Value::Object(dynamic);
+            }
+            let mut qcfg = cfg.quantize_config();
+            if let Some(d) = qc.get("dynamic") {
+                qcfg["dynamic"] = d.clone();
+            }
+            extra_files.push(("quantize_config.json", qcfg));
+            qc
+        }
+        CheckpointFormat::CompressedTensors => {
+            let mut ignore: BTreeSet<String> = skipped.into_iter().collect();
+            ignore.insert("lm_head".into());
+            let cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
+            for (m, q) in quantized {
+                raws.extend(ct::to_tensors(q, m)?);
+            }
+            cfg.to_json()
+        }
+    };
+    config["quantization_config"] = qconfig;
+
+    // All output tensors: source tensors minus the replaced weights, plus the new ones.
+    let replaced: BTreeSet<String> = quantized.keys().map(|m| format!("{m}.weight")).collect();
+    let mut entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> = BTreeMap::new();
+    for name in store.names() {
+        if !replaced.contains(name) {
+            let t = store.raw(name)?;
+            entries.insert(name.to_string(), (t.dtype, t.shape.to_vec(), t.bytes));
+        }
+    }
+    for r in &raws {
+        if entries.insert(r.name.clone(), (r.dtype, r.shape.clone(), &r.data)).is_some() {
+            return Err(Error::tensor(&r.name, "already exists in the source model (is it already quantized?)"));
+        }
+    }
+    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+    metadata.insert("format".into(), "pt".into());
+    metadata.insert("quantize_tool".into(), env!("CARGO_PKG_NAME").into());
+    metadata.insert("quantize_version".into(), env!("CARGO_PKG_VERSION").into());
+    metadata.insert("quantize_checkpoint_format".into(), format.as_str().into());
+    for (k, v) in meta {
+        if RESERVED_META.contains(&k.as_str()) {
+            return Err(Error::option("metadata", format!("key {k:?} is reserved")));
+        }
+        metadata.insert(k.clone(), v.clone());
+    }
+    write_shards(&dir, entries, &metadata)?;
+    dir.write("config.json", &pretty(&config))?;
+    for (file, v) in extra_files {
+        dir.write(file, &pretty(&v))?;
+    }
+    for f in COPIED_FILES {
+        let p = src_dir.join(f);
+        if p.exists() {
+            std::fs::copy(&p, dir.path(f)).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    dir.commit()?;
+    Ok(())
+}
+
+type Entry<'a> = (String, (Dtype, Vec<usize>, &'a [u8]));
+
+fn write_shards(dir: &AtomicDir, entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])>, meta: &BTreeMap<String, String>) -> Result<()> {
+    let mut all: Vec<Entry<'_>> = entries.into_iter().collect();
+    // safetensors' own order: dtype (alignment) descending, then name.
+    all.sort_by(|(ln, (ld, ..)), (rn, (rd, ..))| rd.cmp(ld).then(ln.cmp(rn)));
+    let mut shards: Vec<Vec<Entry<'_>>> = vec![vec![]];
+    let mut size = 0usize;
+    for e in all {
+        let n = e.1 .2.len();
+        if size > 0 && size + n > MAX_SHARD_BYTES {
+            shards.push(vec![]);
+            size = 0;
+        }
+        size += n;
+        shards.last_mut().expect("non-empty").push(e);
+    }
+    let count = shards.len();
+    if count == 1 {
+        return write_safetensors(&dir.path("model.safetensors"), &shards[0], meta);
+    }
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0usize;
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        write_safetensors(&dir.path(&file), shard, meta)?;
+        for (name, (_, _, data)) in shard {
+            weight_map.insert(name.clone(), json!(file));
+            total += data.len();
+        }
+    }
+    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    dir.write("model.safetensors.index.json", &pretty(&index))
+}
+
+/// One safetensors file: u64 header length, JSON header (sorted keys, space-padded to a
+/// multiple of 8), then the tensors' bytes in the given order.
+fn write_safetensors(path: &Path, tensors: &[Entry<'_>], meta: &BTreeMap<String, String>) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!(meta));
+    let mut offset = 0usize;
+    for (name, (dtype, shape, data)) in tensors {
+        let info = json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]});
+        header.insert(name.clone(), info);
+        offset += data.len();
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).expect("header serializes");
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = |e| Error::io(path, e);
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for (_, (_, _, data)) in tensors {
+        w.write_all(data).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+/// A quantized checkpoint read back: the quantized linears rebuilt, everything else left
+/// in the memory-mapped store for the model loader.
+pub struct LoadedCheckpoint {
+    pub dir: PathBuf,
+    pub format: CheckpointFormat,
+    /// The whole config.json (activation args, if any, are under `quantization_config`).
+    pub config: Value,
+    /// Module name -> tensor.
+    pub quantized: BTreeMap<String, QuantizedTensor>,
+    /// Every tensor of the checkpoint, memory-mapped.
+    pub store: SafetensorsStore,
+    /// `__metadata__` of the shards, merged.
+    pub metadata: BTreeMap<String, String>,
+}
+
+const GPTQ_PARTS: &[&str] = &["qweight", "qzeros", "scales", "g_idx"];
+const CT_PARTS: &[&str] = &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"];
+
+impl LoadedCheckpoint {
+    /// Whether `name` is part of a quantized linear's storage (the loader skips those).
+    pub fn is_quantized_storage(&self, name: &str) -> bool {
+        let Some((m, part)) = name.rsplit_once('.') else { return false };
+        let Some(q) = self.quantized.get(m) else { return false };
+        match self.format {
+            CheckpointFormat::Gptq => GPTQ_PARTS.contains(&part),
+            CheckpointFormat::CompressedTensors => CT_PARTS.contains(&part) || (part == "weight" && q.scheme.is_fp8()),
+        }
+    }
+
+    /// Tensors that are not quantized storage (embeddings, norms, biases, lm_head...).
+    pub fn dense_names(&self) -> Vec<&str> {
+        self.store.names().filter(|n| !self.is_quantized_storage(n)).collect()
+    }
+}
+
+/// GPTQModel `dynamic` overrides: `-:pattern` skips a module, `+:pattern` or `pattern`
+/// overrides bits/group_size/sym/desc_act for the modules it matches.
+fn gptq_config_for(base: &GptqConfig, dynamic: Option<&Value>, module: &str, path: &Path) -> Result<GptqConfig> {
+    let Some(map) = dynamic.and_then(Value::as_object) else { return Ok(base.clone()) };
+    for (pat, over) in map {
+        let (skip, p) = match pat.strip_prefix("-:") {
+            Some(p) => (true, p),
+            None => (false, pat.strip_prefix("+:").unwrap_or(pat)),
+        };
+        if !target_matches(&format!("re:{p}"), module) {
+            continue;
+        }
+        if skip {
+            return Err(Error::tensor(module, format!("holds gptq tensors but quantization_config.dynamic skips it ({pat:?})")));
+        }
+        let mut merged = base.quantization_config();
+        for (k, v) in over.as_object().into_iter().flatten() {
+            merged[k] = v.clone();
+        }
+        return GptqConfig::from_json(&merged, path);
+    }
+    Ok(base.clone())
+}
+
+/// Read a quantized checkpoint: detect its format from config.json's `quantization_config`
+/// (or a lone quantize_config.json), rebuild every quantized linear, and check the config
+/// against the tensors.
+pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+    let cfg_path = dir.join("config.json");
+    let config = read_json(&cfg_path)?;
+    let (qc, qc_path) = match config.get("quantization_config") {
+        Some(v) => (v.clone(), cfg_path.clone()),
+        None if dir.join("quantize_config.json").exists() => {
+            let p = dir.join("quantize_config.json");
+            (read_json(&p)?, p)
+        }
+        None => return Err(Error::config(&cfg_path, "no quantization_config: not a quantized checkpoint")),
+    };
+    let method = qc.get("quant_method").and_then(Value::as_str).unwrap_or("gptq");
+    let store = SafetensorsStore::open(dir)?;
+    let (format, quantized) = {
+        let names: BTreeSet<&str> = store.names().collect();
+        let get = |n: &str| -> Option<TensorView<'_>> {
+            let key = names.get(n)?;
+            let t = store.raw(key).ok()?;
+            TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
+        };
+        let mut quantized = BTreeMap::new();
+        let format = match method {
+            "gptq" => {
+                let base = GptqConfig::from_json(&qc, &qc_path)?;
+                for m in names.iter().filter_map(|n| n.strip_suffix(".qweight")) {
+                    let cfg = gptq_config_for(&base, qc.get("dynamic"), m, &qc_path)?;
+                    quantized.insert(m.to_string(), gptq::from_tensors(m, &get, &cfg)?);
+                }
+                CheckpointFormat::Gptq
+            }
+            "compressed-tensors" => {
+                let cfg = CtConfig::from_json(&qc, &qc_path)?;
+                let packed = names.iter().filter_map(|n| n.strip_suffix(".weight_packed"));
+                let fp8 = names.iter().filter_map(|n| n.strip_suffix(".weight_scale")).filter(|m| {
+                    get(&format!("{m}.weight")).is_some_and(|w| matches!(w.dtype(), Dtype::F8_E4M3 | Dtype::F8_E5M2))
+                });
+                let modules: BTreeSet<&str> = packed.chain(fp8).collect();
+                for m in modules {
+                    let w = cfg.weights_for(m)?;
+                    let is_packed = names.contains(format!("{m}.weight_packed").as_str());
+                    if is_packed == w.scheme.is_fp8() {
+                        let found = if is_packed { "packed integer" } else { "FP8" };
+                        return Err(Error::tensor(m, format!("holds {found} weights but the config gives it {}", w.scheme)));
+                    }
+                    quantized.insert(m.to_string(), ct::from_tensors(m, &get, &w)?);
+                }
+                CheckpointFormat::CompressedTensors
+            }
+            other => return Err(Error::config(&qc_path, format!("quant_method {other:?} is not supported (gptq, compressed-tensors)"))),
+        };
+        if quantized.is_empty() {
+            return Err(Error::config(&qc_path, format!("quant_method {method:?} but no quantized tensors were found in {}", dir.display())));
+        }
+        (format, quantized)
+    };
+    let metadata = store.user_metadata().into_iter().collect();
+    Ok(LoadedCheckpoint { dir: dir.to_path_buf(), format, config, quantized, store, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_and_regex_escape() {
+        assert_eq!("gptq".parse::<CheckpointFormat>().unwrap(), CheckpointFormat::Gptq);
+        assert!("awq".parse::<CheckpointFormat>().unwrap_err().to_string().contains("awq"));
+        let r = exact_regex("model.layers.0.mlp.down_proj");
+        assert_eq!(r, r"^model\.layers\.0\.mlp\.down_proj$");
+        assert!(target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj"));
+        assert!(!target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj2"));
+    }
+}
