@@ -48,7 +48,8 @@ fn write_safetensors(dir: &Path, tensors: &[Spec], sharded: bool, meta: Option<H
 }
 
 fn write_config(dir: &Path, quantization_config: Option<Value>) {
-    let mut c = json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "vocab_size": 16});
+    let mut c =
+        json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "vocab_size": 16});
     if let Some(q) = quantization_config {
         c["quantization_config"] = q;
     }
@@ -67,10 +68,20 @@ fn tiny_model(root: &Path, sharded: bool) -> (PathBuf, BTreeMap<String, Vec<f32>
     let down: Vec<f32> = rand_vec(32 * 96).iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
     let embed: Vec<f32> = rand_vec(16 * 64);
     let tensors: Vec<Spec> = vec![
-        ("model.embed_tokens.weight".into(), Dtype::F16, vec![16, 64], embed.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()),
+        (
+            "model.embed_tokens.weight".into(),
+            Dtype::F16,
+            vec![16, 64],
+            embed.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        ),
         (format!("{Q}.weight"), Dtype::F32, vec![64, 64], f32_bytes(&q)),
         (format!("{Q}.bias"), Dtype::F32, vec![64], f32_bytes(&rand_vec(64))),
-        (format!("{DOWN}.weight"), Dtype::BF16, vec![32, 96], down.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect()),
+        (
+            format!("{DOWN}.weight"),
+            Dtype::BF16,
+            vec![32, 96],
+            down.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        ),
         ("model.norm.weight".into(), Dtype::F32, vec![64], f32_bytes(&[1.0; 64])),
         ("lm_head.weight".into(), Dtype::F32, vec![16, 64], f32_bytes(&rand_vec(16 * 64))),
     ];
@@ -87,7 +98,12 @@ fn tiny_model(root: &Path, sharded: bool) -> (PathBuf, BTreeMap<String, Vec<f32>
 fn one_linear_model(root: &Path, rows: usize, cols: usize) -> PathBuf {
     let dir = root.join("one");
     std::fs::create_dir_all(&dir).unwrap();
-    write_safetensors(&dir, &[("m.weight".into(), Dtype::F32, vec![rows, cols], f32_bytes(&vec![0.0; rows * cols]))], false, None);
+    write_safetensors(
+        &dir,
+        &[("m.weight".into(), Dtype::F32, vec![rows, cols], f32_bytes(&vec![0.0; rows * cols]))],
+        false,
+        None,
+    );
     write_config(&dir, None);
     dir
 }
@@ -142,8 +158,14 @@ fn gptq_int4_bytes_follow_autogptq_pack() {
     assert!(st.tensor("m.weight").is_err(), "the dense weight is replaced");
     let cfg: Value = serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
     let qc = &cfg["quantization_config"];
-    assert_eq!((qc["quant_method"].as_str(), qc["bits"].as_i64(), qc["group_size"].as_i64()), (Some("gptq"), Some(4), Some(-1)));
-    assert_eq!((qc["sym"].as_bool(), qc["desc_act"].as_bool(), qc["checkpoint_format"].as_str()), (Some(true), Some(false), Some("gptq")));
+    assert_eq!(
+        (qc["quant_method"].as_str(), qc["bits"].as_i64(), qc["group_size"].as_i64()),
+        (Some("gptq"), Some(4), Some(-1))
+    );
+    assert_eq!(
+        (qc["sym"].as_bool(), qc["desc_act"].as_bool(), qc["checkpoint_format"].as_str()),
+        (Some(true), Some(false), Some("gptq"))
+    );
     let qcfg: Value = serde_json::from_slice(&std::fs::read(dest.join("quantize_config.json")).unwrap()).unwrap();
     assert_eq!(qcfg["bits"], 4);
 }
@@ -182,14 +204,20 @@ fn compressed_tensors_int4_odd_width_and_asymmetric_zero_points() {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let row = [0x7654_3210u32, 0xFEDC_BA98, 0x7654_3210, 0xFEDC_BA98, 0x0000_3210];
     assert_eq!(tensor(&st, "m.weight_packed", Dtype::I32, &[10, 5]), words_bytes(&row.repeat(10)));
-    assert_eq!(tensor(&st, "m.weight_shape", Dtype::I64, &[2]), [10i64, 36].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    assert_eq!(
+        tensor(&st, "m.weight_shape", Dtype::I64, &[2]),
+        [10i64, 36].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()
+    );
     // f16(0.125) = 0x3000.
     assert_eq!(tensor(&st, "m.weight_scale", Dtype::F16, &[10, 1]), [0x00u8, 0x30].repeat(10));
     // Zero points z[o] = o + 1 packed along the output dim, 8 per word: 0x87654321, then 9, 10 -> 0xA9.
     assert_eq!(tensor(&st, "m.weight_zero_point", Dtype::I32, &[2, 1]), words_bytes(&[0x8765_4321, 0xA9]));
     let cfg: Value = serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
     let qc = &cfg["quantization_config"];
-    assert_eq!((qc["quant_method"].as_str(), qc["format"].as_str()), (Some("compressed-tensors"), Some("pack-quantized")));
+    assert_eq!(
+        (qc["quant_method"].as_str(), qc["format"].as_str()),
+        (Some("compressed-tensors"), Some("pack-quantized"))
+    );
     assert_eq!(qc["quantization_status"], "compressed");
     assert_eq!(qc["ignore"], json!(["lm_head"]));
     let w = &qc["config_groups"]["group_0"];
@@ -205,10 +233,18 @@ fn compressed_tensors_int3_is_word_aligned_and_fp8_is_raw() {
     let root = tempfile::tempdir().unwrap();
     // 3 bits: 10 codes per word, top 2 bits empty. Codes i % 8 for 12 inputs:
     // word 0 = Σ_{j<10} (j % 8) << 3j = 0x08FAC688; word 1 = 2 | 3 << 3 = 0x1A.
-    let dest = write_one(root.path(), int_tensor(3, 2, 12, |_, i| (i % 8) as u8, 1.0), CheckpointFormat::CompressedTensors, "ct3");
+    let dest = write_one(
+        root.path(),
+        int_tensor(3, 2, 12, |_, i| (i % 8) as u8, 1.0),
+        CheckpointFormat::CompressedTensors,
+        "ct3",
+    );
     let bytes = load(&dest);
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(tensor(&st, "m.weight_packed", Dtype::I32, &[2, 2]), words_bytes(&[0x08FA_C688, 0x1A, 0x08FA_C688, 0x1A]));
+    assert_eq!(
+        tensor(&st, "m.weight_packed", Dtype::I32, &[2, 2]),
+        words_bytes(&[0x08FA_C688, 0x1A, 0x08FA_C688, 0x1A])
+    );
     assert!(st.tensor("m.weight_zero_point").is_err(), "symmetric: no zero points stored");
 
     // FP8 E4M3 per channel: the codes are the weight bytes; scales f32 [out, 1].
@@ -239,7 +275,12 @@ fn schemes_for(format: CheckpointFormat) -> Vec<(QuantScheme, bool)> {
     let mut v = vec![];
     for bits in [2u8, 3, 4, 8] {
         let s = QuantScheme::int(bits).unwrap();
-        v.extend([(s, false), (s.group(32).unwrap(), false), (s.group(32).unwrap().asymmetric().unwrap(), false), (s.group(32).unwrap(), true)]);
+        v.extend([
+            (s, false),
+            (s.group(32).unwrap(), false),
+            (s.group(32).unwrap().asymmetric().unwrap(), false),
+            (s.group(32).unwrap(), true),
+        ]);
         if format == CheckpointFormat::CompressedTensors {
             v.extend([(s.per_tensor(), false), (s.asymmetric().unwrap(), false), (s.group(40).unwrap(), false)]);
         }
@@ -274,7 +315,8 @@ fn quantize_write_read_round_trip_is_bit_identical() {
             n += 1;
             let dest = root.path().join(format!("out{n}"));
             let meta = BTreeMap::from([("scheme".to_string(), scheme.to_string())]);
-            write_quantized_checkpoint(&src, &dest, &quantized, format, &meta).unwrap_or_else(|e| panic!("{format} {scheme}: {e}"));
+            write_quantized_checkpoint(&src, &dest, &quantized, format, &meta)
+                .unwrap_or_else(|e| panic!("{format} {scheme}: {e}"));
             let back = read_quantized_checkpoint(&dest).unwrap_or_else(|e| panic!("{format} {scheme}: {e}"));
             assert_eq!(back.format, format);
             assert_eq!(back.metadata.get("scheme"), Some(&scheme.to_string()));
@@ -298,7 +340,10 @@ fn quantize_write_read_round_trip_is_bit_identical() {
             }
             let mut dense = back.dense_names();
             dense.sort();
-            assert_eq!(dense, vec!["lm_head.weight", "model.embed_tokens.weight", format!("{Q}.bias").as_str(), "model.norm.weight"]);
+            assert_eq!(
+                dense,
+                vec!["lm_head.weight", "model.embed_tokens.weight", format!("{Q}.bias").as_str(), "model.norm.weight"]
+            );
             for f in ["tokenizer.json", "generation_config.json"] {
                 assert_eq!(std::fs::read(src.join(f)).unwrap(), std::fs::read(dest.join(f)).unwrap());
             }
@@ -321,7 +366,14 @@ fn sharded_source_is_read_and_gptq_skips_unquantized_linears() {
     let w = &weights[Q];
     let q = quantize_rtn(Q, w, 64, 64, QuantScheme::int(4).unwrap().group(32).unwrap(), None).unwrap();
     let dest = root.path().join("out");
-    write_quantized_checkpoint(&src, &dest, &BTreeMap::from([(Q.to_string(), q.clone())]), CheckpointFormat::Gptq, &BTreeMap::new()).unwrap();
+    write_quantized_checkpoint(
+        &src,
+        &dest,
+        &BTreeMap::from([(Q.to_string(), q.clone())]),
+        CheckpointFormat::Gptq,
+        &BTreeMap::new(),
+    )
+    .unwrap();
     let back = read_quantized_checkpoint(&dest).unwrap();
     assert_eq!(back.quantized[Q], q);
     assert!(back.store.contains(&format!("{DOWN}.weight")), "unquantized down_proj copied");
@@ -343,10 +395,33 @@ fn config_contradicting_tensors_is_a_clear_error() {
     let root = tempfile::tempdir().unwrap();
     let (src, weights) = tiny_model(root.path(), false);
     let quantized = |scheme: QuantScheme| -> BTreeMap<String, QuantizedTensor> {
-        weights.iter().map(|(n, w)| (n.clone(), quantize_rtn(n, w, w.len() / if n == Q { 64 } else { 96 }, if n == Q { 64 } else { 96 }, scheme, None).unwrap())).collect()
+        weights
+            .iter()
+            .map(|(n, w)| {
+                (
+                    n.clone(),
+                    quantize_rtn(
+                        n,
+                        w,
+                        w.len() / if n == Q { 64 } else { 96 },
+                        if n == Q { 64 } else { 96 },
+                        scheme,
+                        None,
+                    )
+                    .unwrap(),
+                )
+            })
+            .collect()
     };
     let g = root.path().join("gptq");
-    write_quantized_checkpoint(&src, &g, &quantized(QuantScheme::int(4).unwrap().group(32).unwrap()), CheckpointFormat::Gptq, &BTreeMap::new()).unwrap();
+    write_quantized_checkpoint(
+        &src,
+        &g,
+        &quantized(QuantScheme::int(4).unwrap().group(32).unwrap()),
+        CheckpointFormat::Gptq,
+        &BTreeMap::new(),
+    )
+    .unwrap();
     rewrite_config(&g, |v| v["quantization_config"]["bits"] = json!(8));
     let e = read_quantized_checkpoint(&g).err().expect("bits contradiction").to_string();
     assert!(e.contains("qweight") && e.contains("bits = 8") && e.contains("model.layers.0"), "{e}");
@@ -364,7 +439,14 @@ fn config_contradicting_tensors_is_a_clear_error() {
     assert!(read_quantized_checkpoint(&g).is_ok(), "sym=false with zeros of 8 is a valid asymmetric reading");
 
     let c = root.path().join("ct");
-    write_quantized_checkpoint(&src, &c, &quantized(QuantScheme::int(8).unwrap().group(32).unwrap()), CheckpointFormat::CompressedTensors, &BTreeMap::new()).unwrap();
+    write_quantized_checkpoint(
+        &src,
+        &c,
+        &quantized(QuantScheme::int(8).unwrap().group(32).unwrap()),
+        CheckpointFormat::CompressedTensors,
+        &BTreeMap::new(),
+    )
+    .unwrap();
     rewrite_config(&c, |v| v["quantization_config"]["config_groups"]["group_0"]["weights"]["group_size"] = json!(64));
     let e = read_quantized_checkpoint(&c).err().expect("ct group contradiction").to_string();
     assert!(e.contains("weight_scale") && e.contains("g64"), "{e}");
@@ -394,7 +476,9 @@ fn unstorable_scheme_is_refused_and_nothing_is_written() {
     ] {
         let q = quantize_rtn(Q, w, 64, 64, scheme, None).unwrap();
         let dest = root.path().join("refused");
-        let e = write_quantized_checkpoint(&src, &dest, &BTreeMap::from([(Q.to_string(), q)]), format, &BTreeMap::new()).unwrap_err();
+        let e =
+            write_quantized_checkpoint(&src, &dest, &BTreeMap::from([(Q.to_string(), q)]), format, &BTreeMap::new())
+                .unwrap_err();
         assert!(e.to_string().contains(needle) && e.to_string().contains(Q), "{e}");
         assert!(!dest.exists());
         let after: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -402,7 +486,14 @@ fn unstorable_scheme_is_refused_and_nothing_is_written() {
     }
     // An existing output is never touched.
     let q = quantize_rtn(Q, w, 64, 64, QuantScheme::int(4).unwrap(), None).unwrap();
-    let e = write_quantized_checkpoint(&src, &src, &BTreeMap::from([(Q.to_string(), q)]), CheckpointFormat::Gptq, &BTreeMap::new()).unwrap_err();
+    let e = write_quantized_checkpoint(
+        &src,
+        &src,
+        &BTreeMap::from([(Q.to_string(), q)]),
+        CheckpointFormat::Gptq,
+        &BTreeMap::new(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
 }
 
@@ -415,7 +506,9 @@ fn reads_checkpoints_written_by_other_tools() {
     std::fs::create_dir_all(&gdir).unwrap();
     let (rows, cols) = (8usize, 32usize);
     // code(o, i) = (o + i) % 16; qweight[k][o] = Σ_j code(o, 8k+j) << 4j.
-    let qweight: Vec<u32> = (0..4).flat_map(|k| (0..rows).map(move |o| (0..8).map(|j| (((o + 8 * k + j) % 16) as u32) << (4 * j)).sum())).collect();
+    let qweight: Vec<u32> = (0..4)
+        .flat_map(|k| (0..rows).map(move |o| (0..8).map(|j| (((o + 8 * k + j) % 16) as u32) << (4 * j)).sum()))
+        .collect();
     // zero(o) = o + 3 stored as o + 2: 0x98765432.
     let spec: Vec<Spec> = vec![
         ("m.qweight".into(), Dtype::I32, vec![4, rows], words_bytes(&qweight)),
@@ -429,7 +522,10 @@ fn reads_checkpoints_written_by_other_tools() {
     std::fs::write(gdir.join("quantize_config.json"), r#"{"bits": 4, "group_size": 32, "desc_act": false, "sym": false, "damp_percent": 0.01, "true_sequential": true, "model_name_or_path": null, "model_file_base_name": "model"}"#).unwrap();
     let back = read_quantized_checkpoint(&gdir).unwrap();
     let m = &back.quantized["m"];
-    assert_eq!((m.rows, m.cols, m.scheme), (rows, cols, QuantScheme::int(4).unwrap().group(32).unwrap().asymmetric().unwrap()));
+    assert_eq!(
+        (m.rows, m.cols, m.scheme),
+        (rows, cols, QuantScheme::int(4).unwrap().group(32).unwrap().asymmetric().unwrap())
+    );
     let w = m.dequantize();
     for o in 0..rows {
         for i in 0..cols {
@@ -444,11 +540,18 @@ fn reads_checkpoints_written_by_other_tools() {
     std::fs::create_dir_all(&cdir).unwrap();
     let (rows, cols) = (2usize, 16usize);
     // code(o, i) = (i + o) % 16 -> 2 words per row.
-    let packed: Vec<u32> = (0..rows).flat_map(|o| (0..2).map(move |k| (0..8).map(|j| (((o + 8 * k + j) % 16) as u32) << (4 * j)).sum())).collect();
+    let packed: Vec<u32> = (0..rows)
+        .flat_map(|o| (0..2).map(move |k| (0..8).map(|j| (((o + 8 * k + j) % 16) as u32) << (4 * j)).sum()))
+        .collect();
     let spec: Vec<Spec> = vec![
         ("model.layers.0.mlp.up_proj.weight_packed".into(), Dtype::I32, vec![rows, 2], words_bytes(&packed)),
         ("model.layers.0.mlp.up_proj.weight_scale".into(), Dtype::BF16, vec![rows, 1], [0x80u8, 0x3E].repeat(rows)), // bf16 0.25
-        ("model.layers.0.mlp.up_proj.weight_shape".into(), Dtype::I64, vec![2], [2i64, 16].iter().flat_map(|v| v.to_le_bytes()).collect()),
+        (
+            "model.layers.0.mlp.up_proj.weight_shape".into(),
+            Dtype::I64,
+            vec![2],
+            [2i64, 16].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
         ("lm_head.weight".into(), Dtype::BF16, vec![4, 16], vec![0u8; 128]),
     ];
     write_safetensors(&cdir, &spec, false, None);

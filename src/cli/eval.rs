@@ -3,6 +3,7 @@
 use crate::eval::perplexity::Protocol;
 use crate::eval::{compare, perplexity, report, EvalOptions};
 use crate::io::tokenizer::{read_text, Tokenizer};
+use crate::model::load::LoadInfo;
 use crate::model::LlamaModel;
 use std::path::{Path, PathBuf};
 
@@ -34,8 +35,8 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
 }
 
-pub fn load_model(dir: &Path) -> anyhow::Result<LlamaModel> {
-    Ok(LlamaModel::load(dir)?)
+pub fn load_model(dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
+    Ok(crate::model::load::load_model(dir)?)
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -51,7 +52,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
     let t0 = std::time::Instant::now();
-    let model = load_model(&a.model)?;
+    let (model, info) = load_model(&a.model)?;
     eprintln!("loaded {} in {:.2}s", a.model.display(), t0.elapsed().as_secs_f64());
     let json = match &a.baseline {
         None => {
@@ -60,10 +61,11 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             serde_json::to_value(&r)?
         }
         Some(b) => {
-            let base = load_model(b)?;
+            let (base, base_info) = load_model(b)?;
             let c = compare(&base, &model, &tokens, &opts)?;
-            print!("{}", report::comparison_table(&c, None));
-            serde_json::to_value(&c)?
+            let size = report::SizeReport { bits_per_weight: info.bits_per_weight.unwrap_or(32.0), bytes_on_disk: info.bytes_on_disk, baseline_bytes_on_disk: base_info.bytes_on_disk };
+            print!("{}", report::comparison_table(&c, Some(&size)));
+            serde_json::json!({"comparison": c, "size": size, "model": info, "baseline_model": base_info})
         }
     };
     if let Some(p) = &a.json {

@@ -1,6 +1,7 @@
 //! The `quantize` command line: `quantize [quantize options] MODEL`, and the
 //! subcommands `convert`, `eval`.
 pub mod eval;
+pub mod quantize;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    #[command(flatten)]
+    pub quantize: quantize::QuantizeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,22 +39,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Convert(a)) => convert(a),
         Some(Command::Eval(a)) => eval::run(a),
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        None => quantize::run(cli.quantize),
     }
 }
 
 fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     use crate::convert::{convert_gguf, OutDType};
-    let dtype = match a.dtype.as_str() {
-        "f16" => OutDType::F16,
-        "bf16" => OutDType::BF16,
-        _ => OutDType::F32,
-    };
+    let dtype: OutDType = a.dtype.parse()?;
     let r = convert_gguf(&a.gguf, &a.output, dtype)?;
-    eprintln!("{r:?}");
+    eprintln!("converted {} tensors ({} parameters) in {:.1}s", r.tensors, r.params, r.seconds);
+    println!("{}", r.output.display());
     Ok(())
 }

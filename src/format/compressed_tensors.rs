@@ -68,7 +68,12 @@ impl CtWeights {
             ));
         }
         if actorder && !matches!(scheme.granularity, Granularity::Group(_)) {
-            return Err(Error::tensor(name, format!("act-order g_idx with {scheme}: compressed-tensors allows actorder only with the group strategy")));
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "act-order g_idx with {scheme}: compressed-tensors allows actorder only with the group strategy"
+                ),
+            ));
         }
         Ok(Self { scheme, actorder })
     }
@@ -120,7 +125,11 @@ impl CtWeights {
             ("tensor", _) => Granularity::PerTensor,
             ("channel", _) => Granularity::PerChannel,
             ("group", Some(n)) if n > 0 => Granularity::Group(n as usize),
-            (s, g) => return Err(err(format!("strategy {s:?} with group_size {g:?} is not supported (tensor, channel, group > 0)"))),
+            (s, g) => {
+                return Err(err(format!(
+                    "strategy {s:?} with group_size {g:?} is not supported (tensor, channel, group > 0)"
+                )))
+            }
         };
         let format = match (kind, bits) {
             ("int", 2 | 3 | 4 | 8) => NumberFormat::Int { bits: bits as u8 },
@@ -177,7 +186,10 @@ impl CtConfig {
             let (w0, n0) = &by_weights[0];
             return Err(Error::option(
                 "format",
-                format!("compressed-tensors stores one format per checkpoint: {} is {} but {} is {}", n0[0], w0.scheme, names[0], w.scheme),
+                format!(
+                    "compressed-tensors stores one format per checkpoint: {} is {} but {} is {}",
+                    n0[0], w0.scheme, names[0], w.scheme
+                ),
             ));
         }
         let single = by_weights.len() == 1;
@@ -213,18 +225,30 @@ impl CtConfig {
         let format = match v.get("format").and_then(Value::as_str) {
             Some("pack-quantized") => CtFormat::PackQuantized,
             Some("float-quantized") | Some("naive-quantized") => CtFormat::FloatQuantized,
-            other => return Err(Error::config(path, format!("compressed-tensors format {other:?} is not supported (pack-quantized, float-quantized)"))),
+            other => {
+                return Err(Error::config(
+                    path,
+                    format!("compressed-tensors format {other:?} is not supported (pack-quantized, float-quantized)"),
+                ))
+            }
         };
-        let groups_v = v.get("config_groups").and_then(Value::as_object).ok_or_else(|| Error::config(path, "compressed-tensors config has no config_groups"))?;
+        let groups_v = v
+            .get("config_groups")
+            .and_then(Value::as_object)
+            .ok_or_else(|| Error::config(path, "compressed-tensors config has no config_groups"))?;
         let mut groups = vec![];
         for (gname, g) in groups_v {
-            let targets = strings(g.get("targets")).ok_or_else(|| Error::config(path, format!("config group {gname} has no targets list")))?;
+            let targets = strings(g.get("targets"))
+                .ok_or_else(|| Error::config(path, format!("config group {gname} has no targets list")))?;
             let weights = match g.get("weights") {
                 Some(w) if !w.is_null() => CtWeights::from_json(w, path)?,
                 _ => continue, // activation-only group: no stored weight format
             };
             if weights.format() != format {
-                return Err(Error::config(path, format!("config group {gname} holds {} weights but format is {}", weights.scheme, format.as_str())));
+                return Err(Error::config(
+                    path,
+                    format!("config group {gname} holds {} weights but format is {}", weights.scheme, format.as_str()),
+                ));
             }
             for t in &targets {
                 if let Some(p) = t.strip_prefix("re:") {
@@ -249,9 +273,12 @@ impl CtConfig {
         }
         let pick = |pred: &dyn Fn(&str) -> bool| self.groups.iter().find(|g| g.targets.iter().any(|t| pred(t)));
         let hit = pick(&|t| t == module)
-            .or_else(|| pick(&|t| t.strip_prefix("re:").is_some_and(|p| Regex::parse(p).is_ok_and(|r| r.matches(module)))))
+            .or_else(|| {
+                pick(&|t| t.strip_prefix("re:").is_some_and(|p| Regex::parse(p).is_ok_and(|r| r.matches(module))))
+            })
             .or_else(|| pick(&|t| t == "Linear"));
-        hit.map(|g| g.weights).ok_or_else(|| Error::tensor(module, "holds quantized weights but no config group targets it"))
+        hit.map(|g| g.weights)
+            .ok_or_else(|| Error::tensor(module, "holds quantized weights but no config group targets it"))
     }
 }
 
@@ -296,10 +323,18 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
     let half = 1i16 << (bits - 1);
     if q.scheme.symmetric {
         if let Some(i) = zeros.iter().position(|&z| z as i16 != half) {
-            return Err(Error::tensor(prefix, format!("symmetric scheme with zero point {} at index {i} (expected {half})", zeros[i])));
+            return Err(Error::tensor(
+                prefix,
+                format!("symmetric scheme with zero point {} at index {i} (expected {half})", zeros[i]),
+            ));
         }
     } else if q.scheme.granularity == Granularity::PerTensor {
-        out.push(RawTensor::from_bytes(name("weight_zero_point"), Dtype::I8, &[1], vec![(zeros[0] as i16 - half) as i8 as u8]));
+        out.push(RawTensor::from_bytes(
+            name("weight_zero_point"),
+            Dtype::I8,
+            &[1],
+            vec![(zeros[0] as i16 - half) as i8 as u8],
+        ));
     } else {
         let (zp, zshape) = pack_matrix(zeros, rows, q.groups_per_row(), Axis::Rows, bits, PackRule::WordAligned);
         out.push(RawTensor::from_words(name("weight_zero_point"), &zshape, &zp));
@@ -310,9 +345,14 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
 
 /// Rebuild one linear from its compressed-tensors tensors, checking them against `w` (the
 /// config's weights args); contradictions name the tensor and both values.
-pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a>>, w: &CtWeights) -> Result<QuantizedTensor> {
+pub fn from_tensors<'a>(
+    prefix: &str,
+    get: &dyn Fn(&str) -> Option<TensorView<'a>>,
+    w: &CtWeights,
+) -> Result<QuantizedTensor> {
     let name = |s: &str| format!("{prefix}.{s}");
-    let need = |s: &str| get(&name(s)).ok_or_else(|| Error::tensor(name(s), format!("missing (config says {})", w.scheme)));
+    let need =
+        |s: &str| get(&name(s)).ok_or_else(|| Error::tensor(name(s), format!("missing (config says {})", w.scheme)));
     let scheme = w.scheme;
     let scale_v = need("weight_scale")?;
     let scales = read_floats(&name("weight_scale"), &scale_v)?;
@@ -326,17 +366,25 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
             _ => scale_v.shape() == [rows, scheme.groups_per_row(cols)],
         };
         if !ok_shape || scales.len() != n {
-            return Err(Error::tensor(name("weight_scale"), format!("shape {:?} contradicts config {scheme} for weight [{rows}, {cols}]", scale_v.shape())));
+            return Err(Error::tensor(
+                name("weight_scale"),
+                format!("shape {:?} contradicts config {scheme} for weight [{rows}, {cols}]", scale_v.shape()),
+            ));
         }
         match scales.iter().position(|s| *s <= 0.0) {
-            Some(i) => Err(Error::tensor(name("weight_scale"), format!("scale {} at index {i} is not positive", scales[i]))),
+            Some(i) => {
+                Err(Error::tensor(name("weight_scale"), format!("scale {} at index {i} is not positive", scales[i])))
+            }
             None => Ok(()),
         }
     };
     if scheme.is_fp8() {
         let wv = need("weight")?;
         if wv.dtype() != Dtype::F8_E4M3 || wv.shape().len() != 2 {
-            return Err(Error::tensor(name("weight"), format!("dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3, 2-D)", wv.dtype(), wv.shape())));
+            return Err(Error::tensor(
+                name("weight"),
+                format!("dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3, 2-D)", wv.dtype(), wv.shape()),
+            ));
         }
         let (rows, cols) = (wv.shape()[0], wv.shape()[1]);
         check_scales(rows, cols)?;
@@ -351,10 +399,22 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
     let pv = need("weight_packed")?;
     let expect = [rows, packed_words(cols, bits, PackRule::WordAligned)];
     if pv.shape() != expect {
-        let msg = format!("shape {:?}, but config num_bits = {bits} with weight_shape [{rows}, {cols}] needs {expect:?}", pv.shape());
+        let msg = format!(
+            "shape {:?}, but config num_bits = {bits} with weight_shape [{rows}, {cols}] needs {expect:?}",
+            pv.shape()
+        );
         return Err(Error::tensor(name("weight_packed"), msg));
     }
-    let codes = unpack_matrix(&name("weight_packed"), &read_words(&name("weight_packed"), &pv)?, expect, rows, cols, Axis::Cols, bits, PackRule::WordAligned)?;
+    let codes = unpack_matrix(
+        &name("weight_packed"),
+        &read_words(&name("weight_packed"), &pv)?,
+        expect,
+        rows,
+        cols,
+        Axis::Cols,
+        bits,
+        PackRule::WordAligned,
+    )?;
     check_scales(rows, cols)?;
     let half = 1u8 << (bits - 1);
     let n = scales.len();
@@ -363,32 +423,56 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
         (true, Some(z)) => {
             let zs = read_ints(&name("weight_zero_point"), &z)?;
             if let Some(i) = zs.iter().position(|&v| v != 0) {
-                return Err(Error::tensor(name("weight_zero_point"), format!("{} at index {i}, but config says symmetric (zero points 0)", zs[i])));
+                return Err(Error::tensor(
+                    name("weight_zero_point"),
+                    format!("{} at index {i}, but config says symmetric (zero points 0)", zs[i]),
+                ));
             }
             vec![half; n]
         }
-        (false, None) => return Err(Error::tensor(name("weight_zero_point"), format!("missing, but config {scheme} is asymmetric"))),
+        (false, None) => {
+            return Err(Error::tensor(name("weight_zero_point"), format!("missing, but config {scheme} is asymmetric")))
+        }
         (false, Some(z)) if scheme.granularity == Granularity::PerTensor => {
             let v = read_ints(&name("weight_zero_point"), &z)?;
             match v[..] {
                 [s] if (-(half as i64)..half as i64).contains(&s) => vec![(s + half as i64) as u8],
-                _ => return Err(Error::tensor(name("weight_zero_point"), format!("{v:?} is not one signed {bits}-bit zero point"))),
+                _ => {
+                    return Err(Error::tensor(
+                        name("weight_zero_point"),
+                        format!("{v:?} is not one signed {bits}-bit zero point"),
+                    ))
+                }
             }
         }
         (false, Some(z)) => {
             let gpr = scheme.groups_per_row(cols);
-            unpack_matrix(&name("weight_zero_point"), &read_words(&name("weight_zero_point"), &z)?, dims2(&z), rows, gpr, Axis::Rows, bits, PackRule::WordAligned)?
+            unpack_matrix(
+                &name("weight_zero_point"),
+                &read_words(&name("weight_zero_point"), &z)?,
+                dims2(&z),
+                rows,
+                gpr,
+                Axis::Rows,
+                bits,
+                PackRule::WordAligned,
+            )?
         }
     };
     let g_idx = match (w.actorder, get(&name("weight_g_idx"))) {
         (false, None) => None,
-        (true, None) => return Err(Error::tensor(name("weight_g_idx"), "missing, but config actorder = group needs it")),
+        (true, None) => {
+            return Err(Error::tensor(name("weight_g_idx"), "missing, but config actorder = group needs it"))
+        }
         (false, Some(_)) => return Err(Error::tensor(name("weight_g_idx"), "present, but config has no actorder")),
         (true, Some(v)) => {
             let g = read_ints(&name("weight_g_idx"), &v)?;
             let groups = scheme.groups_per_row(cols) as i64;
             if g.len() != cols || g.iter().any(|&x| x < 0 || x >= groups) {
-                return Err(Error::tensor(name("weight_g_idx"), format!("{} entries for {cols} columns with {groups} groups, or a group out of range", g.len())));
+                return Err(Error::tensor(
+                    name("weight_g_idx"),
+                    format!("{} entries for {cols} columns with {groups} groups, or a group out of range", g.len()),
+                ));
             }
             Some(g.iter().map(|&x| x as u32).collect())
         }
@@ -471,7 +555,12 @@ fn parse_alts(c: &[char], i: &mut usize) -> std::result::Result<Vec<Vec<Piece>>,
                 *i += neg as usize;
                 let mut ranges = vec![];
                 while *i < c.len() && c[*i] != ']' {
-                    let lo = if c[*i] == '\\' { *i += 1; *c.get(*i).ok_or("dangling '\\'")? } else { c[*i] };
+                    let lo = if c[*i] == '\\' {
+                        *i += 1;
+                        *c.get(*i).ok_or("dangling '\\'")?
+                    } else {
+                        c[*i]
+                    };
                     *i += 1;
                     if c.get(*i) == Some(&'-') && c.get(*i + 1).is_some_and(|&x| x != ']') {
                         ranges.push((lo, c[*i + 1]));
@@ -558,7 +647,10 @@ mod tests {
         assert!(m("^model\\.layers\\.[0-9]+\\.mlp\\.(?:gate|up)_proj$", "model.layers.3.mlp.up_proj"));
         assert!(m("a?b*c+$", "bbc") && !m("a?b*c+$", "ab"));
         assert!(Regex::parse("a{2}").is_err() && Regex::parse("(a").is_err() && Regex::parse("\\p").is_err());
-        assert!(target_matches("lm_head", "lm_head") && !target_matches("lm_head", "model.lm_head"), "plain names match exactly");
+        assert!(
+            target_matches("lm_head", "lm_head") && !target_matches("lm_head", "model.lm_head"),
+            "plain names match exactly"
+        );
     }
 
     #[test]
@@ -578,8 +670,14 @@ mod tests {
         let cfg = CtConfig {
             format: CtFormat::PackQuantized,
             groups: vec![
-                CtGroup { targets: vec!["Linear".into()], weights: CtWeights::new("m", QuantScheme::int(4).unwrap(), false).unwrap() },
-                CtGroup { targets: vec!["re:.*down_proj$".into()], weights: CtWeights::new("m", QuantScheme::int(8).unwrap(), false).unwrap() },
+                CtGroup {
+                    targets: vec!["Linear".into()],
+                    weights: CtWeights::new("m", QuantScheme::int(4).unwrap(), false).unwrap(),
+                },
+                CtGroup {
+                    targets: vec!["re:.*down_proj$".into()],
+                    weights: CtWeights::new("m", QuantScheme::int(8).unwrap(), false).unwrap(),
+                },
             ],
             ignore: vec!["lm_head".into()],
         };

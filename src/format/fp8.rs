@@ -27,8 +27,12 @@ pub fn decode_table(format: NumberFormat) -> &'static [f32; 256] {
     static E4M3: OnceLock<[f32; 256]> = OnceLock::new();
     static E5M2: OnceLock<[f32; 256]> = OnceLock::new();
     match format {
-        NumberFormat::Fp8E4M3 => E4M3.get_or_init(|| std::array::from_fn(|b| float8::F8E4M3::from_bits(b as u8).to_f32())),
-        NumberFormat::Fp8E5M2 => E5M2.get_or_init(|| std::array::from_fn(|b| float8::F8E5M2::from_bits(b as u8).to_f32())),
+        NumberFormat::Fp8E4M3 => {
+            E4M3.get_or_init(|| std::array::from_fn(|b| float8::F8E4M3::from_bits(b as u8).to_f32()))
+        }
+        NumberFormat::Fp8E5M2 => {
+            E5M2.get_or_init(|| std::array::from_fn(|b| float8::F8E5M2::from_bits(b as u8).to_f32()))
+        }
         NumberFormat::Int { .. } => panic!("fp8 decode table of an integer format"),
     }
 }
@@ -74,7 +78,10 @@ mod tests {
             let t = decode_table(f);
             for b in 0..=255u8 {
                 let (got, want) = (t[b as usize], reference_decode(f, b));
-                assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{f:?} code {b:#04x}: {got} vs {want}");
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{f:?} code {b:#04x}: {got} vs {want}"
+                );
             }
             assert_eq!(positive_finite(f).last().unwrap().0, fp8_max(f));
         }

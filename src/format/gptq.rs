@@ -66,14 +66,23 @@ impl GptqConfig {
                 NumberFormat::Int { bits } => bits,
                 _ => return Err(unstorable(name, &q.scheme)),
             };
-            let cfg = GptqConfig { bits, group_size: gptq_group_size(&q.scheme), desc_act: false, sym: q.scheme.symmetric, v2: false };
+            let cfg = GptqConfig {
+                bits,
+                group_size: gptq_group_size(&q.scheme),
+                desc_act: false,
+                sym: q.scheme.symmetric,
+                v2: false,
+            };
             desc_act |= q.g_idx.is_some();
             match &first {
                 None => first = Some((name, cfg)),
                 Some((n0, c0)) if *c0 != cfg => {
                     return Err(Error::option(
                         "format",
-                        format!("gptq stores one scheme per checkpoint: {n0} is {c0:?} but {name} is {} ({cfg:?})", q.scheme),
+                        format!(
+                            "gptq stores one scheme per checkpoint: {n0} is {c0:?} but {name} is {} ({cfg:?})",
+                            q.scheme
+                        ),
                     ))
                 }
                 _ => {}
@@ -87,7 +96,8 @@ impl GptqConfig {
     /// Parse `quantization_config` (or `quantize_config.json`); `path` is for messages.
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let int = |k: &str| v.get(k).and_then(Value::as_i64);
-        let bits = int("bits").ok_or_else(|| Error::config(path, "gptq quantization_config has no integer \"bits\""))?;
+        let bits =
+            int("bits").ok_or_else(|| Error::config(path, "gptq quantization_config has no integer \"bits\""))?;
         if !matches!(bits, 2 | 3 | 4 | 8) {
             return Err(Error::config(path, format!("gptq bits = {bits}; supported: 2, 3, 4, 8")));
         }
@@ -100,7 +110,12 @@ impl GptqConfig {
         let v2 = match v.get("checkpoint_format").and_then(Value::as_str) {
             None | Some("gptq") => false,
             Some("gptq_v2") => true,
-            Some(other) => return Err(Error::config(path, format!("gptq checkpoint_format {other:?} is not supported (gptq, gptq_v2)"))),
+            Some(other) => {
+                return Err(Error::config(
+                    path,
+                    format!("gptq checkpoint_format {other:?} is not supported (gptq, gptq_v2)"),
+                ))
+            }
         };
         Ok(Self { bits: bits as u8, group_size, desc_act: flag("desc_act", false), sym: flag("sym", true), v2 })
     }
@@ -157,7 +172,8 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
     let half = 1u8 << (bits - 1);
     if let Some(i) = zeros.iter().position(|&z| z == 0 || (q.scheme.symmetric && z != half)) {
         let why = if zeros[i] == 0 {
-            "gptq stores zero - 1 per field, so zero point 0 cannot be stored (use --sym or compressed-tensors)".to_string()
+            "gptq stores zero - 1 per field, so zero point 0 cannot be stored (use --sym or compressed-tensors)"
+                .to_string()
         } else {
             format!("symmetric scheme needs zero point {half}")
         };
@@ -193,14 +209,23 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
 
 /// Rebuild one linear from its GPTQ tensors (`get` looks a tensor up by full name),
 /// checking every shape against `cfg`; a contradiction names the tensor and both values.
-pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a>>, cfg: &GptqConfig) -> Result<QuantizedTensor> {
+pub fn from_tensors<'a>(
+    prefix: &str,
+    get: &dyn Fn(&str) -> Option<TensorView<'a>>,
+    cfg: &GptqConfig,
+) -> Result<QuantizedTensor> {
     let name = |s: &str| format!("{prefix}.{s}");
-    let need = |s: &str| get(&name(s)).ok_or_else(|| Error::tensor(name(s), "missing (gptq linears need qweight, qzeros, scales)"));
+    let need = |s: &str| {
+        get(&name(s)).ok_or_else(|| Error::tensor(name(s), "missing (gptq linears need qweight, qzeros, scales)"))
+    };
     let (qweight, qzeros, scales) = (need("qweight")?, need("qzeros")?, need("scales")?);
     let g_idx_view = get(&name("g_idx"));
     let bits = cfg.bits as usize;
     if scales.shape().len() != 2 || qweight.shape().len() != 2 {
-        return Err(Error::tensor(name("scales"), format!("shape {:?} / qweight {:?}: expected 2-D", scales.shape(), qweight.shape())));
+        return Err(Error::tensor(
+            name("scales"),
+            format!("shape {:?} / qweight {:?}: expected 2-D", scales.shape(), qweight.shape()),
+        ));
     }
     let (groups, out) = (scales.shape()[0], scales.shape()[1]);
     let cols = match &g_idx_view {
@@ -208,11 +233,19 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
         None => qweight.shape()[0] * 32 / bits,
     };
     if cols * bits % 32 != 0 || out * bits % 32 != 0 {
-        return Err(Error::tensor(prefix, format!("in = {cols}, out = {out} cannot be packed in whole words at bits = {bits} (config)")));
+        return Err(Error::tensor(
+            prefix,
+            format!("in = {cols}, out = {out} cannot be packed in whole words at bits = {bits} (config)"),
+        ));
     }
-    for (t, view, shape) in [("qweight", &qweight, [cols * bits / 32, out]), ("qzeros", &qzeros, [groups, out * bits / 32])] {
+    for (t, view, shape) in
+        [("qweight", &qweight, [cols * bits / 32, out]), ("qzeros", &qzeros, [groups, out * bits / 32])]
+    {
         if view.shape() != shape {
-            let msg = format!("shape {:?}, but config bits = {bits} with in = {cols}, out = {out} needs {shape:?}", view.shape());
+            let msg = format!(
+                "shape {:?}, but config bits = {bits} with in = {cols}, out = {out} needs {shape:?}",
+                view.shape()
+            );
             return Err(Error::tensor(name(t), msg));
         }
     }
@@ -220,11 +253,32 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
     if groups != expect_groups {
         return Err(Error::tensor(
             name("scales"),
-            format!("{groups} groups, but config group_size = {} with in = {cols} gives {expect_groups}", cfg.group_size.map_or(-1, |g| g as i64)),
+            format!(
+                "{groups} groups, but config group_size = {} with in = {cols} gives {expect_groups}",
+                cfg.group_size.map_or(-1, |g| g as i64)
+            ),
         ));
     }
-    let codes_t = unpack_matrix(&name("qweight"), &read_words(&name("qweight"), &qweight)?, [cols * bits / 32, out], cols, out, Axis::Rows, cfg.bits, PackRule::Stream)?;
-    let fields = unpack_matrix(&name("qzeros"), &read_words(&name("qzeros"), &qzeros)?, [groups, out * bits / 32], groups, out, Axis::Cols, cfg.bits, PackRule::Stream)?;
+    let codes_t = unpack_matrix(
+        &name("qweight"),
+        &read_words(&name("qweight"), &qweight)?,
+        [cols * bits / 32, out],
+        cols,
+        out,
+        Axis::Rows,
+        cfg.bits,
+        PackRule::Stream,
+    )?;
+    let fields = unpack_matrix(
+        &name("qzeros"),
+        &read_words(&name("qzeros"), &qzeros)?,
+        [groups, out * bits / 32],
+        groups,
+        out,
+        Axis::Cols,
+        cfg.bits,
+        PackRule::Stream,
+    )?;
     let scales_t = read_floats(&name("scales"), &scales)?;
     let offset = if cfg.v2 { 0 } else { 1 };
     let half = 1u16 << (bits - 1);
@@ -239,24 +293,37 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
         for r in 0..out {
             let z = fields[g * out + r] as u16 + offset;
             if cfg.sym && z != half {
-                return Err(Error::tensor(name("qzeros"), format!("zero point {z} at group {g} column {r}, but config sym = true needs {half}")));
+                return Err(Error::tensor(
+                    name("qzeros"),
+                    format!("zero point {z} at group {g} column {r}, but config sym = true needs {half}"),
+                ));
             }
             // 8-bit v1 field 255 means zero 256 to the kernels: not representable here.
-            zs[r * groups + g] = u8::try_from(z).map_err(|_| Error::tensor(name("qzeros"), format!("zero point {z} at group {g} column {r} exceeds 8 bits")))?;
+            zs[r * groups + g] = u8::try_from(z).map_err(|_| {
+                Error::tensor(name("qzeros"), format!("zero point {z} at group {g} column {r} exceeds 8 bits"))
+            })?;
             sc[r * groups + g] = scales_t[g * out + r];
         }
     }
     if let Some(i) = sc.iter().position(|s| *s <= 0.0) {
-        return Err(Error::tensor(name("scales"), format!("scale {} at row {} group {} is not positive", sc[i], i / groups, i % groups)));
+        return Err(Error::tensor(
+            name("scales"),
+            format!("scale {} at row {} group {} is not positive", sc[i], i / groups, i % groups),
+        ));
     }
     let scheme = cfg.scheme();
     let g_idx = match g_idx_view {
-        None if cfg.desc_act => return Err(Error::tensor(name("g_idx"), "missing, but config desc_act = true needs it")),
+        None if cfg.desc_act => {
+            return Err(Error::tensor(name("g_idx"), "missing, but config desc_act = true needs it"))
+        }
         None => None,
         Some(v) => {
             let g = read_ints(&name("g_idx"), &v)?;
             if let Some(c) = g.iter().position(|&x| x < 0 || x as usize >= groups) {
-                return Err(Error::tensor(name("g_idx"), format!("g_idx[{c}] = {} but there are {groups} groups", g[c])));
+                return Err(Error::tensor(
+                    name("g_idx"),
+                    format!("g_idx[{c}] = {} but there are {groups} groups", g[c]),
+                ));
             }
             let width = scheme.group_width(cols);
             match (0..cols).find(|&c| g[c] as usize != c / width) {
@@ -265,7 +332,11 @@ pub fn from_tensors<'a>(prefix: &str, get: &dyn Fn(&str) -> Option<TensorView<'a
                 Some(c) => {
                     return Err(Error::tensor(
                         name("g_idx"),
-                        format!("g_idx[{c}] = {} but config desc_act = false with group width {width} means {}", g[c], c / width),
+                        format!(
+                            "g_idx[{c}] = {} but config desc_act = false with group width {width} means {}",
+                            g[c],
+                            c / width
+                        ),
                     ))
                 }
             }
@@ -287,7 +358,8 @@ mod tests {
         let n = if scheme.granularity == Granularity::PerTensor { 1 } else { rows * groups };
         let maxq = scheme.maxq() as usize;
         let codes = (0..rows * cols).map(|i| ((i * 7 + i / 3) % (maxq + 1)) as u8).collect();
-        let zeros = (0..n).map(|i| if scheme.symmetric { (maxq as u8 / 2) + 1 } else { 1 + (i % maxq) as u8 }).collect();
+        let zeros =
+            (0..n).map(|i| if scheme.symmetric { (maxq as u8 / 2) + 1 } else { 1 + (i % maxq) as u8 }).collect();
         let scales = (0..n).map(|i| 0.5 + i as f32 / 64.0).collect();
         QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None }
     }
@@ -296,7 +368,9 @@ mod tests {
     fn round_trip_every_bit_width_and_granularity() {
         for bits in [2u8, 3, 4, 8] {
             let base = QuantScheme::int(bits).unwrap();
-            for s in [base, base.group(32).unwrap(), base.group(48).unwrap(), base.asymmetric().unwrap().group(32).unwrap()] {
+            for s in
+                [base, base.group(32).unwrap(), base.group(48).unwrap(), base.asymmetric().unwrap().group(32).unwrap()]
+            {
                 let q = tensor(s, 64, 96);
                 let ts = to_tensors(&q, "m").unwrap();
                 let cfg = GptqConfig::for_tensors([("m", &q)]).unwrap();
@@ -323,7 +397,8 @@ mod tests {
         let back = from_tensors("m", &lookup(&to_tensors(&q, "m").unwrap()), &cfg).unwrap();
         assert_eq!(back, q);
         // The same tensors under a config claiming desc_act = false: a contradiction.
-        let e = from_tensors("m", &lookup(&to_tensors(&q, "m").unwrap()), &GptqConfig { desc_act: false, ..cfg }).unwrap_err();
+        let e = from_tensors("m", &lookup(&to_tensors(&q, "m").unwrap()), &GptqConfig { desc_act: false, ..cfg })
+            .unwrap_err();
         assert!(e.to_string().contains("desc_act = false"), "{e}");
     }
 

@@ -121,7 +121,14 @@ pub fn unpack(words: &[u32], bits: u8, n: usize, rule: PackRule) -> Option<Vec<u
 
 /// Pack a row-major `[rows, cols]` code matrix along `axis`; returns the words (row-major)
 /// and their shape.
-pub fn pack_matrix(codes: &[u8], rows: usize, cols: usize, axis: Axis, bits: u8, rule: PackRule) -> (Vec<u32>, [usize; 2]) {
+pub fn pack_matrix(
+    codes: &[u8],
+    rows: usize,
+    cols: usize,
+    axis: Axis,
+    bits: u8,
+    rule: PackRule,
+) -> (Vec<u32>, [usize; 2]) {
     assert_eq!(codes.len(), rows * cols, "pack_matrix: codes shape");
     check_codes(codes, bits);
     match axis {
@@ -317,10 +324,18 @@ pub fn check_tensor(name: &str, q: &QuantizedTensor) -> Result<()> {
     if let NumberFormat::Int { bits } = q.scheme.format {
         let maxq = q.scheme.maxq();
         if let Some(i) = q.codes.iter().position(|&c| c as u32 > maxq) {
-            return bad(format!("code {} at row {} col {} exceeds {bits}-bit range", q.codes[i], i / q.cols, i % q.cols));
+            return bad(format!(
+                "code {} at row {} col {} exceeds {bits}-bit range",
+                q.codes[i],
+                i / q.cols,
+                i % q.cols
+            ));
         }
         if let Some(i) = q.scales.iter().position(|&s| half::f16::from_f32(s).to_f32() != s) {
-            return bad(format!("scale {} at index {i} is not representable in f16 (scales are rounded to f16 when quantizing)", q.scales[i]));
+            return bad(format!(
+                "scale {} at index {i} is not representable in f16 (scales are rounded to f16 when quantizing)",
+                q.scales[i]
+            ));
         }
         match &q.zeros {
             Some(z) if z.len() == n_params => {

@@ -29,8 +29,13 @@ use std::path::{Path, PathBuf};
 pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
 
 /// Files copied unchanged from the source directory when present.
-pub const COPIED_FILES: &[&str] =
-    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.model"];
+pub const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
 
 /// Reserved `__metadata__` keys (the `meta` argument may not override them).
 const RESERVED_META: &[&str] = &["format", "quantize_tool", "quantize_version", "quantize_checkpoint_format"];
@@ -58,7 +63,10 @@ impl std::str::FromStr for CheckpointFormat {
         match s {
             "gptq" => Ok(Self::Gptq),
             "compressed-tensors" | "ct" => Ok(Self::CompressedTensors),
-            other => Err(Error::option("--format", format!("{other:?} is not a checkpoint format (gptq, compressed-tensors)"))),
+            other => Err(Error::option(
+                "--format",
+                format!("{other:?} is not a checkpoint format (gptq, compressed-tensors)"),
+            )),
         }
     }
 }
@@ -126,9 +134,14 @@ pub fn write_quantized_checkpoint(
     }
     for (m, q) in quantized {
         let wname = format!("{m}.weight");
-        let src = store.raw(&wname).map_err(|_| Error::tensor(&wname, "quantized module has no weight in the source model"))?;
+        let src = store
+            .raw(&wname)
+            .map_err(|_| Error::tensor(&wname, "quantized module has no weight in the source model"))?;
         if src.shape != [q.rows, q.cols] {
-            return Err(Error::tensor(&wname, format!("source shape {:?} but the quantized tensor is [{}, {}]", src.shape, q.rows, q.cols)));
+            return Err(Error::tensor(
+                &wname,
+                format!("source shape {:?} but the quantized tensor is [{}, {}]", src.shape, q.rows, q.cols),
+            ));
         }
     }
     let skipped = unquantized_linears(&store, quantized)?;
@@ -143,7 +156,8 @@ pub fn write_quantized_checkpoint(
             let mut qc = cfg.quantization_config();
             if !skipped.is_empty() {
                 // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
-                let dynamic: serde_json::Map<String, Value> = skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
+                let dynamic: serde_json::Map<String, Value> =
+                    skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
                 qc["dynamic"] = Value::Object(dynamic);
             }
             let mut qcfg = cfg.quantize_config();
@@ -207,7 +221,11 @@ pub fn write_quantized_checkpoint(
 
 type Entry<'a> = (String, (Dtype, Vec<usize>, &'a [u8]));
 
-fn write_shards(dir: &AtomicDir, entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])>, meta: &BTreeMap<String, String>) -> Result<()> {
+fn write_shards(
+    dir: &AtomicDir,
+    entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])>,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut all: Vec<Entry<'_>> = entries.into_iter().collect();
     // safetensors' own order: dtype (alignment) descending, then name.
     all.sort_by(|(ln, (ld, ..)), (rn, (rd, ..))| rd.cmp(ld).then(ln.cmp(rn)));
@@ -312,7 +330,10 @@ fn gptq_config_for(base: &GptqConfig, dynamic: Option<&Value>, module: &str, pat
             continue;
         }
         if skip {
-            return Err(Error::tensor(module, format!("holds gptq tensors but quantization_config.dynamic skips it ({pat:?})")));
+            return Err(Error::tensor(
+                module,
+                format!("holds gptq tensors but quantization_config.dynamic skips it ({pat:?})"),
+            ));
         }
         let mut merged = base.quantization_config();
         for (k, v) in over.as_object().into_iter().flatten() {
@@ -368,16 +389,27 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
                     let is_packed = names.contains(format!("{m}.weight_packed").as_str());
                     if is_packed == w.scheme.is_fp8() {
                         let found = if is_packed { "packed integer" } else { "FP8" };
-                        return Err(Error::tensor(m, format!("holds {found} weights but the config gives it {}", w.scheme)));
+                        return Err(Error::tensor(
+                            m,
+                            format!("holds {found} weights but the config gives it {}", w.scheme),
+                        ));
                     }
                     quantized.insert(m.to_string(), ct::from_tensors(m, &get, &w)?);
                 }
                 CheckpointFormat::CompressedTensors
             }
-            other => return Err(Error::config(&qc_path, format!("quant_method {other:?} is not supported (gptq, compressed-tensors)"))),
+            other => {
+                return Err(Error::config(
+                    &qc_path,
+                    format!("quant_method {other:?} is not supported (gptq, compressed-tensors)"),
+                ))
+            }
         };
         if quantized.is_empty() {
-            return Err(Error::config(&qc_path, format!("quant_method {method:?} but no quantized tensors were found in {}", dir.display())));
+            return Err(Error::config(
+                &qc_path,
+                format!("quant_method {method:?} but no quantized tensors were found in {}", dir.display()),
+            ));
         }
         (format, quantized)
     };

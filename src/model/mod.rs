@@ -3,6 +3,7 @@ pub mod config;
 pub mod layers;
 pub mod linear;
 pub mod llama;
+pub mod load;
 pub mod qlinear;
 
 pub use config::LlamaConfig;

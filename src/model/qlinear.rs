@@ -11,9 +11,11 @@
 //! Dequantization is exactly [`QuantizedTensor::dequantize_rows`]'s arithmetic
 //! (`s · (q - z)` or `s · fp8(q)`), so this layer computes `x · Ŵᵀ` for the same `Ŵ`.
 //! Forward: rayon over tiles of [`TILE_ROWS`] output rows; each tile is dequantized into a
-//! thread-local f32 buffer, then multiplied with `matmul_xwt` (or, for up to
-//! [`DOT_MAX_TOKENS`] tokens, with plain dot products per row, which is cheaper than a GEMM
-//! set-up). Every output element is produced by one thread in a fixed order: deterministic.
+//! thread-local f32 buffer, then multiplied with `matmul_xwt`. For up to [`DOT_MAX_TOKENS`]
+//! tokens (decoding) no GEMM is set up: integer rows without act-order are never expanded,
+//! `y = Σ_g s_g · (Σ_{c∈g} q_c·x_c − z_g · Σ_{c∈g} x_c)` with the group sums of `x` computed
+//! once per call; FP8 and act-order rows are dequantized one at a time and dotted with `x`.
+//! Every output element is produced by one thread in a fixed order: deterministic.
 
 use super::linear::{matmul_xwt, Linear};
 use crate::error::{Error, Result};
@@ -59,11 +61,19 @@ impl QuantizedLinear {
         };
         let bad = |m: String| Err(Error::tensor(name, m));
         if q.codes.len() != rows * cols || q.scales.len() != n {
-            return bad(format!("{} codes / {} scales for [{rows}, {cols}] in {}", q.codes.len(), q.scales.len(), q.scheme));
+            return bad(format!(
+                "{} codes / {} scales for [{rows}, {cols}] in {}",
+                q.codes.len(),
+                q.scales.len(),
+                q.scheme
+            ));
         }
         if let Some(g) = &q.g_idx {
             if g.len() != cols || g.iter().any(|&v| v as usize >= groups) {
-                return bad(format!("g_idx of {} entries for {cols} columns / {groups} groups, or out of range", g.len()));
+                return bad(format!(
+                    "g_idx of {} entries for {cols} columns / {groups} groups, or out of range",
+                    g.len()
+                ));
             }
         }
         let maxq = q.scheme.maxq();
@@ -74,7 +84,9 @@ impl QuantizedLinear {
         }
         let zeros = match (&q.scheme.format, &q.zeros) {
             (NumberFormat::Int { .. }, Some(z)) if z.len() == n => z.clone(),
-            (NumberFormat::Int { .. }, z) => return bad(format!("{:?} zero points, expected {n}", z.as_ref().map(Vec::len))),
+            (NumberFormat::Int { .. }, z) => {
+                return bad(format!("{:?} zero points, expected {n}", z.as_ref().map(Vec::len)))
+            }
             _ => vec![],
         };
         // A per-tensor scale/zero is repeated per row, so every row indexes its own groups.
@@ -133,14 +145,32 @@ impl QuantizedLinear {
     }
 
     /// `[tokens, tile rows]` outputs of rows `r0..r1`.
-    fn tile(&self, x: &[f32], tokens: usize, r0: usize, r1: usize) -> Vec<f32> {
+    fn tile(&self, x: &[f32], tokens: usize, r0: usize, r1: usize, gsums: Option<&[f32]>) -> Vec<f32> {
         let (k, n) = (self.cols, r1 - r0);
         SCRATCH.with(|s| {
             let (buf, codes) = &mut *s.borrow_mut();
             buf.resize(n * k, 0.0);
             codes.resize(k, 0);
             let mut y = vec![0.0f32; tokens * n];
-            if tokens <= DOT_MAX_TOKENS {
+            if let (true, Some(gsums)) = (tokens <= DOT_MAX_TOKENS, gsums) {
+                // Fused: y = Σ_g s_g · (Σ_{c∈g} q_c·x_c - z_g · Σ_{c∈g} x_c), no f32 weights.
+                let width = self.scheme.group_width(k);
+                for (i, r) in (r0..r1).enumerate() {
+                    unpack_row(self.scheme.bits(), &self.words[r * self.row_words..(r + 1) * self.row_words], codes);
+                    let (sc, zs) = (
+                        &self.scales[r * self.groups..(r + 1) * self.groups],
+                        &self.zeros[r * self.groups..(r + 1) * self.groups],
+                    );
+                    for t in 0..tokens {
+                        let xt = &x[t * k..(t + 1) * k];
+                        let mut acc = 0.0f32;
+                        for (g, (qc, xc)) in codes.chunks(width).zip(xt.chunks(width)).enumerate() {
+                            acc += sc[g] * (dot_codes(qc, xc) - zs[g] as f32 * gsums[t * self.groups + g]);
+                        }
+                        y[t * n + i] = acc;
+                    }
+                }
+            } else if tokens <= DOT_MAX_TOKENS {
                 let row = &mut buf[..k];
                 for (i, r) in (r0..r1).enumerate() {
                     self.dequantize_row(r, codes, row);
@@ -193,6 +223,19 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `Σ q_c · x_c` over integer codes, 8 accumulators.
+fn dot_codes(q: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (cq, cx) = (q.chunks_exact(8), x.chunks_exact(8));
+    let tail: f32 = cq.remainder().iter().zip(cx.remainder()).map(|(&a, b)| a as f32 * b).sum();
+    for (a, b) in cq.zip(cx) {
+        for j in 0..8 {
+            acc[j] += a[j] as f32 * b[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 impl Linear for QuantizedLinear {
     fn in_features(&self) -> usize {
         self.cols
@@ -203,11 +246,19 @@ impl Linear for QuantizedLinear {
     fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols, "QuantizedLinear: x shape");
         assert_eq!(y.len(), tokens * self.rows, "QuantizedLinear: y shape");
+        // Per-token group sums of x for the fused few-token path (contiguous integer groups).
+        let gsums: Option<Vec<f32>> =
+            (tokens <= DOT_MAX_TOKENS && !self.scheme.is_fp8() && self.g_idx.is_none()).then(|| {
+                let width = self.scheme.group_width(self.cols);
+                (0..tokens)
+                    .flat_map(|t| x[t * self.cols..(t + 1) * self.cols].chunks(width).map(|c| c.iter().sum::<f32>()))
+                    .collect()
+            });
         let tiles: Vec<(usize, Vec<f32>)> = (0..self.rows.div_ceil(TILE_ROWS))
             .into_par_iter()
             .map(|t| {
                 let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(self.rows));
-                (r0, self.tile(x, tokens, r0, r1))
+                (r0, self.tile(x, tokens, r0, r1, gsums.as_deref()))
             })
             .collect();
         for (r0, part) in tiles {
@@ -237,7 +288,12 @@ mod tests {
         let mut v = vec![QuantScheme::fp8_e4m3(), QuantScheme::fp8_e5m2().per_tensor()];
         for bits in [2u8, 3, 4, 8] {
             let s = QuantScheme::int(bits).unwrap();
-            v.extend([s, s.per_tensor().asymmetric().unwrap(), s.group(16).unwrap(), s.group(32).unwrap().asymmetric().unwrap()]);
+            v.extend([
+                s,
+                s.per_tensor().asymmetric().unwrap(),
+                s.group(16).unwrap(),
+                s.group(32).unwrap().asymmetric().unwrap(),
+            ]);
         }
         v
     }
@@ -268,7 +324,10 @@ mod tests {
                         for o in 0..rows {
                             let mag: f32 = (0..cols).map(|i| (x[t * cols + i] * deq[o * cols + i]).abs()).sum();
                             let (a, b) = (y[t * rows + o], r[t * rows + o]);
-                            assert!((a - b).abs() <= SUM_REL_TOL * mag + 1e-7, "{scheme} [{rows},{cols}] t={tokens}: {a} vs {b}");
+                            assert!(
+                                (a - b).abs() <= SUM_REL_TOL * mag + 1e-7,
+                                "{scheme} [{rows},{cols}] t={tokens}: {a} vs {b}"
+                            );
                         }
                     }
                 }
@@ -295,32 +354,5 @@ mod tests {
         let mut bad = q;
         bad.zeros = None;
         assert!(QuantizedLinear::new("w", &bad).is_err());
-    }
-}
-#[cfg(test)]
-mod tmp_bench {
-    use super::*;
-    use crate::model::linear::DenseLinear;
-    #[test]
-    #[ignore]
-    fn bench() {
-        let (rows, cols) = (4096, 4096);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
-        for s in [QuantScheme::int(4).unwrap().group(128).unwrap(), QuantScheme::int(3).unwrap().group(128).unwrap(), QuantScheme::fp8_e4m3()] {
-            let q = crate::quant::rtn::quantize_rtn("w", &w, rows, cols, s, None).unwrap();
-            let lin = QuantizedLinear::new("w", &q).unwrap();
-            let dense = DenseLinear::new(q.dequantize(), rows, cols);
-            for tokens in [1usize, 16, 128] {
-                let x = vec![0.5f32; tokens * cols];
-                let mut y = vec![0.0; tokens * rows];
-                let t = std::time::Instant::now();
-                for _ in 0..5 { lin.forward(&x, tokens, &mut y); }
-                let tq = t.elapsed().as_secs_f64() / 5.0;
-                let t = std::time::Instant::now();
-                for _ in 0..5 { dense.forward(&x, tokens, &mut y); }
-                let td = t.elapsed().as_secs_f64() / 5.0;
-                eprintln!("{s} tokens {tokens}: quant {:.2} ms dense {:.2} ms", tq * 1e3, td * 1e3);
-            }
-        }
     }
 }

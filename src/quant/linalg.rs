@@ -196,18 +196,27 @@ mod tests {
     #[test]
     fn accumulator_matches_direct_f64_mean() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let cols = 150; // not a multiple of the panel width
-        let mut acc = HessianAccumulator::new(cols);
-        let mut all = Vec::new();
+        let cols = 300; // two tiles, the second partial
+        let mut batches = Vec::new();
         for &t in &[37usize, 0, 200, 64] {
             let mut x = random(&mut rng, t * cols);
             for r in 0..t {
                 x[r * cols + 3] *= 20.0; // an outlier channel
                 x[r * cols + 7] = 0.0; // a dead channel
             }
-            acc.add_batch(&x, t);
-            all.extend_from_slice(&x);
+            batches.push((x, t));
         }
+        let accumulate = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut acc = HessianAccumulator::new(cols);
+                batches.iter().for_each(|(x, t)| acc.add_batch(x, *t));
+                acc
+            })
+        };
+        let acc = accumulate(2);
+        assert_eq!(acc.hessian(), accumulate(1).hessian(), "thread count changed the bits");
+        let all: Vec<f32> = batches.iter().flat_map(|(x, _)| x.iter().copied()).collect();
         let n = all.len() / cols;
         assert_eq!(acc.n_samples(), n);
         let h = acc.hessian();

@@ -106,8 +106,8 @@ pub fn group_params(values: &[f32], scheme: QuantScheme, clip: Option<ClipSearch
 pub fn fp8_group_scale(values: &[f32], format: NumberFormat, clip: Option<ClipSearch>) -> f32 {
     let (lo, hi) = min_max(values);
     let amax = (-lo).max(hi);
-    if !(amax > 0.0) {
-        return 1.0;
+    if amax == 0.0 {
+        return 1.0; // amax ≥ 0 by construction (the fold starts at 0); values are finite
     }
     let scale_of = |p: f32| (p * amax) / fp8::fp8_max(format);
     let Some(clip) = clip else {
@@ -116,8 +116,8 @@ pub fn fp8_group_scale(values: &[f32], format: NumberFormat, clip: Option<ClipSe
     let mut best = (f64::INFINITY, scale_of(1.0));
     for p in clip.factors() {
         let s = scale_of(p);
-        if !(s > 0.0) {
-            continue;
+        if s <= 0.0 {
+            continue; // p · amax / fp8_max underflowed
         }
         let err = fp8_error(values, format, s, clip.norm, best.0);
         if err < best.0 {
@@ -141,7 +141,8 @@ pub fn check_finite(name: &str, weight: &[f32], cols: usize) -> Result<()> {
 /// Per-tensor parameters: one "group" spanning the matrix. The clipping error is summed
 /// per row in parallel, then over rows in order, so the result does not depend on threads.
 fn per_tensor_int(weight: &[f32], cols: usize, scheme: QuantScheme, clip: Option<ClipSearch>) -> IntParams {
-    let (lo, hi) = weight.par_chunks(cols.max(1)).map(min_max).reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let (lo, hi) =
+        weight.par_chunks(cols.max(1)).map(min_max).reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
     let Some(clip) = clip else {
         return scheme.int_params(lo, hi);
     };

@@ -1,0 +1,75 @@
+//! Load any model directory this tool reads: dense (f32/f16/bf16 safetensors) or a
+//! quantized checkpoint (gptq, compressed-tensors), with every quantized linear kept
+//! packed in memory ([`QuantizedLinear`]) and everything else read from the mmap.
+
+use super::linear::Linear;
+use super::llama::{dense_from_store, LlamaModel};
+use super::qlinear::QuantizedLinear;
+use super::LlamaConfig;
+use crate::error::Result;
+use crate::format::QuantizedTensor;
+use crate::io::checkpoint::read_quantized_checkpoint;
+use crate::io::safetensors::SafetensorsStore;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What was loaded, for reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LoadInfo {
+    /// `gptq`, `compressed-tensors`, or `None` for a dense model.
+    pub format: Option<String>,
+    /// Stored bits of the quantized linears / their weight count.
+    pub bits_per_weight: Option<f64>,
+    pub quantized_linears: usize,
+    /// Bytes of the model's files on disk (safetensors shards).
+    pub bytes_on_disk: u64,
+    /// Bytes of weights resident after loading.
+    pub resident_weight_bytes: usize,
+}
+
+/// True when `dir/config.json` carries a `quantization_config`.
+pub fn is_quantized_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).is_some_and(|v| v.get("quantization_config").is_some())
+}
+
+fn safetensors_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// Make the linear of a quantized tensor (the CPU packed linear by default).
+pub type QuantizedFactory<'a> = dyn Fn(&str, &QuantizedTensor) -> Result<Box<dyn Linear>> + 'a;
+
+pub fn cpu_quantized_linear(name: &str, q: &QuantizedTensor) -> Result<Box<dyn Linear>> {
+    Ok(Box::new(QuantizedLinear::new(name, q)?))
+}
+
+/// Load `dir`, dense or quantized; quantized linears go through `make_quantized`.
+pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<(LlamaModel, LoadInfo)> {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let mut info = LoadInfo { bytes_on_disk: safetensors_bytes(dir), ..Default::default() };
+    let model = if is_quantized_dir(dir) {
+        let ckpt = read_quantized_checkpoint(dir)?;
+        info.format = Some(ckpt.format.as_str().to_string());
+        info.quantized_linears = ckpt.quantized.len();
+        let (bits, weights) = ckpt.quantized.values().fold((0u64, 0u64), |(b, w), q| (b + q.storage_bits(), w + (q.rows * q.cols) as u64));
+        info.bits_per_weight = (weights > 0).then(|| bits as f64 / weights as f64);
+        // Each tensor is packed and its unpacked codes freed as soon as it is used.
+        let pending: RefCell<BTreeMap<String, QuantizedTensor>> = RefCell::new(ckpt.quantized);
+        let store = &ckpt.store;
+        LlamaModel::load_with(cfg, store, &|name, o, i| match pending.borrow_mut().remove(name) {
+            Some(q) => make_quantized(name, &q),
+            None => dense_from_store(store, name, o, i),
+        })?
+    } else {
+        let store = SafetensorsStore::open(dir)?;
+        LlamaModel::load_with(cfg, &store, &|name, o, i| dense_from_store(&store, name, o, i))?
+    };
+    info.resident_weight_bytes = model.weight_bytes();
+    Ok((model, info))
+}
+
+/// Load `dir` for CPU inference.
+pub fn load_model(dir: &Path) -> Result<(LlamaModel, LoadInfo)> {
+    load_model_with(dir, &cpu_quantized_linear)
+}
