@@ -143,7 +143,9 @@ fn converted_smollm2_matches_independent_gguf_reference() {
         }
     }
     let ref_ppl = (ref_nll / (N_TOKENS - 1) as f64).exp();
-    let nll = window_nll(&ours, vocab, &tokens, Protocol::Chunks.first_scored(N_TOKENS));
+    let nll = window_nll(&ours[..(N_TOKENS - 1) * vocab], vocab, &tokens, Protocol::Chunks.first_scored(N_TOKENS));
+    let scored = model.forward_scored(&tokens, 1, N_TOKENS, 0).unwrap();
+    assert_eq!(scored, ours[..(N_TOKENS - 1) * vocab], "forward_scored must equal the scored rows of forward");
     let ppl = (nll.iter().sum::<f64>() / nll.len() as f64).exp();
     assert!(common::close(ppl, ref_ppl, 1e-3, 0.0), "perplexity {ppl} vs reference {ref_ppl}");
     // A real model on real English: far better than uniform over 49152 tokens.

@@ -52,17 +52,20 @@ fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
 }
 
 /// Run `model` over batches of windows, handing each window's logits to `visit`.
+/// `visit(window index, logits of its scored rows [ctx-1-first, vocab])`.
 fn for_each_window(model: &LlamaModel, wins: &[&[u32]], opts: &EvalOptions, label: &str, mut visit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<f64> {
     let vocab = model.config.vocab_size;
+    let first = opts.protocol.first_scored(opts.ctx);
+    let per = (opts.ctx - 1 - first) * vocab;
     let pb = progress_bar(wins.len(), label);
     let mut forward_secs = 0.0;
     for (bi, batch) in wins.chunks(opts.batch.max(1)).enumerate() {
         let tokens: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
         let t0 = Instant::now();
-        let logits = model.forward(&tokens, batch.len(), opts.ctx)?;
+        let logits = model.forward_scored(&tokens, batch.len(), opts.ctx, first)?;
         forward_secs += t0.elapsed().as_secs_f64();
         for (wi, _) in batch.iter().enumerate() {
-            visit(bi * opts.batch.max(1) + wi, &logits[wi * opts.ctx * vocab..(wi + 1) * opts.ctx * vocab])?;
+            visit(bi * opts.batch.max(1) + wi, &logits[wi * per..(wi + 1) * per])?;
         }
         pb.inc(batch.len() as u64);
     }
@@ -97,29 +100,37 @@ pub fn perplexity(model: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Res
     Ok(report(&nll, wins.len(), opts, secs))
 }
 
-/// Quantized model against its baseline on the same windows.
+/// Quantized model against its baseline on the same windows, batch by batch (only one
+/// batch of logits of each model is held at a time).
 pub fn compare(baseline: &LlamaModel, quantized: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Result<ComparisonReport> {
     let wins = windows(tokens, opts.ctx, opts.max_windows)?;
     let first = opts.protocol.first_scored(opts.ctx);
     let vocab = baseline.config.vocab_size;
-    // Baseline log-probabilities of the scored rows are kept per window: [scored, vocab].
-    let mut base_logp: Vec<Vec<f32>> = Vec::with_capacity(wins.len());
-    let mut base_nll = Vec::new();
-    let base_secs = for_each_window(baseline, &wins, opts, "baseline", |wi, logits| {
-        base_nll.extend(window_nll(logits, vocab, wins[wi], first));
-        base_logp.push(log_softmax_rows(&logits[first * vocab..(opts.ctx - 1) * vocab], vocab));
-        Ok(())
-    })?;
-    let (mut q_nll, mut kl_sum, mut agree) = (Vec::new(), 0.0f64, 0usize);
-    let q_secs = for_each_window(quantized, &wins, opts, "quantized", |wi, logits| {
-        q_nll.extend(window_nll(logits, vocab, wins[wi], first));
-        let q_logp = log_softmax_rows(&logits[first * vocab..(opts.ctx - 1) * vocab], vocab);
-        let (kl, ag) = kl_and_agreement(&base_logp[wi], &q_logp, vocab);
-        kl_sum += kl;
-        agree += ag;
-        base_logp[wi] = Vec::new();
-        Ok(())
-    })?;
+    let per = (opts.ctx - 1 - first) * vocab;
+    let (mut base_nll, mut q_nll, mut kl_sum, mut agree) = (Vec::new(), Vec::new(), 0.0f64, 0usize);
+    let (mut base_secs, mut q_secs) = (0.0, 0.0);
+    let pb = progress_bar(wins.len(), "baseline+quantized");
+    let bs = opts.batch.max(1);
+    for (bi, batch) in wins.chunks(bs).enumerate() {
+        let toks: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
+        let t0 = Instant::now();
+        let base = baseline.forward_scored(&toks, batch.len(), opts.ctx, first)?;
+        base_secs += t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let quant = quantized.forward_scored(&toks, batch.len(), opts.ctx, first)?;
+        q_secs += t0.elapsed().as_secs_f64();
+        for wi in 0..batch.len() {
+            let (b, q) = (&base[wi * per..(wi + 1) * per], &quant[wi * per..(wi + 1) * per]);
+            let win = wins[bi * bs + wi];
+            base_nll.extend(window_nll(b, vocab, win, first));
+            q_nll.extend(window_nll(q, vocab, win, first));
+            let (kl, ag) = kl_and_agreement(&log_softmax_rows(b, vocab), &log_softmax_rows(q, vocab), vocab);
+            kl_sum += kl;
+            agree += ag;
+        }
+        pb.inc(batch.len() as u64);
+    }
+    pb.finish_and_clear();
     let baseline = report(&base_nll, wins.len(), opts, base_secs);
     let quantized = report(&q_nll, wins.len(), opts, q_secs);
     let n = q_nll.len() as f64;

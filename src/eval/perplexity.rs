@@ -49,13 +49,15 @@ pub fn windows(tokens: &[u32], ctx: usize, max_windows: Option<usize>) -> Result
 }
 
 /// Log-softmax of each logit row at the target: returns `-log p(target)` per scored
-/// position, in f64. `logits`: `[ctx, vocab]` of one window.
+/// position, in f64. `logits`: `[ctx - 1 - first, vocab]`, the rows of positions
+/// `first .. ctx-1` of one window (as [`crate::model::LlamaModel::forward_scored`] gives).
 pub fn window_nll(logits: &[f32], vocab: usize, window: &[u32], first: usize) -> Vec<f64> {
     let ctx = window.len();
+    assert_eq!(logits.len(), (ctx - 1 - first) * vocab, "window_nll: logits must hold the scored rows only");
     (first..ctx - 1)
         .into_par_iter()
         .map(|p| {
-            let row = &logits[p * vocab..(p + 1) * vocab];
+            let row = &logits[(p - first) * vocab..(p - first + 1) * vocab];
             let lse = log_sum_exp(row);
             lse - row[window[p + 1] as usize] as f64
         })

@@ -22,7 +22,7 @@
 //! `<p>.weight_scale` F32 `[out, 1]` (channel) or `[1]` (tensor). compressed-tensors has no
 //! E5M2 weight type (`type: float, num_bits: 8` is `torch.float8_e4m3fn`), so E5M2 is refused.
 
-use super::pack::{check_tensor, pack_matrix, packed_words, read_floats, read_ints, read_words, unpack_matrix};
+use super::pack::{check_tensor, pack_matrix, packed_words, read_floats, read_ints, unpack_tensor};
 use super::pack::{Axis, PackRule, RawTensor};
 use super::{Granularity, NumberFormat, QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
@@ -405,16 +405,7 @@ pub fn from_tensors<'a>(
         );
         return Err(Error::tensor(name("weight_packed"), msg));
     }
-    let codes = unpack_matrix(
-        &name("weight_packed"),
-        &read_words(&name("weight_packed"), &pv)?,
-        expect,
-        rows,
-        cols,
-        Axis::Cols,
-        bits,
-        PackRule::WordAligned,
-    )?;
+    let codes = unpack_tensor(&name("weight_packed"), &pv, rows, cols, Axis::Cols, bits, PackRule::WordAligned)?;
     check_scales(rows, cols)?;
     let half = 1u8 << (bits - 1);
     let n = scales.len();
@@ -447,16 +438,7 @@ pub fn from_tensors<'a>(
         }
         (false, Some(z)) => {
             let gpr = scheme.groups_per_row(cols);
-            unpack_matrix(
-                &name("weight_zero_point"),
-                &read_words(&name("weight_zero_point"), &z)?,
-                dims2(&z),
-                rows,
-                gpr,
-                Axis::Rows,
-                bits,
-                PackRule::WordAligned,
-            )?
+            unpack_tensor(&name("weight_zero_point"), &z, rows, gpr, Axis::Rows, bits, PackRule::WordAligned)?
         }
     };
     let g_idx = match (w.actorder, get(&name("weight_g_idx"))) {
@@ -478,13 +460,6 @@ pub fn from_tensors<'a>(
         }
     };
     Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx })
-}
-
-fn dims2(v: &TensorView<'_>) -> [usize; 2] {
-    match v.shape() {
-        [a, b] => [*a, *b],
-        _ => [usize::MAX, 0], // not 2-D: unpack_matrix reports the shape mismatch
-    }
 }
 
 /// A small backtracking regex, anchored at the start like Python's `re.match` (what vLLM
@@ -629,62 +604,5 @@ fn match_atom(a: &Atom, s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) 
         Atom::Lit(c) => s[i] == *c && k(i + 1),
         Atom::Any => s[i] != '\n' && k(i + 1),
         Atom::Class(r, neg) => (r.iter().any(|&(lo, hi)| lo <= s[i] && s[i] <= hi) != *neg) && k(i + 1),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regex_subset_follows_python_re_match() {
-        let m = |p: &str, s: &str| Regex::parse(p).unwrap().matches(s);
-        assert!(m(".*lm_head", "lm_head"));
-        assert!(m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.k_proj"));
-        assert!(!m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.o_proj"));
-        assert!(m("model.layers.\\d+.mlp", "model.layers.12.mlp.up_proj"), "prefix match like re.match");
-        assert!(!m("mlp", "model.layers.0.mlp"), "anchored at the start");
-        assert!(m("^model\\.layers\\.[0-9]+\\.mlp\\.(?:gate|up)_proj$", "model.layers.3.mlp.up_proj"));
-        assert!(m("a?b*c+$", "bbc") && !m("a?b*c+$", "ab"));
-        assert!(Regex::parse("a{2}").is_err() && Regex::parse("(a").is_err() && Regex::parse("\\p").is_err());
-        assert!(
-            target_matches("lm_head", "lm_head") && !target_matches("lm_head", "model.lm_head"),
-            "plain names match exactly"
-        );
-    }
-
-    #[test]
-    fn weights_args_round_trip_and_resolve() {
-        let path = Path::new("config.json");
-        for s in [
-            QuantScheme::int(4).unwrap().group(128).unwrap(),
-            QuantScheme::int(8).unwrap().asymmetric().unwrap(),
-            QuantScheme::int(3).unwrap().per_tensor(),
-            QuantScheme::fp8_e4m3(),
-            QuantScheme::fp8_e4m3().per_tensor(),
-        ] {
-            let w = CtWeights::new("m", s, false).unwrap();
-            assert_eq!(CtWeights::from_json(&w.to_json(), path).unwrap(), w);
-        }
-        assert!(CtWeights::new("m", QuantScheme::fp8_e5m2(), false).unwrap_err().to_string().contains("E4M3 only"));
-        let cfg = CtConfig {
-            format: CtFormat::PackQuantized,
-            groups: vec![
-                CtGroup {
-                    targets: vec!["Linear".into()],
-                    weights: CtWeights::new("m", QuantScheme::int(4).unwrap(), false).unwrap(),
-                },
-                CtGroup {
-                    targets: vec!["re:.*down_proj$".into()],
-                    weights: CtWeights::new("m", QuantScheme::int(8).unwrap(), false).unwrap(),
-                },
-            ],
-            ignore: vec!["lm_head".into()],
-        };
-        let back = CtConfig::from_json(&cfg.to_json(), path).unwrap();
-        assert_eq!(back, cfg);
-        assert_eq!(back.weights_for("model.layers.0.mlp.down_proj").unwrap().scheme.bits(), 8);
-        assert_eq!(back.weights_for("model.layers.0.mlp.up_proj").unwrap().scheme.bits(), 4);
-        assert!(back.weights_for("lm_head").unwrap_err().to_string().contains("ignore"));
     }
 }

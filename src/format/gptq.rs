@@ -24,7 +24,7 @@
 //! schemes are expanded to per-channel (`group_size = -1`) with every row holding the one
 //! scale and zero: lossless, and GPTQ has no per-tensor form.
 
-use super::pack::{check_tensor, pack_matrix, read_floats, read_ints, read_words, unpack_matrix};
+use super::pack::{check_tensor, pack_matrix, read_floats, read_ints, unpack_tensor};
 use super::pack::{Axis, PackRule, RawTensor};
 use super::{Granularity, NumberFormat, QuantScheme, QuantizedTensor};
 use crate::error::{Error, Result};
@@ -259,26 +259,8 @@ pub fn from_tensors<'a>(
             ),
         ));
     }
-    let codes_t = unpack_matrix(
-        &name("qweight"),
-        &read_words(&name("qweight"), &qweight)?,
-        [cols * bits / 32, out],
-        cols,
-        out,
-        Axis::Rows,
-        cfg.bits,
-        PackRule::Stream,
-    )?;
-    let fields = unpack_matrix(
-        &name("qzeros"),
-        &read_words(&name("qzeros"), &qzeros)?,
-        [groups, out * bits / 32],
-        groups,
-        out,
-        Axis::Cols,
-        cfg.bits,
-        PackRule::Stream,
-    )?;
+    let codes_t = unpack_tensor(&name("qweight"), &qweight, cols, out, Axis::Rows, cfg.bits, PackRule::Stream)?;
+    let fields = unpack_tensor(&name("qzeros"), &qzeros, groups, out, Axis::Cols, cfg.bits, PackRule::Stream)?;
     let scales_t = read_floats(&name("scales"), &scales)?;
     let offset = if cfg.v2 { 0 } else { 1 };
     let half = 1u16 << (bits - 1);

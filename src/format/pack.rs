@@ -253,19 +253,28 @@ fn expect_dtype(name: &str, view: &TensorView<'_>, allowed: &[Dtype]) -> Result<
     }
 }
 
-/// Check a view's shape, naming the tensor and both shapes on mismatch.
-pub fn expect_shape(name: &str, view: &TensorView<'_>, shape: &[usize]) -> Result<()> {
-    if view.shape() == shape {
-        Ok(())
-    } else {
-        Err(Error::tensor(name, format!("shape {:?}, expected {shape:?}", view.shape())))
-    }
-}
-
 /// `int32`/`uint32` elements as u32 bit patterns.
 pub fn read_words(name: &str, view: &TensorView<'_>) -> Result<Vec<u32>> {
     expect_dtype(name, view, &[Dtype::I32, Dtype::U32])?;
     Ok(view.data().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// The `[rows, cols]` codes packed in an int32 tensor along `axis` (shape checked against
+/// what [`pack_matrix`] gives, naming the tensor on mismatch).
+pub fn unpack_tensor(
+    name: &str,
+    view: &TensorView<'_>,
+    rows: usize,
+    cols: usize,
+    axis: Axis,
+    bits: u8,
+    rule: PackRule,
+) -> Result<Vec<u8>> {
+    let shape = match view.shape() {
+        [a, b] => [*a, *b],
+        other => return Err(Error::tensor(name, format!("shape {other:?} is not 2-D"))),
+    };
+    unpack_matrix(name, &read_words(name, view)?, shape, rows, cols, axis, bits, rule)
 }
 
 /// Integer elements (`I8`, `U8`, `I16`, `I32`, `I64`, `U32`) widened to i64.

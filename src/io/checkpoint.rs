@@ -420,6 +420,8 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::compressed_tensors::{CtFormat, CtGroup, CtWeights};
+    use crate::format::QuantScheme;
 
     #[test]
     fn format_names_and_regex_escape() {
@@ -429,5 +431,60 @@ mod tests {
         assert_eq!(r, r"^model\.layers\.0\.mlp\.down_proj$");
         assert!(target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj"));
         assert!(!target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj2"));
+    }
+
+    #[test]
+    fn regex_subset_follows_python_re_match() {
+        let m = |p: &str, s: &str| target_matches(&format!("re:{p}"), s);
+        assert!(m(".*lm_head", "lm_head"));
+        assert!(m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.k_proj"));
+        assert!(!m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.o_proj"));
+        assert!(m("model.layers.\\d+.mlp", "model.layers.12.mlp.up_proj"), "prefix match like re.match");
+        assert!(!m("mlp", "model.layers.0.mlp"), "anchored at the start");
+        assert!(m("^model\\.layers\\.[0-9]+\\.mlp\\.(?:gate|up)_proj$", "model.layers.3.mlp.up_proj"));
+        assert!(m("a?b*c+$", "bbc") && !m("a?b*c+$", "ab"));
+        for bad in ["re:a{2}", "re:(a", "re:\\p"] {
+            let cfg = json!({"format": "pack-quantized", "config_groups": {}, "ignore": [bad]});
+            assert!(CtConfig::from_json(&cfg, Path::new("c")).is_err(), "{bad}");
+        }
+        assert!(
+            target_matches("lm_head", "lm_head") && !target_matches("lm_head", "model.lm_head"),
+            "plain names match exactly"
+        );
+    }
+
+    #[test]
+    fn weights_args_round_trip_and_resolve() {
+        let path = Path::new("config.json");
+        for s in [
+            QuantScheme::int(4).unwrap().group(128).unwrap(),
+            QuantScheme::int(8).unwrap().asymmetric().unwrap(),
+            QuantScheme::int(3).unwrap().per_tensor(),
+            QuantScheme::fp8_e4m3(),
+            QuantScheme::fp8_e4m3().per_tensor(),
+        ] {
+            let w = CtWeights::new("m", s, false).unwrap();
+            assert_eq!(CtWeights::from_json(&w.to_json(), path).unwrap(), w);
+        }
+        assert!(CtWeights::new("m", QuantScheme::fp8_e5m2(), false).unwrap_err().to_string().contains("E4M3 only"));
+        let cfg = CtConfig {
+            format: CtFormat::PackQuantized,
+            groups: vec![
+                CtGroup {
+                    targets: vec!["Linear".into()],
+                    weights: CtWeights::new("m", QuantScheme::int(4).unwrap(), false).unwrap(),
+                },
+                CtGroup {
+                    targets: vec!["re:.*down_proj$".into()],
+                    weights: CtWeights::new("m", QuantScheme::int(8).unwrap(), false).unwrap(),
+                },
+            ],
+            ignore: vec!["lm_head".into()],
+        };
+        let back = CtConfig::from_json(&cfg.to_json(), path).unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(back.weights_for("model.layers.0.mlp.down_proj").unwrap().scheme.bits(), 8);
+        assert_eq!(back.weights_for("model.layers.0.mlp.up_proj").unwrap().scheme.bits(), 4);
+        assert!(back.weights_for("lm_head").unwrap_err().to_string().contains("ignore"));
     }
 }

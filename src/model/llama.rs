@@ -257,6 +257,26 @@ impl LlamaModel {
         Ok(self.head(&x, tokens.len()))
     }
 
+    /// Logits only where they are scored: rows `first .. seq-1` of every window
+    /// (the last position predicts nothing inside the window). Returns
+    /// `[windows·(seq-1-first), vocab]`; the head runs on those rows alone.
+    pub fn forward_scored(&self, tokens: &[u32], windows: usize, seq: usize, first: usize) -> Result<Vec<f32>> {
+        assert_eq!(tokens.len(), windows * seq, "forward_scored: tokens must be windows × seq");
+        assert!(first < seq, "forward_scored: first scored row {first} outside a window of {seq}");
+        let h = self.config.hidden_size;
+        let rope = Rope::new(self.config.head_dim, seq, self.config.rope_theta);
+        let mut x = self.embed_tokens(tokens)?;
+        for b in &self.blocks {
+            b.forward(&self.config, &rope, &mut x, windows, seq, None)?;
+        }
+        let per = seq - 1 - first;
+        let mut rows = Vec::with_capacity(windows * per * h);
+        for w in 0..windows {
+            rows.extend_from_slice(&x[(w * seq + first) * h..(w * seq + seq - 1) * h]);
+        }
+        Ok(self.head(&rows, windows * per))
+    }
+
     /// Resident bytes of all weights (embedding, blocks, norm, head).
     pub fn weight_bytes(&self) -> usize {
         self.embed.len() * 4 + self.blocks.iter().map(Block::weight_bytes).sum::<usize>() + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, |l| l.weight_bytes())
