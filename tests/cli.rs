@@ -1,0 +1,90 @@
+//! Bad input through the command line: a clear message naming the culprit, a non-zero
+//! exit, no panic, and nothing written.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn quantize(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quantize")).args(args).output().expect("run quantize");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "quantize {args:?} panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, err) = quantize(args);
+    assert!(!ok, "quantize {args:?} should fail");
+    for n in needles {
+        assert!(err.contains(n), "quantize {args:?}: error should mention {n:?}: {err}");
+    }
+}
+
+/// A copy of the real model's small files, with config.json edited by `edit`, and a
+/// link to the real weights.
+fn model_with_config(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
+    let src = common::smollm2_dir();
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn eval_refuses_bad_text_and_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::smollm2_dir();
+    let m = model.to_str().unwrap();
+
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "Far too short for a window.").unwrap();
+    fails_with(&["eval", "--model", m, "--text", short.to_str().unwrap()], &["shorter than one window", "512"]);
+
+    let latin1 = tmp.path().join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
+    fails_with(&["eval", "--model", m, "--text", latin1.to_str().unwrap()], &["latin1.txt", "UTF-8", "offset 3"]);
+
+    let text = common::brown_heldout();
+    let t = text.to_str().unwrap();
+    let missing = model_with_config(tmp.path(), "missing", |c| {
+        c.as_object_mut().unwrap().remove("num_hidden_layers");
+    });
+    fails_with(&["eval", "--model", missing.to_str().unwrap(), "--text", t, "--max-windows", "1"], &["config.json", "num_hidden_layers"]);
+
+    let arch = model_with_config(tmp.path(), "arch", |c| c["model_type"] = serde_json::json!("gpt_neox"));
+    fails_with(&["eval", "--model", arch.to_str().unwrap(), "--text", t, "--max-windows", "1"], &["unsupported architecture", "gpt_neox"]);
+}
+
+#[test]
+fn outputs_are_never_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let existing = tmp.path().join("exists");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+    let e = existing.to_str().unwrap();
+    fails_with(&["convert", common::smollm2_gguf().to_str().unwrap(), "-o", e], &["already exists", "exists"]);
+    fails_with(&["--method", "rtn", common::smollm2_dir().to_str().unwrap(), "-o", e], &["already exists"]);
+    assert_eq!(std::fs::read_to_string(existing.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(std::fs::read_dir(&existing).unwrap().count(), 1);
+}
+
+#[test]
+fn quantize_refuses_bad_options_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("q");
+    let o = out.to_str().unwrap();
+    fails_with(&["--method", "rtn", "--bits", "5", m, "-o", o], &["--bits", "5"]);
+    fails_with(&["--method", "rtn", "--group-size", "0", m, "-o", o], &["--group-size", "0"]);
+    fails_with(&["--method", "fp8", "--format", "gptq", m, "-o", o], &["gptq", "FP8"]);
+    fails_with(&["--method", "awq-typo", m, "-o", o], &["awq-typo"]);
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing may be left behind");
+}
