@@ -18,28 +18,16 @@ use std::time::Instant;
 fn main() {
     let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
     let shapes = [(576, 576), (1536, 576), (576, 1536), (4096, 4096)];
-    let scheme = QuantScheme::int(4)
-        .unwrap()
-        .asymmetric()
-        .unwrap()
-        .group(128)
-        .unwrap();
-    println!(
-        "threads: {}; int4 g128 asym, block 128",
-        rayon::current_num_threads()
-    );
+    let scheme = QuantScheme::int(4).unwrap().asymmetric().unwrap().group(128).unwrap();
+    println!("threads: {}; int4 g128 asym, block 128", rayon::current_num_threads());
     for (rows, cols) in shapes {
         if filter.is_some_and(|f| f != cols) {
             continue;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let tokens = 2048;
-        let x: Vec<f32> = (0..tokens * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
 
         let t = Instant::now();
         let mut acc = HessianAccumulator::new(cols);
@@ -52,24 +40,16 @@ fn main() {
         let t_inv = (0..3)
             .map(|_| {
                 let t = Instant::now();
-                let u =
-                    cholesky_inverse_upper(MatRef::from_column_major_slice(&h, cols, cols), 0.01);
+                let u = cholesky_inverse_upper(MatRef::from_column_major_slice(&h, cols, cols), 0.01);
                 assert!(u.is_ok());
                 t.elapsed().as_secs_f64()
             })
             .fold(f64::INFINITY, f64::min);
 
         for act_order in [false, true] {
-            let opts = GptqOptions {
-                act_order,
-                ..Default::default()
-            };
+            let opts = GptqOptions { act_order, ..Default::default() };
             let best = (0..3)
-                .map(|_| {
-                    gptq_quantize("bench", &w, rows, cols, &h, scheme, &opts)
-                        .unwrap()
-                        .seconds
-                })
+                .map(|_| gptq_quantize("bench", &w, rows, cols, &h, scheme, &opts).unwrap().seconds)
                 .fold(f64::INFINITY, f64::min);
             let sweep = (best - t_inv).max(1e-9);
             println!(

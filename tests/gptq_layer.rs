@@ -57,14 +57,10 @@ impl Inputs {
 
     /// `[tokens, COLS]` row-major.
     fn sample(&self, rng: &mut ChaCha8Rng, tokens: usize) -> Vec<f32> {
-        let z: Vec<f32> = (0..tokens * COLS)
-            .map(|k| gauss(rng) / (1.0 + SPECTRUM_DECAY * (k % COLS) as f32))
-            .collect();
+        let z: Vec<f32> = (0..tokens * COLS).map(|k| gauss(rng) / (1.0 + SPECTRUM_DECAY * (k % COLS) as f32)).collect();
         let mut x = vec![0.0f32; tokens * COLS];
         // x = z · mix = z · (mixᵀ)ᵀ: matmul_xwt takes the right factor as [n, k].
-        let mix_t: Vec<f32> = (0..COLS * COLS)
-            .map(|k| self.mix[(k % COLS) * COLS + k / COLS])
-            .collect();
+        let mix_t: Vec<f32> = (0..COLS * COLS).map(|k| self.mix[(k % COLS) * COLS + k / COLS]).collect();
         matmul_xwt(&z, tokens, &mix_t, COLS, COLS, &mut x);
         for row in x.chunks_exact_mut(COLS) {
             row.iter_mut().zip(&self.channel).for_each(|(v, s)| *v *= s);
@@ -92,11 +88,7 @@ fn layer(seed: u64) -> Layer {
         acc.add_batch(&inputs.sample(&mut rng, 512), 512);
     }
     let heldout = inputs.sample(&mut rng, HELDOUT_TOKENS);
-    Layer {
-        w,
-        h: acc.hessian(),
-        heldout,
-    }
+    Layer { w, h: acc.hessian(), heldout }
 }
 
 /// `‖(W − Q) Xᵀ‖_F` over the held-out inputs.
@@ -110,15 +102,8 @@ fn output_error(l: &Layer, q: &[f32]) -> f64 {
 fn ratio(l: &Layer, scheme: QuantScheme, opts: GptqOptions) -> f64 {
     let g = gptq_quantize("layer", &l.w, ROWS, COLS, &l.h, scheme, &opts).unwrap();
     let r = quantize_rtn("layer", &l.w, ROWS, COLS, scheme, None).unwrap();
-    let (eg, er) = (
-        output_error(l, &g.tensor.dequantize()),
-        output_error(l, &r.dequantize()),
-    );
-    eprintln!(
-        "{scheme} {opts:?}: GPTQ {eg:.4} RTN {er:.4} ratio {:.3} ({:.2}s)",
-        eg / er,
-        g.seconds
-    );
+    let (eg, er) = (output_error(l, &g.tensor.dequantize()), output_error(l, &r.dequantize()));
+    eprintln!("{scheme} {opts:?}: GPTQ {eg:.4} RTN {er:.4} ratio {:.3} ({:.2}s)", eg / er, g.seconds);
     eg / er
 }
 
@@ -132,50 +117,17 @@ fn gptq_beats_rtn_on_held_out_inputs() {
     let base = GptqOptions::default();
     let cases = [
         ("int4 g128", asym(4).group(128).unwrap(), base),
-        (
-            "int4 g128 act-order",
-            asym(4).group(128).unwrap(),
-            GptqOptions {
-                act_order: true,
-                ..base
-            },
-        ),
+        ("int4 g128 act-order", asym(4).group(128).unwrap(), GptqOptions { act_order: true, ..base }),
         (
             "int4 g128 act-order static",
             asym(4).group(128).unwrap(),
-            GptqOptions {
-                act_order: true,
-                static_groups: true,
-                ..base
-            },
+            GptqOptions { act_order: true, static_groups: true, ..base },
         ),
-        (
-            "int4 g128 mse",
-            asym(4).group(128).unwrap(),
-            GptqOptions { mse: true, ..base },
-        ),
-        (
-            "int4 g100 act-order",
-            asym(4).group(100).unwrap(),
-            GptqOptions {
-                act_order: true,
-                ..base
-            },
-        ),
+        ("int4 g128 mse", asym(4).group(128).unwrap(), GptqOptions { mse: true, ..base }),
+        ("int4 g100 act-order", asym(4).group(100).unwrap(), GptqOptions { act_order: true, ..base }),
         ("int4 per-channel", asym(4), base),
-        (
-            "int4 per-channel act-order",
-            asym(4),
-            GptqOptions {
-                act_order: true,
-                ..base
-            },
-        ),
-        (
-            "int3 g128 sym",
-            QuantScheme::int(3).unwrap().group(128).unwrap(),
-            base,
-        ),
+        ("int4 per-channel act-order", asym(4), GptqOptions { act_order: true, ..base }),
+        ("int3 g128 sym", QuantScheme::int(3).unwrap().group(128).unwrap(), base),
     ];
     let mut failures = Vec::new();
     let mut ratios = Vec::new();
@@ -186,23 +138,10 @@ fn gptq_beats_rtn_on_held_out_inputs() {
         }
         ratios.push(r);
     }
-    assert!(
-        failures.is_empty(),
-        "GPTQ not clearly better than RTN: {failures:?}"
-    );
+    assert!(failures.is_empty(), "GPTQ not clearly better than RTN: {failures:?}");
     // With outlier channels, visiting the columns by descending H[i,i] helps.
-    assert!(
-        ratios[1] < ratios[0],
-        "act-order {:.3} vs plain {:.3}",
-        ratios[1],
-        ratios[0]
-    );
-    assert!(
-        ratios[6] < ratios[5],
-        "act-order {:.3} vs plain {:.3} per channel",
-        ratios[6],
-        ratios[5]
-    );
+    assert!(ratios[1] < ratios[0], "act-order {:.3} vs plain {:.3}", ratios[1], ratios[0]);
+    assert!(ratios[6] < ratios[5], "act-order {:.3} vs plain {:.3} per channel", ratios[6], ratios[5]);
 }
 
 /// A line-by-line translation of `gptq.py`'s `fasterquant` in f64 (plain loops, no
@@ -223,36 +162,17 @@ fn reference_fasterquant(
         _ => None,
     };
     let dead: Vec<bool> = (0..cols).map(|i| h[i * cols + i] == 0.0).collect();
-    let mut wm: Vec<Vec<f64>> = (0..rows)
-        .map(|r| {
-            (0..cols)
-                .map(|c| if dead[c] { 0.0 } else { w[r * cols + c] as f64 })
-                .collect()
-        })
-        .collect();
+    let mut wm: Vec<Vec<f64>> =
+        (0..rows).map(|r| (0..cols).map(|c| if dead[c] { 0.0 } else { w[r * cols + c] as f64 }).collect()).collect();
     let as_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    let mut params: Vec<IntParams> = wm
-        .iter()
-        .map(|row| group_params(&as_f32(row), scheme, None))
-        .collect();
-    let diag: Vec<f32> = (0..cols)
-        .map(|i| if dead[i] { 1.0 } else { h[i * cols + i] })
-        .collect();
+    let mut params: Vec<IntParams> = wm.iter().map(|row| group_params(&as_f32(row), scheme, None)).collect();
+    let diag: Vec<f32> = (0..cols).map(|i| if dead[i] { 1.0 } else { h[i * cols + i] }).collect();
     let mut perm: Vec<usize> = (0..cols).collect();
     if act_order {
         perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
     }
-    wm = wm
-        .iter()
-        .map(|row| perm.iter().map(|&c| row[c]).collect())
-        .collect();
-    let hp = Mat::<f32>::from_fn(cols, cols, |a, b| {
-        if a == b {
-            diag[perm[a]]
-        } else {
-            h[perm[a] * cols + perm[b]]
-        }
-    });
+    wm = wm.iter().map(|row| perm.iter().map(|&c| row[c]).collect()).collect();
+    let hp = Mat::<f32>::from_fn(cols, cols, |a, b| if a == b { diag[perm[a]] } else { h[perm[a] * cols + perm[b]] });
     let mean = diag.iter().map(|&d| d as f64).sum::<f64>() / cols as f64;
     let hinv = cholesky_inverse_upper(hp.as_ref(), 0.01 * mean).unwrap();
     let u = |i: usize, j: usize| hinv[(i, j)] as f64;
@@ -267,10 +187,7 @@ fn reference_fasterquant(
             if let Some(gs) = gs {
                 if (i1 + i) % gs == 0 {
                     let end = (i1 + i + gs).min(cols);
-                    params = wm
-                        .iter()
-                        .map(|row| group_params(&as_f32(&row[i1 + i..end]), scheme, None))
-                        .collect();
+                    params = wm.iter().map(|row| group_params(&as_f32(&row[i1 + i..end]), scheme, None)).collect();
                 }
             }
             let d = u(i1 + i, i1 + i);
@@ -318,34 +235,15 @@ fn fast_path_matches_line_by_line_translation_of_fasterquant() {
     let mut acc = HessianAccumulator::new(cols);
     acc.add_batch(&x, tokens);
     let h = acc.hessian();
-    for scheme in [
-        asym(4).group(24).unwrap(),
-        asym(4),
-        QuantScheme::int(3).unwrap().group(32).unwrap(),
-    ] {
+    for scheme in [asym(4).group(24).unwrap(), asym(4), QuantScheme::int(3).unwrap().group(32).unwrap()] {
         for act_order in [false, true] {
-            let opts = GptqOptions {
-                block_size: 32,
-                act_order,
-                ..Default::default()
-            };
+            let opts = GptqOptions { block_size: 32, act_order, ..Default::default() };
             let fast = gptq_quantize("t", &w, rows, cols, &h, scheme, &opts).unwrap();
             let (codes, loss) = reference_fasterquant(&w, rows, cols, &h, scheme, 32, act_order);
-            let mismatch = codes
-                .iter()
-                .zip(&fast.tensor.codes)
-                .filter(|(a, b)| a != b)
-                .count();
+            let mismatch = codes.iter().zip(&fast.tensor.codes).filter(|(a, b)| a != b).count();
             let what = format!("{scheme} act_order={act_order}");
-            assert!(
-                (mismatch as f64) <= MAX_CODE_MISMATCH * codes.len() as f64,
-                "{what}: {mismatch} codes differ"
-            );
-            assert!(
-                (fast.loss - loss).abs() <= LOSS_REL_TOL * loss,
-                "{what}: loss {} vs {loss}",
-                fast.loss
-            );
+            assert!((mismatch as f64) <= MAX_CODE_MISMATCH * codes.len() as f64, "{what}: {mismatch} codes differ");
+            assert!((fast.loss - loss).abs() <= LOSS_REL_TOL * loss, "{what}: loss {} vs {loss}", fast.loss);
         }
     }
 }
@@ -354,20 +252,10 @@ fn fast_path_matches_line_by_line_translation_of_fasterquant() {
 
 /// A layer `[rows, cols]` and the Hessian of `tokens` correlated inputs with an
 /// outlier channel and, if `dead`, an input channel that is always zero.
-fn small_layer(
-    seed: u64,
-    rows: usize,
-    cols: usize,
-    tokens: usize,
-    dead: Option<usize>,
-) -> (Vec<f32>, Vec<f32>) {
+fn small_layer(seed: u64, rows: usize, cols: usize, tokens: usize, dead: Option<usize>) -> (Vec<f32>, Vec<f32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<f32> = (0..rows * cols)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
-    let mut x: Vec<f32> = (0..tokens * cols)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
     for t in 0..tokens {
         let base = x[t * cols];
         for c in 0..cols {
@@ -388,60 +276,15 @@ fn non_finite_inputs_are_refused_with_position() {
     let (rows, cols) = (8, 16);
     let (mut w, mut h) = small_layer(4, rows, cols, 64, None);
     h[3 * cols + 2] = f32::NAN;
-    let e = gptq_quantize(
-        "blk.0.q",
-        &w,
-        rows,
-        cols,
-        &h,
-        asym(4),
-        &GptqOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("blk.0.q") && e.contains("Hessian") && e.contains("NaN") && e.contains("[3, 2]"),
-        "{e}"
-    );
+    let e = gptq_quantize("blk.0.q", &w, rows, cols, &h, asym(4), &GptqOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("blk.0.q") && e.contains("Hessian") && e.contains("NaN") && e.contains("[3, 2]"), "{e}");
     h[3 * cols + 2] = 0.0;
     w[17] = f32::INFINITY;
-    let e = gptq_quantize(
-        "blk.0.q",
-        &w,
-        rows,
-        cols,
-        &h,
-        asym(4),
-        &GptqOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("weight") && e.contains("inf") && e.contains("[1, 1]"),
-        "{e}"
-    );
-    let e = gptq_quantize(
-        "x",
-        &w[..8],
-        rows,
-        cols,
-        &h,
-        asym(4),
-        &GptqOptions::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = gptq_quantize("blk.0.q", &w, rows, cols, &h, asym(4), &GptqOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("weight") && e.contains("inf") && e.contains("[1, 1]"), "{e}");
+    let e = gptq_quantize("x", &w[..8], rows, cols, &h, asym(4), &GptqOptions::default()).unwrap_err().to_string();
     assert!(e.contains("expected [8, 16]"), "{e}");
-    assert!(gptq_quantize(
-        "x",
-        &w,
-        rows,
-        cols,
-        &h,
-        QuantScheme::fp8_e4m3(),
-        &GptqOptions::default()
-    )
-    .is_err());
+    assert!(gptq_quantize("x", &w, rows, cols, &h, QuantScheme::fp8_e4m3(), &GptqOptions::default()).is_err());
 }
 
 #[test]
@@ -450,10 +293,7 @@ fn all_zero_weight_gives_zero_output() {
     let (_, h) = small_layer(5, rows, cols, 100, Some(0));
     let w = vec![0.0f32; rows * cols];
     for scheme in [asym(4).group(16).unwrap(), QuantScheme::int(4).unwrap()] {
-        let opts = GptqOptions {
-            act_order: true,
-            ..Default::default()
-        };
+        let opts = GptqOptions { act_order: true, ..Default::default() };
         let r = gptq_quantize("z", &w, rows, cols, &h, scheme, &opts).unwrap();
         assert!(r.tensor.dequantize().iter().all(|&v| v == 0.0));
         assert!(r.tensor.scales.iter().all(|s| s.is_finite() && *s > 0.0));
@@ -466,17 +306,9 @@ fn indefinite_hessian_is_damped_until_it_factors() {
     let (rows, cols) = (16, 64);
     // Rank-deficient: 20 tokens for 64 columns, no damping.
     let (w, h) = small_layer(6, rows, cols, 20, None);
-    let opts = GptqOptions {
-        damp: 0.0,
-        ..Default::default()
-    };
+    let opts = GptqOptions { damp: 0.0, ..Default::default() };
     let r = gptq_quantize("rank", &w, rows, cols, &h, asym(4), &opts).unwrap();
-    assert!(
-        r.damp_retries > 0 && r.damp_used > 0.0,
-        "retries {} damp {}",
-        r.damp_retries,
-        r.damp_used
-    );
+    assert!(r.damp_retries > 0 && r.damp_used > 0.0, "retries {} damp {}", r.damp_retries, r.damp_used);
     // Smallest eigenvalue moved to -0.05·mean(diag): the default damping 0.01 fails.
     let (w, mut h) = small_layer(7, rows, cols, 500, None);
     let m = MatRef::from_column_major_slice(&h, cols, cols);
@@ -484,18 +316,11 @@ fn indefinite_hessian_is_damped_until_it_factors() {
     let mean = (0..cols).map(|i| h[i * cols + i]).sum::<f32>() / cols as f32;
     (0..cols).for_each(|i| h[i * cols + i] -= lmin + 0.05 * mean);
     let r = gptq_quantize("neg", &w, rows, cols, &h, asym(4), &GptqOptions::default()).unwrap();
-    assert!(
-        r.damp_retries > 0 && r.damp_used > 0.05,
-        "retries {} damp {}",
-        r.damp_retries,
-        r.damp_used
-    );
+    assert!(r.damp_retries > 0 && r.damp_used > 0.05, "retries {} damp {}", r.damp_retries, r.damp_used);
     assert!(r.tensor.dequantize().iter().all(|v| v.is_finite()));
     // Hopeless: a negative diagonal is refused outright.
     h[0] = -1.0;
-    let e = gptq_quantize("neg", &w, rows, cols, &h, asym(4), &GptqOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = gptq_quantize("neg", &w, rows, cols, &h, asym(4), &GptqOptions::default()).unwrap_err().to_string();
     assert!(e.contains("negative at column 0"), "{e}");
 }
 
@@ -503,19 +328,10 @@ fn indefinite_hessian_is_damped_until_it_factors() {
 fn same_bits_with_one_and_two_threads() {
     let (rows, cols) = (200, 160); // four row chunks, a partial last block
     let (w, h) = small_layer(8, rows, cols, 400, Some(9));
-    let opts = GptqOptions {
-        act_order: true,
-        block_size: 64,
-        ..Default::default()
-    };
+    let opts = GptqOptions { act_order: true, block_size: 64, ..Default::default() };
     let run = |n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            gptq_quantize("d", &w, rows, cols, &h, asym(4).group(32).unwrap(), &opts).unwrap()
-        })
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        pool.install(|| gptq_quantize("d", &w, rows, cols, &h, asym(4).group(32).unwrap(), &opts).unwrap())
     };
     let (a, b) = (run(1), run(2));
     assert_eq!(a.tensor, b.tensor);

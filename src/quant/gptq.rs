@@ -65,13 +65,7 @@ pub struct GptqOptions {
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        Self {
-            block_size: 128,
-            damp: 0.01,
-            act_order: false,
-            static_groups: false,
-            mse: false,
-        }
+        Self { block_size: 128, damp: 0.01, act_order: false, static_groups: false, mse: false }
     }
 }
 
@@ -162,10 +156,7 @@ fn quantize_impl(
     // 1. Dead columns; 2. act-order permutation.
     let diag: Vec<f32> = (0..cols).map(|i| hessian[i * cols + i]).collect();
     let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
-    let key: Vec<f32> = diag
-        .iter()
-        .map(|&d| if d == 0.0 { 1.0 } else { d })
-        .collect();
+    let key: Vec<f32> = diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
     let mut perm: Vec<usize> = (0..cols).collect();
     if opts.act_order {
         perm.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
@@ -186,18 +177,14 @@ fn quantize_impl(
         match cholesky_inverse_upper(hp.as_ref(), frac * mean_diag) {
             Ok(u) => break u,
             Err(e) => {
-                let next = if frac < DAMP_FIRST_RETRY {
-                    DAMP_FIRST_RETRY
-                } else {
-                    frac * DAMP_GROWTH
-                };
+                let next = if frac < DAMP_FIRST_RETRY { DAMP_FIRST_RETRY } else { frac * DAMP_GROWTH };
                 if next > DAMP_MAX {
-                    return Err(Error::tensor(
-                        name,
-                        hessian_failure(e, frac, mean_diag, &perm),
-                    ));
+                    return Err(Error::tensor(name, hessian_failure(e, frac, mean_diag, &perm)));
                 }
-                eprintln!("gptq {name}: {}; raising damping from {frac:.4} to {next:.4} of the mean diagonal", hessian_failure(e, frac, mean_diag, &perm));
+                eprintln!(
+                    "gptq {name}: {}; raising damping from {frac:.4} to {next:.4} of the mean diagonal",
+                    hessian_failure(e, frac, mean_diag, &perm)
+                );
                 frac = next;
                 retries += 1;
             }
@@ -218,9 +205,7 @@ fn quantize_impl(
     let groups = scheme.groups_per_row(cols);
     let params = match scheme.granularity {
         Granularity::PerTensor => {
-            let all: Vec<f32> = (0..rows * cols)
-                .map(|k| if dead[k % cols] { 0.0 } else { weight[k] })
-                .collect();
+            let all: Vec<f32> = (0..rows * cols).map(|k| if dead[k % cols] { 0.0 } else { weight[k] }).collect();
             Params::Tensor(find_params(&all, scheme, opts.mse))
         }
         Granularity::PerChannel => Params::Channel,
@@ -278,15 +263,7 @@ fn quantize_impl(
         }
         g
     });
-    let tensor = QuantizedTensor {
-        scheme,
-        rows,
-        cols,
-        codes,
-        scales,
-        zeros: Some(zeros),
-        g_idx,
-    };
+    let tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx };
     let result = GptqResult {
         tensor,
         loss: loss / 2.0,
@@ -307,68 +284,30 @@ fn validate(
     opts: &GptqOptions,
 ) -> Result<()> {
     if !matches!(scheme.format, NumberFormat::Int { .. }) {
-        return Err(Error::tensor(
-            name,
-            format!("GPTQ needs an integer scheme, got {scheme}"),
-        ));
+        return Err(Error::tensor(name, format!("GPTQ needs an integer scheme, got {scheme}")));
     }
     if opts.block_size == 0 {
-        return Err(Error::option(
-            "--block-size",
-            "0 is not a valid GPTQ block size (the reference uses 128)",
-        ));
+        return Err(Error::option("--block-size", "0 is not a valid GPTQ block size (the reference uses 128)"));
     }
     if !(opts.damp >= 0.0 && opts.damp.is_finite()) {
-        return Err(Error::option(
-            "--damp",
-            format!(
-                "{} is not a valid damping fraction (use e.g. 0.01)",
-                opts.damp
-            ),
-        ));
+        return Err(Error::option("--damp", format!("{} is not a valid damping fraction (use e.g. 0.01)", opts.damp)));
     }
     if weight.len() != rows * cols {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "weight has {} values, expected [{rows}, {cols}]",
-                weight.len()
-            ),
-        ));
+        return Err(Error::tensor(name, format!("weight has {} values, expected [{rows}, {cols}]", weight.len())));
     }
     if hessian.len() != cols * cols {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "Hessian has {} values, expected [{cols}, {cols}]",
-                hessian.len()
-            ),
-        ));
+        return Err(Error::tensor(name, format!("Hessian has {} values, expected [{cols}, {cols}]", hessian.len())));
     }
     if let Some(k) = weight.iter().position(|v| !v.is_finite()) {
-        return Err(Error::tensor(
-            name,
-            format!("weight holds {} at [{}, {}]", weight[k], k / cols, k % cols),
-        ));
+        return Err(Error::tensor(name, format!("weight holds {} at [{}, {}]", weight[k], k / cols, k % cols)));
     }
     if let Some(k) = hessian.iter().position(|v| !v.is_finite()) {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "Hessian holds {} at [{}, {}]",
-                hessian[k],
-                k / cols,
-                k % cols
-            ),
-        ));
+        return Err(Error::tensor(name, format!("Hessian holds {} at [{}, {}]", hessian[k], k / cols, k % cols)));
     }
     if let Some(i) = (0..cols).find(|&i| hessian[i * cols + i] < 0.0) {
         return Err(Error::tensor(
             name,
-            format!(
-                "Hessian diagonal is negative at column {i}: {}",
-                hessian[i * cols + i]
-            ),
+            format!("Hessian diagonal is negative at column {i}: {}", hessian[i * cols + i]),
         ));
     }
     Ok(())
@@ -376,10 +315,9 @@ fn validate(
 
 fn hessian_failure(e: LinalgError, frac: f64, mean_diag: f64, perm: &[usize]) -> String {
     let e = match e {
-        LinalgError::NotPositiveDefinite { index } => format!(
-            "Hessian not positive definite (pivot at column {})",
-            perm[index]
-        ),
+        LinalgError::NotPositiveDefinite { index } => {
+            format!("Hessian not positive definite (pivot at column {})", perm[index])
+        }
         e => format!("Hessian inverse failed: {e}"),
     };
     format!("{e} with damping {frac:.4} × mean diagonal {mean_diag:.4e}")
@@ -412,21 +350,11 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             wl[p * cr + r] = row[c];
         }
         match plan.params {
-            Params::Channel => set(
-                &mut scales,
-                &mut zeros,
-                r,
-                find_params(&row, plan.scheme, plan.mse),
-            ),
+            Params::Channel => set(&mut scales, &mut zeros, r, find_params(&row, plan.scheme, plan.mse)),
             Params::Static => {
                 for g in 0..groups {
                     let vals = &row[g * gw..((g + 1) * gw).min(cols)];
-                    set(
-                        &mut scales,
-                        &mut zeros,
-                        r * groups + g,
-                        find_params(vals, plan.scheme, plan.mse),
-                    );
+                    set(&mut scales, &mut zeros, r * groups + g, find_params(vals, plan.scheme, plan.mse));
                 }
             }
             Params::Tensor(p) => set(&mut scales, &mut zeros, r, p),
@@ -435,11 +363,7 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
     }
 
     let mut codes_l = vec![0u8; cols * cr];
-    let mut q_l = if keep_q {
-        vec![0.0f32; cols * cr]
-    } else {
-        Vec::new()
-    };
+    let mut q_l = if keep_q { vec![0.0f32; cols * cr] } else { Vec::new() };
     let mut err = vec![0.0f32; bs * cr];
     let (mut cur_s, mut cur_z) = (vec![0.0f32; cr], vec![0.0f32; cr]);
     let mut cur_g = usize::MAX;
@@ -457,12 +381,7 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
                     for (k, v) in gather[..b - a].iter_mut().enumerate() {
                         *v = wl[(a + k) * cr + r];
                     }
-                    set(
-                        &mut scales,
-                        &mut zeros,
-                        r * groups + g,
-                        find_params(&gather[..b - a], plan.scheme, plan.mse),
-                    );
+                    set(&mut scales, &mut zeros, r * groups + g, find_params(&gather[..b - a], plan.scheme, plan.mse));
                 }
             }
         }
@@ -484,18 +403,8 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             let hrow = &plan.diag_blocks[i1 * bs + i * bs..i1 * bs + i * bs + count];
             let (head, tail) = block.split_at_mut((i + 1) * cr);
             let e = &mut err[i * cr..(i + 1) * cr];
-            let q = if keep_q {
-                Some(&mut q_l[p * cr..(p + 1) * cr])
-            } else {
-                None
-            };
-            let col = Column {
-                w: &head[i * cr..],
-                s: &cur_s,
-                z: &cur_z,
-                d: hrow[i],
-                maxq,
-            };
+            let q = if keep_q { Some(&mut q_l[p * cr..(p + 1) * cr]) } else { None };
+            let col = Column { w: &head[i * cr..], s: &cur_s, z: &cur_z, d: hrow[i], maxq };
             loss += kernels::quantize_column(col, &mut codes_l[p * cr..(p + 1) * cr], e, q) as f64;
             // W1[:, i+1:] -= err ⊗ Hinv1[i, i+1:]
             kernels::update_columns(tail, e, &hrow[i + 1..]);
@@ -519,13 +428,7 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             }
         }
     }
-    ChunkOut {
-        codes,
-        scales,
-        zeros,
-        q,
-        loss,
-    }
+    ChunkOut { codes, scales, zeros, q, loss }
 }
 
 /// One column of a chunk to quantize: weights `w`, per-row scale `s` and zero `z`,
@@ -587,12 +490,7 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn quantize_column_avx2(
-        c: Column,
-        codes: &mut [u8],
-        e: &mut [f32],
-        q: Option<&mut [f32]>,
-    ) -> f32 {
+    unsafe fn quantize_column_avx2(c: Column, codes: &mut [u8], e: &mut [f32], q: Option<&mut [f32]>) -> f32 {
         quantize_column_generic(c, codes, e, q)
     }
 
@@ -602,12 +500,7 @@ mod kernels {
         update_columns_generic(tail, e, h)
     }
 
-    pub(super) fn quantize_column(
-        c: Column,
-        codes: &mut [u8],
-        e: &mut [f32],
-        q: Option<&mut [f32]>,
-    ) -> f32 {
+    pub(super) fn quantize_column(c: Column, codes: &mut [u8], e: &mut [f32], q: Option<&mut [f32]>) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked above).
@@ -640,20 +533,10 @@ mod tests {
 
     /// A layer `[rows, cols]` and the Hessian of `tokens` correlated inputs with an
     /// outlier channel and, if `dead`, an input channel that is always zero.
-    fn layer(
-        seed: u64,
-        rows: usize,
-        cols: usize,
-        tokens: usize,
-        dead: Option<usize>,
-    ) -> (Vec<f32>, Vec<f32>) {
+    fn layer(seed: u64, rows: usize, cols: usize, tokens: usize, dead: Option<usize>) -> (Vec<f32>, Vec<f32>) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
-        let mut x: Vec<f32> = (0..tokens * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         for t in 0..tokens {
             let base = x[t * cols];
             for c in 0..cols {
@@ -686,15 +569,8 @@ mod tests {
             QuantScheme::int(8).unwrap().group(128).unwrap(), // one group wider than the layer
         ];
         for scheme in schemes {
-            for (act_order, static_groups) in
-                [(false, false), (true, false), (false, true), (true, true)]
-            {
-                let opts = GptqOptions {
-                    block_size: 16,
-                    act_order,
-                    static_groups,
-                    ..Default::default()
-                };
+            for (act_order, static_groups) in [(false, false), (true, false), (false, true), (true, true)] {
+                let opts = GptqOptions { block_size: 16, act_order, static_groups, ..Default::default() };
                 let (r, q) = quantize_impl("t", &w, rows, cols, &h, scheme, &opts, true).unwrap();
                 let (t, q) = (r.tensor, q.unwrap());
                 let what = format!("{scheme} act_order={act_order} static={static_groups}");
@@ -702,46 +578,32 @@ mod tests {
                 assert!(t.codes.iter().all(|&c| c as u32 <= scheme.maxq()), "{what}");
                 assert!(
                     (0..rows).all(|r| t.codes[r * cols + 5]
-                        == t.zeros.as_ref().unwrap()
-                            [t.param_index(r, t.column_groups()[5] as usize)]),
+                        == t.zeros.as_ref().unwrap()[t.param_index(r, t.column_groups()[5] as usize)]),
                     "{what}: dead column not zero"
                 );
                 let groups = t.groups_per_row();
                 match &t.g_idx {
                     Some(g) => {
                         assert!(
-                            act_order
-                                && !static_groups
-                                && matches!(scheme.granularity, Granularity::Group(_)),
+                            act_order && !static_groups && matches!(scheme.granularity, Granularity::Group(_)),
                             "{what}"
                         );
                         let mut count = vec![0usize; groups];
                         g.iter().for_each(|&g| count[g as usize] += 1);
                         let gw = scheme.group_width(cols);
                         for (k, &n) in count.iter().enumerate() {
-                            assert_eq!(
-                                n,
-                                gw.min(cols - k * gw),
-                                "{what}: group {k} has {n} columns"
-                            );
+                            assert_eq!(n, gw.min(cols - k * gw), "{what}: group {k} has {n} columns");
                         }
                     }
                     None => assert!(
-                        !act_order
-                            || static_groups
-                            || !matches!(scheme.granularity, Granularity::Group(_)),
+                        !act_order || static_groups || !matches!(scheme.granularity, Granularity::Group(_)),
                         "{what}"
                     ),
                 }
                 assert!(r.loss.is_finite() && r.loss > 0.0, "{what}");
             }
         }
-        let opts = GptqOptions {
-            block_size: 16,
-            act_order: true,
-            mse: true,
-            ..Default::default()
-        };
+        let opts = GptqOptions { block_size: 16, act_order: true, mse: true, ..Default::default() };
         let (r, q) = quantize_impl("t", &w, rows, cols, &h, schemes[0], &opts, true).unwrap();
         assert_eq!(r.tensor.dequantize(), q.unwrap(), "mse");
     }
@@ -760,13 +622,7 @@ mod tests {
                 _ => rng.random_range(-1.0f32..1.0),
             })
             .collect();
-        let col = || Column {
-            w: &w,
-            s: &s,
-            z: &z,
-            d: 0.7,
-            maxq: 15.0,
-        };
+        let col = || Column { w: &w, s: &s, z: &z, d: 0.7, maxq: 15.0 };
         let (mut c1, mut e1, mut q1) = (vec![0u8; cr], vec![0.0f32; cr], vec![0.0f32; cr]);
         let (mut c2, mut e2, mut q2) = (vec![0u8; cr], vec![0.0f32; cr], vec![0.0f32; cr]);
         let l1 = kernels::quantize_column_generic(col(), &mut c1, &mut e1, Some(&mut q1));
@@ -778,20 +634,11 @@ mod tests {
         );
         assert_eq!(q1, q2);
         for r in 0..cr {
-            let p = IntParams {
-                scale: s[r],
-                zero: z[r] as u8,
-            };
-            assert_eq!(
-                q1[r],
-                p.dequantize(p.quantize(w[r], 15)),
-                "row {r}: not quant.py's rounding"
-            );
+            let p = IntParams { scale: s[r], zero: z[r] as u8 };
+            assert_eq!(q1[r], p.dequantize(p.quantize(w[r], 15)), "row {r}: not quant.py's rounding");
         }
         let h: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let mut t1: Vec<f32> = (0..5 * cr)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let mut t1: Vec<f32> = (0..5 * cr).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let mut t2 = t1.clone();
         kernels::update_columns_generic(&mut t1, &e1, &h);
         kernels::update_columns(&mut t2, &e1, &h);

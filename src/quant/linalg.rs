@@ -36,11 +36,7 @@ pub struct HessianAccumulator {
 
 impl HessianAccumulator {
     pub fn new(cols: usize) -> Self {
-        Self {
-            cols,
-            h: vec![0.0; cols * cols],
-            n_samples: 0,
-        }
+        Self { cols, h: vec![0.0; cols * cols], n_samples: 0 }
     }
 
     pub fn cols(&self) -> usize {
@@ -55,11 +51,7 @@ impl HessianAccumulator {
     /// Add `tokens` input rows `x`: `[tokens, cols]` row-major.
     pub fn add_batch(&mut self, x: &[f32], tokens: usize) {
         let n = self.cols;
-        assert_eq!(
-            x.len(),
-            tokens * n,
-            "HessianAccumulator::add_batch: x is not [tokens={tokens}, cols={n}]"
-        );
+        assert_eq!(x.len(), tokens * n, "HessianAccumulator::add_batch: x is not [tokens={tokens}, cols={n}]");
         if tokens == 0 || n == 0 {
             return;
         }
@@ -102,11 +94,7 @@ impl HessianAccumulator {
             // H[i0.., j0..] += alpha · x[:, i0..]ᵀ x[:, j0..]
             let lhs = xm.subcols(i0, h).transpose();
             let rhs = xm.subcols(j0, w);
-            let structure = if i0 == j0 {
-                BlockStructure::TriangularLower
-            } else {
-                BlockStructure::Rectangular
-            };
+            let structure = if i0 == j0 { BlockStructure::TriangularLower } else { BlockStructure::Rectangular };
             triangular::matmul(
                 tile,
                 structure,
@@ -167,34 +155,25 @@ pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>,
     }
     let par = Par::Seq;
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
-    cholesky_in_place(
-        a.as_mut(),
-        Default::default(),
-        par,
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|e| match e {
-        faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
-            LinalgError::NotPositiveDefinite {
-                index: n - 1 - index,
+    cholesky_in_place(a.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default()).map_err(
+        |e| match e {
+            faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+                LinalgError::NotPositiveDefinite { index: n - 1 - index }
             }
-        }
-    })?;
+        },
+    )?;
     // M⁻¹ column panel by column panel: M[j0.., j0..] Y = [I; 0], in parallel.
     let m = a.as_ref();
     let mut minv = vec![0.0f64; n * n];
-    minv.par_chunks_mut(INVERSE_PANEL * n)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            let j0 = p * INVERSE_PANEL;
-            let w = panel.len() / n;
-            let mut y = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
-            for k in 0..w {
-                y[(k, k)] = 1.0;
-            }
-            solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y, Par::Seq);
-        });
+    minv.par_chunks_mut(INVERSE_PANEL * n).enumerate().for_each(|(p, panel)| {
+        let j0 = p * INVERSE_PANEL;
+        let w = panel.len() / n;
+        let mut y = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
+        for k in 0..w {
+            y[(k, k)] = 1.0;
+        }
+        solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y, Par::Seq);
+    });
     let minv = MatRef::from_column_major_slice(&minv, n, n);
     // U = J M⁻¹ J: U[i][j] = M⁻¹[n-1-i][n-1-j], upper for j ≥ i.
     let mut u = Mat::<f32>::zeros(n, n);
@@ -239,10 +218,7 @@ mod tests {
             batches.push((x, t));
         }
         let accumulate = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut acc = HessianAccumulator::new(cols);
                 batches.iter().for_each(|(x, t)| acc.add_batch(x, *t));
@@ -250,15 +226,8 @@ mod tests {
             })
         };
         let acc = accumulate(2);
-        assert_eq!(
-            acc.hessian(),
-            accumulate(1).hessian(),
-            "thread count changed the bits"
-        );
-        let all: Vec<f32> = batches
-            .iter()
-            .flat_map(|(x, _)| x.iter().copied())
-            .collect();
+        assert_eq!(acc.hessian(), accumulate(1).hessian(), "thread count changed the bits");
+        let all: Vec<f32> = batches.iter().flat_map(|(x, _)| x.iter().copied()).collect();
         let n = all.len() / cols;
         assert_eq!(acc.n_samples(), n);
         let h = acc.hessian();
@@ -266,18 +235,13 @@ mod tests {
         let mut reference = vec![0.0f64; cols * cols];
         for i in 0..cols {
             for j in 0..cols {
-                let s: f64 = (0..n)
-                    .map(|t| all[t * cols + i] as f64 * all[t * cols + j] as f64)
-                    .sum();
+                let s: f64 = (0..n).map(|t| all[t * cols + i] as f64 * all[t * cols + j] as f64).sum();
                 reference[i * cols + j] = 2.0 * s / n as f64;
             }
             max_diag = max_diag.max(reference[i * cols + i]);
         }
         for (k, (&a, &b)) in h.iter().zip(&reference).enumerate() {
-            assert!(
-                (a as f64 - b).abs() <= HESSIAN_REL_TOL * max_diag,
-                "H[{k}]: {a} vs {b}"
-            );
+            assert!((a as f64 - b).abs() <= HESSIAN_REL_TOL * max_diag, "H[{k}]: {a} vs {b}");
         }
         assert_eq!(h[7 * cols + 7], 0.0);
         for i in 0..cols {
@@ -311,11 +275,8 @@ mod tests {
         }
         for i in 0..n {
             for j in 0..n {
-                let p: f64 = (0..n)
-                    .map(|k| {
-                        hinv[i * n + k] * (h[k * n + j] as f64 + if k == j { damp } else { 0.0 })
-                    })
-                    .sum();
+                let p: f64 =
+                    (0..n).map(|k| hinv[i * n + k] * (h[k * n + j] as f64 + if k == j { damp } else { 0.0 })).sum();
                 let e = if i == j { 1.0 } else { 0.0 };
                 assert!((p - e).abs() < INVERSE_TOL, "({i},{j}): {p}");
             }
