@@ -9,6 +9,8 @@ pub mod calib;
 pub mod cli;
 pub mod convert;
 pub mod format;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod quant;

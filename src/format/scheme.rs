@@ -145,6 +145,16 @@ impl QuantScheme {
                 return IntParams { scale: 1.0, zero: ((self.maxq() + 1) / 2) as u8 };
             }
             let zero = (-min / scale).round().clamp(0.0, maxq) as u8;
+            if zero == 0 {
+                // A group with nothing below zero. The gptq format stores `zero - 1` and
+                // cannot hold 0 (AutoGPTQ writes -1 and corrupts the neighbouring
+                // fields), so such groups use zero 1 and the remaining `maxq - 1` steps.
+                let scale = f16_round(max / (maxq - 1.0));
+                if !(scale > 0.0) || !scale.is_finite() {
+                    return IntParams { scale: 1.0, zero: ((self.maxq() + 1) / 2) as u8 };
+                }
+                return IntParams { scale, zero: 1 };
+            }
             IntParams { scale, zero }
         }
     }
@@ -214,12 +224,24 @@ mod tests {
     }
 
     #[test]
+    fn asymmetric_zero_point_is_never_zero() {
+        let s = QuantScheme::int(4).unwrap().asymmetric().unwrap();
+        let p = s.int_params(0.5, 3.0);
+        assert_eq!(p.zero, 1);
+        assert_eq!(p.dequantize(p.quantize(3.0, 15)), p.scale * 14.0);
+        assert!((p.dequantize(p.quantize(3.0, 15)) - 3.0).abs() <= p.scale / 2.0);
+        let p = s.int_params(-1.0, 3.0);
+        assert!(p.zero >= 1);
+    }
+
+    #[test]
     fn symmetric_grid_matches_gptq_convention() {
         let s = QuantScheme::int(4).unwrap();
         let p = s.int_params(-1.5, 0.75);
         assert_eq!(p.zero, 8);
         assert_eq!(p.scale, f16_round(3.0 / 15.0));
-        assert_eq!(p.quantize(-1.5, 15), 1);
+        // -1.5 / f16(0.2) = -7.502 rounds to -8: code 0.
+        assert_eq!(p.quantize(-1.5, 15), 0);
         assert_eq!(s.groups_per_row(130), 1);
         assert_eq!(s.group(64).unwrap().groups_per_row(130), 3);
     }

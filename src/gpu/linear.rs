@@ -273,7 +273,7 @@ impl GpuLinear {
         Ok(())
     }
 
-    fn padded_in(&self) -> usize {
+    pub(crate) fn padded_in(&self) -> usize {
         self.kw * self.per_word
     }
 

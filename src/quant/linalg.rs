@@ -145,6 +145,9 @@ pub enum LinalgError {
 pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>, LinalgError> {
     let n = h.nrows();
     assert_eq!(h.ncols(), n, "cholesky_inverse_upper: H must be square");
+    if n == 0 {
+        return Ok(Mat::zeros(0, 0));
+    }
     // A = J (H + damp I) J, lower triangle.
     let mut a = Mat::<f64>::zeros(n, n);
     for j in 0..n {
