@@ -405,7 +405,6 @@ impl GpuContext {
     /// `x` and `y` are bound as their first `x_bytes` / `y_bytes` (scratch buffers grow
     /// in powers of two, beyond what one binding may hold).
     pub(crate) fn bind_group(&self, params: &wgpu::Buffer, x: (&wgpu::Buffer, u64), y: (&wgpu::Buffer, u64), d: &Dispatch) -> wgpu::BindGroup {
-        let part = |(b, n): (&wgpu::Buffer, u64)| wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b, offset: 0, size: std::num::NonZeroU64::new(n) });
         let mut entries = vec![
             wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 1, resource: part(x) },
@@ -480,6 +479,11 @@ impl GpuContext {
         buf.unmap();
         Ok(())
     }
+}
+
+/// The first `n` bytes of a buffer as a binding.
+fn part((buffer, n): (&wgpu::Buffer, u64)) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: std::num::NonZeroU64::new(n) })
 }
 
 /// The buffer in `slot`, replaced by a larger one (next power of two) when too small.
