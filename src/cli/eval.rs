@@ -1,7 +1,7 @@
 //! `quantize eval`: perplexity, and the comparison against a baseline.
 
 use crate::eval::perplexity::Protocol;
-use crate::eval::{compare, perplexity, report, EvalOptions};
+use crate::eval::{compare_many, perplexity, report, EvalOptions};
 use crate::io::tokenizer::{read_text, Tokenizer};
 use crate::model::load::LoadInfo;
 use crate::model::LlamaModel;
@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Model directory (dense or quantized checkpoint).
-    #[arg(long)]
-    pub model: PathBuf,
+    /// Model directory (dense or quantized checkpoint); repeat to compare several
+    /// models against one --baseline in a single pass over the text.
+    #[arg(long, required = true, num_args = 1..)]
+    pub model: Vec<PathBuf>,
     /// Full-precision model to compare against (perplexity delta, KL, top-1 agreement).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -45,27 +46,53 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     let t0 = std::time::Instant::now();
     let text = read_text(&a.text)?;
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let tok = Tokenizer::from_file(&a.model[0].join("tokenizer.json"))?;
     let tokens = tok.encode(&text)?;
     eprintln!("tokenized {} ({} tokens) in {:.2}s", a.text.display(), tokens.len(), t0.elapsed().as_secs_f64());
     let opts = EvalOptions { ctx: a.ctx, protocol: a.protocol, max_windows: a.max_windows, batch: a.batch };
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
     let t0 = std::time::Instant::now();
-    let (model, info) = load_model(&a.model)?;
-    eprintln!("loaded {} in {:.2}s", a.model.display(), t0.elapsed().as_secs_f64());
+    let mut models = Vec::new();
+    for dir in &a.model {
+        models.push(load_model(dir)?);
+    }
+    eprintln!("loaded {} model(s) in {:.2}s", models.len(), t0.elapsed().as_secs_f64());
     let json = match &a.baseline {
         None => {
-            let r = perplexity(&model, &tokens, &opts)?;
-            print!("{}", report::perplexity_table(&r));
-            serde_json::to_value(&r)?
+            let mut out = Vec::new();
+            for ((model, info), dir) in models.iter().zip(&a.model) {
+                let r = perplexity(model, &tokens, &opts)?;
+                println!("{}", dir.display());
+                print!("{}", report::perplexity_table(&r));
+                out.push(serde_json::json!({"model": dir, "perplexity": r, "load": info}));
+            }
+            if out.len() == 1 { out.remove(0) } else { serde_json::Value::Array(out) }
         }
         Some(b) => {
             let (base, base_info) = load_model(b)?;
-            let c = compare(&base, &model, &tokens, &opts)?;
-            let size = report::SizeReport { bits_per_weight: info.bits_per_weight.unwrap_or(32.0), bytes_on_disk: info.bytes_on_disk, baseline_bytes_on_disk: base_info.bytes_on_disk };
-            print!("{}", report::comparison_table(&c, Some(&size)));
-            serde_json::json!({"comparison": c, "size": size, "model": info, "baseline_model": base_info})
+            let refs: Vec<&LlamaModel> = models.iter().map(|(m, _)| m).collect();
+            let comps = compare_many(&base, &refs, &tokens, &opts)?;
+            let sizes: Vec<report::SizeReport> = models
+                .iter()
+                .map(|(_, info)| report::SizeReport { bits_per_weight: info.bits_per_weight.unwrap_or(32.0), bytes_on_disk: info.bytes_on_disk, baseline_bytes_on_disk: base_info.bytes_on_disk })
+                .collect();
+            let names: Vec<String> = a.model.iter().map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+            let rows: Vec<(String, &crate::eval::ComparisonReport, &report::SizeReport)> = names.iter().cloned().zip(comps.iter()).zip(sizes.iter()).map(|((n, c), z)| (n, c, z)).collect();
+            print!("{}", report::comparison_rows(&rows));
+            let out: Vec<serde_json::Value> = a
+                .model
+                .iter()
+                .zip(&comps)
+                .zip(&sizes)
+                .zip(&models)
+                .map(|(((dir, c), z), (_, info))| serde_json::json!({"model": dir, "comparison": c, "size": z, "load": info}))
+                .collect();
+            let mut j = serde_json::json!({"baseline": b, "baseline_load": base_info, "models": out});
+            if a.model.len() == 1 {
+                j = j["models"][0].clone();
+            }
+            j
         }
     };
     if let Some(p) = &a.json {

@@ -100,47 +100,69 @@ pub fn perplexity(model: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Res
     Ok(report(&nll, wins.len(), opts, secs))
 }
 
-/// Quantized model against its baseline on the same windows, batch by batch (only one
-/// batch of logits of each model is held at a time).
+/// Quantized model against its baseline on the same windows.
 pub fn compare(baseline: &LlamaModel, quantized: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Result<ComparisonReport> {
+    Ok(compare_many(baseline, &[quantized], tokens, opts)?.remove(0))
+}
+
+/// Several quantized models against one baseline, batch by batch: the baseline runs once
+/// per batch and only one batch of logits per model is held at a time.
+pub fn compare_many(baseline: &LlamaModel, models: &[&LlamaModel], tokens: &[u32], opts: &EvalOptions) -> Result<Vec<ComparisonReport>> {
     let wins = windows(tokens, opts.ctx, opts.max_windows)?;
     let first = opts.protocol.first_scored(opts.ctx);
     let vocab = baseline.config.vocab_size;
     let per = (opts.ctx - 1 - first) * vocab;
-    let (mut base_nll, mut q_nll, mut kl_sum, mut agree) = (Vec::new(), Vec::new(), 0.0f64, 0usize);
-    let (mut base_secs, mut q_secs) = (0.0, 0.0);
-    let pb = progress_bar(wins.len(), "baseline+quantized");
+    struct Acc {
+        nll: Vec<f64>,
+        kl: f64,
+        agree: usize,
+        secs: f64,
+    }
+    let new_acc = || Acc { nll: Vec::new(), kl: 0.0, agree: 0, secs: 0.0 };
+    let mut base = new_acc();
+    let mut accs: Vec<Acc> = models.iter().map(|_| new_acc()).collect();
+    let pb = progress_bar(wins.len(), &format!("baseline + {} model(s)", models.len()));
     let bs = opts.batch.max(1);
     for (bi, batch) in wins.chunks(bs).enumerate() {
         let toks: Vec<u32> = batch.iter().flat_map(|w| w.iter().copied()).collect();
         let t0 = Instant::now();
-        let base = baseline.forward_scored(&toks, batch.len(), opts.ctx, first)?;
-        base_secs += t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let quant = quantized.forward_scored(&toks, batch.len(), opts.ctx, first)?;
-        q_secs += t0.elapsed().as_secs_f64();
+        let base_logits = baseline.forward_scored(&toks, batch.len(), opts.ctx, first)?;
+        base.secs += t0.elapsed().as_secs_f64();
+        let base_logp: Vec<Vec<f32>> = (0..batch.len()).map(|wi| log_softmax_rows(&base_logits[wi * per..(wi + 1) * per], vocab)).collect();
         for wi in 0..batch.len() {
-            let (b, q) = (&base[wi * per..(wi + 1) * per], &quant[wi * per..(wi + 1) * per]);
-            let win = wins[bi * bs + wi];
-            base_nll.extend(window_nll(b, vocab, win, first));
-            q_nll.extend(window_nll(q, vocab, win, first));
-            let (kl, ag) = kl_and_agreement(&log_softmax_rows(b, vocab), &log_softmax_rows(q, vocab), vocab);
-            kl_sum += kl;
-            agree += ag;
+            base.nll.extend(window_nll(&base_logits[wi * per..(wi + 1) * per], vocab, wins[bi * bs + wi], first));
+        }
+        drop(base_logits);
+        for (m, acc) in models.iter().zip(accs.iter_mut()) {
+            let t0 = Instant::now();
+            let logits = m.forward_scored(&toks, batch.len(), opts.ctx, first)?;
+            acc.secs += t0.elapsed().as_secs_f64();
+            for wi in 0..batch.len() {
+                let q = &logits[wi * per..(wi + 1) * per];
+                acc.nll.extend(window_nll(q, vocab, wins[bi * bs + wi], first));
+                let (kl, ag) = kl_and_agreement(&base_logp[wi], &log_softmax_rows(q, vocab), vocab);
+                acc.kl += kl;
+                acc.agree += ag;
+            }
         }
         pb.inc(batch.len() as u64);
     }
     pb.finish_and_clear();
-    let baseline = report(&base_nll, wins.len(), opts, base_secs);
-    let quantized = report(&q_nll, wins.len(), opts, q_secs);
-    let n = q_nll.len() as f64;
-    Ok(ComparisonReport {
-        perplexity_delta_pct: (quantized.perplexity / baseline.perplexity - 1.0) * 100.0,
-        mean_kl_divergence: kl_sum / n,
-        top1_agreement: agree as f64 / n,
-        baseline,
-        quantized,
-    })
+    let baseline = report(&base.nll, wins.len(), opts, base.secs);
+    Ok(accs
+        .into_iter()
+        .map(|a| {
+            let quantized = report(&a.nll, wins.len(), opts, a.secs);
+            let n = a.nll.len() as f64;
+            ComparisonReport {
+                perplexity_delta_pct: (quantized.perplexity / baseline.perplexity - 1.0) * 100.0,
+                mean_kl_divergence: a.kl / n,
+                top1_agreement: a.agree as f64 / n,
+                baseline: baseline.clone(),
+                quantized,
+            }
+        })
+        .collect())
 }
 
 /// Row-wise log-softmax, `[rows, vocab]`.

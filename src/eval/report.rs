@@ -23,20 +23,26 @@ pub struct SizeReport {
     pub baseline_bytes_on_disk: u64,
 }
 
-pub fn comparison_table(c: &ComparisonReport, size: Option<&SizeReport>) -> String {
-    let mut s = format!("protocol {} ctx {} windows {} scored {}\n", c.baseline.protocol.name(), c.baseline.ctx, c.baseline.windows, c.baseline.tokens_scored);
-    s += "model      perplexity    delta     KL(base||q)  top-1 agree  tokens/s\n";
-    s += &format!("baseline  {:>11.4}        -             -            -  {:>8.1}\n", c.baseline.perplexity, c.baseline.tokens_per_second);
-    s += &format!(
-        "quantized {:>11.4} {:>+7.2}%  {:>12.5}  {:>10.2}%  {:>8.1}\n",
-        c.quantized.perplexity,
-        c.perplexity_delta_pct,
-        c.mean_kl_divergence,
-        c.top1_agreement * 100.0,
-        c.quantized.tokens_per_second
-    );
-    if let Some(z) = size {
-        s += &format!("bits/weight (block linears) {:.3}; bytes on disk {} (baseline {})\n", z.bits_per_weight, z.bytes_on_disk, z.baseline_bytes_on_disk);
+/// One row per model: `(name, comparison, size)`.
+pub fn comparison_rows(rows: &[(String, &ComparisonReport, &SizeReport)]) -> String {
+    let Some((_, first, _)) = rows.first() else { return String::new() };
+    let b = &first.baseline;
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5).max(8);
+    let mut s = format!("protocol {} ctx {} windows {} scored {}\n", b.protocol.name(), b.ctx, b.windows, b.tokens_scored);
+    s += &format!("{:<w$}  {:>10}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8}\n", "model", "perplexity", "delta", "KL(base||q)", "top-1 agree", "bits/w", "bytes", "tokens/s");
+    s += &format!("{:<w$}  {:>10.4}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8.1}\n", "baseline", b.perplexity, "-", "-", "-", "32", rows[0].2.baseline_bytes_on_disk, b.tokens_per_second);
+    for (name, c, z) in rows {
+        s += &format!(
+            "{:<w$}  {:>10.4}  {:>+7.2}%  {:>11.5}  {:>10.2}%  {:>6.3}  {:>12}  {:>8.1}\n",
+            name,
+            c.quantized.perplexity,
+            c.perplexity_delta_pct,
+            c.mean_kl_divergence,
+            c.top1_agreement * 100.0,
+            z.bits_per_weight,
+            z.bytes_on_disk,
+            c.quantized.tokens_per_second
+        );
     }
     s
 }
