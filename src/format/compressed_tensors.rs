@@ -20,7 +20,9 @@
 //!
 //! `float-quantized` (FP8 E4M3): `<p>.weight` F8_E4M3 `[out, in]` (raw codes) and
 //! `<p>.weight_scale` F32 `[out, 1]` (channel) or `[1]` (tensor). compressed-tensors has no
-//! E5M2 weight type (`type: float, num_bits: 8` is `torch.float8_e4m3fn`), so E5M2 is refused.
+//! E5M2 weight type (`type: float, num_bits: 8` is `torch.float8_e4m3fn`): E5M2 weights are
+//! written as `F8_E5M2` tensors under the same config and told apart by the tensor dtype
+//! when read. This tool loads them; vLLM does not (it expects E4M3).
 
 use super::pack::{check_tensor, pack_matrix, packed_words, read_floats, read_ints, unpack_tensor};
 use super::pack::{Axis, PackRule, RawTensor};
@@ -61,12 +63,6 @@ pub struct CtWeights {
 impl CtWeights {
     /// Errors for a scheme compressed-tensors cannot store (E5M2).
     pub fn new(name: &str, scheme: QuantScheme, actorder: bool) -> Result<Self> {
-        if scheme.format == NumberFormat::Fp8E5M2 {
-            return Err(Error::tensor(
-                name,
-                format!("scheme {scheme} cannot be stored in compressed-tensors: its float weights (type float, num_bits 8) are E4M3 only; use fp8-e4m3"),
-            ));
-        }
         if actorder && !matches!(scheme.granularity, Granularity::Group(_)) {
             return Err(Error::tensor(
                 name,
@@ -306,7 +302,7 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
     let name = |s: &str| format!("{prefix}.{s}");
     if q.scheme.is_fp8() {
         return Ok(vec![
-            RawTensor::from_bytes(name("weight"), Dtype::F8_E4M3, &[rows, cols], q.codes.clone()),
+            RawTensor::from_bytes(name("weight"), fp8_dtype(q.scheme.format), &[rows, cols], q.codes.clone()),
             RawTensor::from_f32(name("weight_scale"), &scale_shape, &q.scales),
         ]);
     }
@@ -380,11 +376,16 @@ pub fn from_tensors<'a>(
     };
     if scheme.is_fp8() {
         let wv = need("weight")?;
-        if wv.dtype() != Dtype::F8_E4M3 || wv.shape().len() != 2 {
+        if !matches!(wv.dtype(), Dtype::F8_E4M3 | Dtype::F8_E5M2) || wv.shape().len() != 2 {
             return Err(Error::tensor(
                 name("weight"),
-                format!("dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3, 2-D)", wv.dtype(), wv.shape()),
+                format!("dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3 or F8_E5M2, 2-D)", wv.dtype(), wv.shape()),
             ));
+        }
+        // `type: float, num_bits: 8` does not say which FP8; the tensor's dtype does.
+        let mut scheme = scheme;
+        if wv.dtype() == Dtype::F8_E5M2 {
+            scheme.format = NumberFormat::Fp8E5M2;
         }
         let (rows, cols) = (wv.shape()[0], wv.shape()[1]);
         check_scales(rows, cols)?;
@@ -604,5 +605,13 @@ fn match_atom(a: &Atom, s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) 
         Atom::Lit(c) => s[i] == *c && k(i + 1),
         Atom::Any => s[i] != '\n' && k(i + 1),
         Atom::Class(r, neg) => (r.iter().any(|&(lo, hi)| lo <= s[i] && s[i] <= hi) != *neg) && k(i + 1),
+    }
+}
+
+/// Safetensors dtype of an FP8 weight.
+fn fp8_dtype(format: NumberFormat) -> Dtype {
+    match format {
+        NumberFormat::Fp8E5M2 => Dtype::F8_E5M2,
+        _ => Dtype::F8_E4M3,
     }
 }
