@@ -183,7 +183,7 @@ pub fn kl_and_agreement(p_logp: &[f32], q_logp: &[f32], vocab: usize) -> (f64, u
         .par_chunks(vocab)
         .zip(q_logp.par_chunks(vocab))
         .map(|(p, q)| {
-            let kl: f64 = p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum();
+            let kl: f64 = p.iter().zip(q).map(|(&lp, &lq)| (lp.exp() * (lp - lq)) as f64).sum();
             (kl.max(0.0), (argmax(p) == argmax(q)) as usize)
         })
         .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
