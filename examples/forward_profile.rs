@@ -21,6 +21,12 @@ fn main() {
         let logits = model.head(&x, tokens.len());
         let t2 = Instant::now();
         let n = tokens.len() as f64;
-        println!("blocks {:.3}s head {:.3}s total {:.1} tok/s ({} logits)", (t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), n / (t2 - t0).as_secs_f64(), logits.len());
+        println!(
+            "blocks {:.3}s head {:.3}s total {:.1} tok/s ({} logits)",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            n / (t2 - t0).as_secs_f64(),
+            logits.len()
+        );
     }
 }

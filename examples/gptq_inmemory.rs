@@ -32,7 +32,16 @@ fn main() {
         let calib = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
         let wins = sample_windows(&calib, nsamples, seqlen, 0).unwrap();
         let opts = GptqOptions { act_order, ..Default::default() };
-        quantize_gptq_model(&cfg, &store, &wins, scheme, opts, RunnerOptions { chunk_windows: 8, progress: true }, false).unwrap()
+        quantize_gptq_model(
+            &cfg,
+            &store,
+            &wins,
+            scheme,
+            opts,
+            RunnerOptions { chunk_windows: 8, progress: true },
+            false,
+        )
+        .unwrap()
     } else {
         quantize_rtn_model(&cfg, &store, scheme, None, false).unwrap()
     };
@@ -44,7 +53,8 @@ fn main() {
     .unwrap();
     let held = tok.encode(&read_text(Path::new(&a[3])).unwrap()).unwrap();
     for protocol in [Protocol::LlamaCpp, Protocol::Chunks] {
-        let r = perplexity(&model, &held, &EvalOptions { ctx: 512, protocol, max_windows: Some(40), batch: 4 }).unwrap();
+        let r =
+            perplexity(&model, &held, &EvalOptions { ctx: 512, protocol, max_windows: Some(40), batch: 4 }).unwrap();
         println!("{method} {scheme} act_order={act_order} {}: ppl {:.4}", protocol.name(), r.perplexity);
     }
 }

@@ -19,27 +19,39 @@ struct Params {
     ldy: u32,        // row stride of y (all outputs of the layer)
     y0: u32,         // first output of this chunk within a row of y
     zw: u32,         // unused
-    pad0: u32,
-    pad1: u32,
+    ldw: u32,        // row stride of the weight and scales = n rounded up to 4
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [tokens, k]
-@group(0) @binding(2) var<storage, read> w: array<f32>;          // [k, n] (weight transposed)
+@group(0) @binding(2) var<storage, read> w: array<f32>;          // [k, ldw] (weight transposed)
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;    // [tokens, ldy]
 
 var<workgroup> xs: array<f32, 2048>;  // [TK, TM]
 var<workgroup> ws: array<f32, 2048>;  // [TK, TN]
+
+// y[t, o .. o+3] = v, within bounds.
+fn store(t: u32, o: u32, v: vec4<f32>) {
+    if (t < p.tokens) {
+        for (var j = 0u; j < 4u; j++) {
+            if (o + j < p.n) {
+                y[t * p.ldy + p.y0 + o + j] = v[j];
+            }
+        }
+    }
+}
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let n0 = wid.x * TN;
     let t0 = wid.y * TM;
-    var acc: array<f32, 16>;  // [4 tokens, 4 outputs]
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // 4 tokens × 4 outputs, one vec4 of outputs per token.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var i = li; i < TM * TK; i += 256u) {
             let tt = i / TK;
@@ -59,7 +71,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let o = n0 + nn;
             var v = 0.0;
             if (k < p.k && o < p.n) {
-                v = w[k * p.n + o];
+                v = w[k * p.ldw + o];
             }
             ws[kk * TN + nn] = v;
         }
@@ -67,24 +79,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var kk = 0u; kk < TK; kk++) {
             let xb = kk * TM + lid.y * 4u;
             let wb = kk * TN + lid.x * 4u;
-            let a = vec4<f32>(xs[xb], xs[xb + 1u], xs[xb + 2u], xs[xb + 3u]);
             let b = vec4<f32>(ws[wb], ws[wb + 1u], ws[wb + 2u], ws[wb + 3u]);
-            for (var i = 0u; i < 4u; i++) {
-                acc[i * 4u] += a[i] * b.x;
-                acc[i * 4u + 1u] += a[i] * b.y;
-                acc[i * 4u + 2u] += a[i] * b.z;
-                acc[i * 4u + 3u] += a[i] * b.w;
-            }
+            acc0 = fma(vec4<f32>(xs[xb]), b, acc0);
+            acc1 = fma(vec4<f32>(xs[xb + 1u]), b, acc1);
+            acc2 = fma(vec4<f32>(xs[xb + 2u]), b, acc2);
+            acc3 = fma(vec4<f32>(xs[xb + 3u]), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + lid.x * 4u + j;
-            if (t < p.tokens && o < p.n) {
-                y[t * p.ldy + p.y0 + o] = acc[i * 4u + j];
-            }
-        }
-    }
+    let tb = t0 + lid.y * 4u;
+    store(tb, n0 + lid.x * 4u, acc0);
+    store(tb + 1u, n0 + lid.x * 4u, acc1);
+    store(tb + 2u, n0 + lid.x * 4u, acc2);
+    store(tb + 3u, n0 + lid.x * 4u, acc3);
 }

@@ -3,8 +3,8 @@
 // Tiles of 64 tokens × 64 outputs; each K step stages TK = TKW · PER_WORD inputs of x
 // and the TKW packed words of 64 outputs in workgroup memory, dequantizing the codes
 // once per tile (not per token). 16×16 threads, 4×4 outputs each.
-// Layouts as in gemv_int.wgsl: qweight [kw, n] (GPTQ packing along the input dim),
-// qzeros [groups, zw] packed along the outputs (real zero points), scales f32 [groups, n].
+// Layouts as in gemv_int.wgsl: qweight [kw, ldw] (GPTQ packing along the input dim),
+// qzeros [groups, zw] packed along the outputs (real zero points), scales f32 [groups, ldw].
 
 override BITS: u32 = 4u;                  // 2, 3, 4 or 8
 override PER_WORD: u32 = 32u / BITS;      // codes per u32 word
@@ -25,15 +25,15 @@ struct Params {
     act_order: u32,  // 1: the group of column k is g_idx[k]
     ldy: u32,        // row stride of y (all outputs of the layer)
     y0: u32,         // first output of this chunk within a row of y
-    zw: u32,         // words per group in qzeros = ceil(n / PER_WORD)
-    pad0: u32,
-    pad1: u32,
+    zw: u32,         // words per group in qzeros = ceil(ldw / PER_WORD)
+    ldw: u32,        // row stride of the weight and scales = n rounded up to 4
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [tokens, k]
-@group(0) @binding(2) var<storage, read> qweight: array<u32>;    // [kw, n]
-@group(0) @binding(3) var<storage, read> scales: array<f32>;     // [groups, n]
+@group(0) @binding(2) var<storage, read> qweight: array<u32>;    // [kw, ldw]
+@group(0) @binding(3) var<storage, read> scales: array<f32>;     // [groups, ldw]
 @group(0) @binding(4) var<storage, read> qzeros: array<u32>;     // [groups, zw]
 @group(0) @binding(5) var<storage, read> g_idx: array<u32>;      // [k] (act_order) or [1]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;    // [tokens, ldy]
@@ -46,16 +46,28 @@ fn zero_point(g: u32, o: u32) -> f32 {
     return f32((word >> ((o % PER_WORD) * BITS)) & MASK);
 }
 
+// y[t, o .. o+3] = v, within bounds.
+fn store(t: u32, o: u32, v: vec4<f32>) {
+    if (t < p.tokens) {
+        for (var j = 0u; j < 4u; j++) {
+            if (o + j < p.n) {
+                y[t * p.ldy + p.y0 + o + j] = v[j];
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let n0 = wid.x * TN;
     let t0 = wid.y * TM;
     let aligned = p.act_order == 0u && p.group_size % PER_WORD == 0u;
-    var acc: array<f32, 16>;  // [4 tokens, 4 outputs]
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // 4 tokens × 4 outputs, one vec4 of outputs per token.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var kt = 0u; kt < p.kw; kt += TKW) {
         let k0 = kt * PER_WORD;
         for (var i = li; i < TM * TK; i += 256u) {
@@ -75,11 +87,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let w = kt + ww;
             let o = n0 + nn;
             if (w < p.kw && o < p.n) {
-                let word = qweight[w * p.n + o];
+                let word = qweight[w * p.ldw + o];
                 let kb = w * PER_WORD;
                 if (aligned) {
                     let g = kb / p.group_size;
-                    let s = scales[g * p.n + o];
+                    let s = scales[g * p.ldw + o];
                     let z = zero_point(g, o);
                     for (var j = 0u; j < PER_WORD; j++) {
                         ws[(ww * PER_WORD + j) * TN + nn] = s * (f32((word >> (j * BITS)) & MASK) - z);
@@ -91,7 +103,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                         if (p.act_order != 0u) {
                             g = g_idx[k];
                         }
-                        ws[(ww * PER_WORD + j) * TN + nn] = scales[g * p.n + o] * (f32((word >> (j * BITS)) & MASK) - zero_point(g, o));
+                        ws[(ww * PER_WORD + j) * TN + nn] = scales[g * p.ldw + o] * (f32((word >> (j * BITS)) & MASK) - zero_point(g, o));
                     }
                 }
             } else {
@@ -104,24 +116,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var kk = 0u; kk < TK; kk++) {
             let xb = kk * TM + lid.y * 4u;
             let wb = kk * TN + lid.x * 4u;
-            let a = vec4<f32>(xs[xb], xs[xb + 1u], xs[xb + 2u], xs[xb + 3u]);
             let b = vec4<f32>(ws[wb], ws[wb + 1u], ws[wb + 2u], ws[wb + 3u]);
-            for (var i = 0u; i < 4u; i++) {
-                acc[i * 4u] += a[i] * b.x;
-                acc[i * 4u + 1u] += a[i] * b.y;
-                acc[i * 4u + 2u] += a[i] * b.z;
-                acc[i * 4u + 3u] += a[i] * b.w;
-            }
+            acc0 = fma(vec4<f32>(xs[xb]), b, acc0);
+            acc1 = fma(vec4<f32>(xs[xb + 1u]), b, acc1);
+            acc2 = fma(vec4<f32>(xs[xb + 2u]), b, acc2);
+            acc3 = fma(vec4<f32>(xs[xb + 3u]), b, acc3);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let t = t0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let o = n0 + lid.x * 4u + j;
-            if (t < p.tokens && o < p.n) {
-                y[t * p.ldy + p.y0 + o] = acc[i * 4u + j];
-            }
-        }
-    }
+    let tb = t0 + lid.y * 4u;
+    store(tb, n0 + lid.x * 4u, acc0);
+    store(tb + 1u, n0 + lid.x * 4u, acc1);
+    store(tb + 2u, n0 + lid.x * 4u, acc2);
+    store(tb + 3u, n0 + lid.x * 4u, acc3);
 }

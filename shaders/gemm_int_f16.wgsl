@@ -24,15 +24,15 @@ struct Params {
     act_order: u32,  // 1: the group of column k is g_idx[k]
     ldy: u32,        // row stride of y (all outputs of the layer)
     y0: u32,         // first output of this chunk within a row of y
-    zw: u32,         // words per group in qzeros = ceil(n / PER_WORD)
-    pad0: u32,
-    pad1: u32,
+    zw: u32,         // words per group in qzeros = ceil(ldw / PER_WORD)
+    ldw: u32,        // row stride of the weight and scales = n rounded up to 4
+    pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // [tokens, k]
-@group(0) @binding(2) var<storage, read> qweight: array<u32>;    // [kw, n]
-@group(0) @binding(3) var<storage, read> scales: array<f32>;     // [groups, n]
+@group(0) @binding(2) var<storage, read> qweight: array<u32>;    // [kw, ldw]
+@group(0) @binding(3) var<storage, read> scales: array<f32>;     // [groups, ldw]
 @group(0) @binding(4) var<storage, read> qzeros: array<u32>;     // [groups, zw]
 @group(0) @binding(5) var<storage, read> g_idx: array<u32>;      // [k] (act_order) or [1]
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;    // [tokens, ldy]
@@ -74,11 +74,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let w = kt + ww;
             let o = n0 + nn;
             if (w < p.kw && o < p.n) {
-                let word = qweight[w * p.n + o];
+                let word = qweight[w * p.ldw + o];
                 let kb = w * PER_WORD;
                 if (aligned) {
                     let g = kb / p.group_size;
-                    let s = scales[g * p.n + o];
+                    let s = scales[g * p.ldw + o];
                     let z = zero_point(g, o);
                     for (var j = 0u; j < PER_WORD; j++) {
                         ws[(ww * PER_WORD + j) * TN + nn] = f16(s * (f32((word >> (j * BITS)) & MASK) - z));
@@ -90,7 +90,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                         if (p.act_order != 0u) {
                             g = g_idx[k];
                         }
-                        let v = scales[g * p.n + o] * (f32((word >> (j * BITS)) & MASK) - zero_point(g, o));
+                        let v = scales[g * p.ldw + o] * (f32((word >> (j * BITS)) & MASK) - zero_point(g, o));
                         ws[(ww * PER_WORD + j) * TN + nn] = f16(v);
                     }
                 }

@@ -58,17 +58,15 @@ impl OutDType {
             _ => 2,
         };
         let mut out = vec![0u8; x.len() * size];
-        out.par_chunks_mut(CHUNK * size)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.chunks_exact_mut(size).zip(x) {
-                    match self {
-                        OutDType::F32 => o.copy_from_slice(&v.to_le_bytes()),
-                        OutDType::F16 => o.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
-                        OutDType::BF16 => o.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
-                    }
+        out.par_chunks_mut(CHUNK * size).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+            for (o, &v) in o.chunks_exact_mut(size).zip(x) {
+                match self {
+                    OutDType::F32 => o.copy_from_slice(&v.to_le_bytes()),
+                    OutDType::F16 => o.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+                    OutDType::BF16 => o.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
                 }
-            });
+            }
+        });
         out
     }
 }
@@ -80,10 +78,7 @@ impl std::str::FromStr for OutDType {
             "f32" | "float32" => Ok(OutDType::F32),
             "f16" | "float16" => Ok(OutDType::F16),
             "bf16" | "bfloat16" => Ok(OutDType::BF16),
-            _ => Err(Error::option(
-                "dtype",
-                format!("{s:?}: expected f32, f16 or bf16"),
-            )),
+            _ => Err(Error::option("dtype", format!("{s:?}: expected f32, f16 or bf16"))),
         }
     }
 }
@@ -130,18 +125,13 @@ impl LlamaHparams {
                 format!("{n_heads} attention heads do not divide hidden size {hidden}"),
             ));
         }
-        let n_kv_heads = g
-            .metadata("llama.attention.head_count_kv")
-            .map_or(Ok(n_heads), |_| u("attention.head_count_kv"))?;
+        let n_kv_heads =
+            g.metadata("llama.attention.head_count_kv").map_or(Ok(n_heads), |_| u("attention.head_count_kv"))?;
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-            return Err(Error::format(
-                g.path(),
-                format!("{n_kv_heads} KV heads do not divide {n_heads} heads"),
-            ));
+            return Err(Error::format(g.path(), format!("{n_kv_heads} KV heads do not divide {n_heads} heads")));
         }
-        let head_dim = g
-            .metadata("llama.attention.key_length")
-            .map_or(Ok(hidden / n_heads), |_| u("attention.key_length"))?;
+        let head_dim =
+            g.metadata("llama.attention.key_length").map_or(Ok(hidden / n_heads), |_| u("attention.key_length"))?;
         Ok(Self {
             n_layers: u("block_count")?,
             hidden,
@@ -180,9 +170,7 @@ fn map_name(name: &str, hp: &LlamaHparams) -> Option<(String, Option<usize>)> {
     let rest = name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok().filter(|&l| l < hp.n_layers)?;
-    let (part, kind) = rest
-        .rsplit_once('.')
-        .filter(|(_, k)| *k == "weight" || *k == "bias")?;
+    let (part, kind) = rest.rsplit_once('.').filter(|(_, k)| *k == "weight" || *k == "bias")?;
     let (hf, heads) = match part {
         "attn_q" => ("self_attn.q_proj", Some(hp.n_heads)),
         "attn_k" => ("self_attn.k_proj", Some(hp.n_kv_heads)),
@@ -212,11 +200,7 @@ fn expected_shape(hf: &str, hp: &LlamaHparams, vocab: usize) -> Option<Vec<usize
         "down_proj" => vec![hp.hidden, hp.ffn],
         _ => return None,
     };
-    Some(if hf.ends_with(".bias") {
-        s[..1].to_vec()
-    } else {
-        s
-    })
+    Some(if hf.ends_with(".bias") { s[..1].to_vec() } else { s })
 }
 
 /// Undo llama.cpp's RoPE permutation of `rows` rows of `cols` values, in place:
@@ -236,8 +220,7 @@ pub fn unpermute_rows(w: &mut [f32], rows: usize, cols: usize, n_heads: usize) -
         for i in 0..half {
             for j in 0..2 {
                 let (src, dst) = (2 * i + j, j * half + i);
-                h[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&head[src * cols..(src + 1) * cols]);
+                h[dst * cols..(dst + 1) * cols].copy_from_slice(&head[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -272,29 +255,20 @@ impl View for &Encoded {
 pub fn convert_gguf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<ConvertReport> {
     let t0 = Instant::now();
     if out.exists() {
-        return Err(Error::OutputExists {
-            path: out.to_path_buf(),
-        });
+        return Err(Error::OutputExists { path: out.to_path_buf() });
     }
     let g = GgufFile::open(gguf)?;
     let hp = LlamaHparams::from_gguf(&g)?;
     let tok = GgufTokenizer::from_gguf(&g)?;
 
     // Map and check every tensor before doing any work.
-    let embd = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| Error::format(gguf, "tensor token_embd.weight is missing"))?;
+    let embd =
+        g.tensor("token_embd.weight").ok_or_else(|| Error::format(gguf, "tensor token_embd.weight is missing"))?;
     let vocab = embd.shape()[0];
     let mut mapped = Vec::with_capacity(g.tensors().len());
     for info in g.tensors() {
         let (hf_name, unpermute_heads) = map_name(&info.name, &hp).ok_or_else(|| {
-            Error::tensor(
-                &info.name,
-                format!(
-                    "{}: no Hugging Face LLaMA equivalent is known",
-                    gguf.display()
-                ),
-            )
+            Error::tensor(&info.name, format!("{}: no Hugging Face LLaMA equivalent is known", gguf.display()))
         })?;
         if let Some(want) = expected_shape(&hf_name, &hp, vocab) {
             if info.shape() != want {
@@ -308,11 +282,7 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<ConvertR
                 ));
             }
         }
-        mapped.push(Mapped {
-            info,
-            hf_name,
-            unpermute_heads,
-        });
+        mapped.push(Mapped { info, hf_name, unpermute_heads });
     }
     let names: HashMap<&str, ()> = mapped.iter().map(|m| (m.hf_name.as_str(), ())).collect();
     let per_layer = [
@@ -347,51 +317,27 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<ConvertR
         let shape = m.info.shape();
         if let Some(heads) = m.unpermute_heads {
             let cols = shape[1..].iter().product();
-            unpermute_rows(&mut w, shape[0], cols, heads)
-                .map_err(|e| Error::tensor(&m.info.name, e.to_string()))?;
+            unpermute_rows(&mut w, shape[0], cols, heads).map_err(|e| Error::tensor(&m.info.name, e.to_string()))?;
         }
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                &m.info.name,
-                format!("element {i} is {} after dequantization", w[i]),
-            ));
+            return Err(Error::tensor(&m.info.name, format!("element {i} is {} after dequantization", w[i])));
         }
         params += w.len() as u64;
         let bytes = dtype.encode(&w);
-        encoded.push((
-            m.hf_name.clone(),
-            Encoded {
-                dtype: dtype.safetensors(),
-                shape,
-                bytes,
-            },
-        ));
+        encoded.push((m.hf_name.clone(), Encoded { dtype: dtype.safetensors(), shape, bytes }));
     }
 
-    let source = gguf.file_name().map_or_else(
-        || gguf.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let source = gguf.file_name().map_or_else(|| gguf.display().to_string(), |n| n.to_string_lossy().into_owned());
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("source_file".to_string(), source),
         ("source_bytes".to_string(), g.file_len().to_string()),
-        (
-            "source_format".to_string(),
-            format!("gguf v{}", g.version()),
-        ),
-        (
-            "converted_by".to_string(),
-            format!("quantize {} convert", env!("CARGO_PKG_VERSION")),
-        ),
+        ("source_format".to_string(), format!("gguf v{}", g.version())),
+        ("converted_by".to_string(), format!("quantize {} convert", env!("CARGO_PKG_VERSION"))),
     ]);
     let st_path = dir.path("model.safetensors");
-    safetensors::serialize_to_file(
-        encoded.iter().map(|(n, e)| (n.as_str(), e)),
-        Some(meta),
-        &st_path,
-    )
-    .map_err(|e| Error::format(&st_path, format!("writing safetensors: {e}")))?;
+    safetensors::serialize_to_file(encoded.iter().map(|(n, e)| (n.as_str(), e)), Some(meta), &st_path)
+        .map_err(|e| Error::format(&st_path, format!("writing safetensors: {e}")))?;
     let n_tensors = encoded.len();
     drop(encoded);
 
@@ -429,25 +375,15 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<ConvertR
         "pad_token_id": tok.pad,
     });
     let write_json = |file: &str, v: &serde_json::Value| {
-        let s = serde_json::to_string_pretty(v)
-            .map_err(|e| Error::format(dir.path(file), e.to_string()))?;
+        let s = serde_json::to_string_pretty(v).map_err(|e| Error::format(dir.path(file), e.to_string()))?;
         dir.write(file, s.as_bytes())
     };
     write_json("config.json", &config)?;
     write_json("generation_config.json", &generation)?;
-    write_json(
-        "tokenizer_config.json",
-        &tok.tokenizer_config_json(Some(hp.context)),
-    )?;
+    write_json("tokenizer_config.json", &tok.tokenizer_config_json(Some(hp.context)))?;
     write_json("tokenizer.json", &tok.tokenizer_json())?;
     let output = dir.commit()?;
-    Ok(ConvertReport {
-        output,
-        tensors: n_tensors,
-        params,
-        seconds: t0.elapsed().as_secs_f64(),
-        dtype,
-    })
+    Ok(ConvertReport { output, tensors: n_tensors, params, seconds: t0.elapsed().as_secs_f64(), dtype })
 }
 
 #[cfg(test)]
@@ -459,9 +395,7 @@ mod tests {
         // 2 heads of head_dim 4, 3 columns; HF value = row * 10 + col.
         let (heads, hd, cols) = (2, 4, 3);
         let rows = heads * hd;
-        let hf: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i / cols) * 10 + i % cols) as f32)
-            .collect();
+        let hf: Vec<f32> = (0..rows * cols).map(|i| ((i / cols) * 10 + i % cols) as f32).collect();
         // llama.cpp: reshape(heads, 2, hd/2, cols).swapaxes(1, 2): GGUF (h, i, j) <- HF (h, j, i).
         let mut gguf = vec![0f32; rows * cols];
         for h in 0..heads {
@@ -473,10 +407,7 @@ mod tests {
             }
         }
         // GGUF rows of head 0 are HF rows 0, 2, 1, 3.
-        assert_eq!(
-            &gguf[..4 * cols],
-            &[0., 1., 2., 20., 21., 22., 10., 11., 12., 30., 31., 32.]
-        );
+        assert_eq!(&gguf[..4 * cols], &[0., 1., 2., 20., 21., 22., 10., 11., 12., 30., 31., 32.]);
         unpermute_rows(&mut gguf, rows, cols, heads).unwrap();
         assert_eq!(gguf, hf);
         assert!(unpermute_rows(&mut [0.0; 6], 3, 2, 1).is_err());
@@ -485,11 +416,7 @@ mod tests {
     #[test]
     fn dtype_parsing_and_encoding() {
         assert_eq!("BF16".parse::<OutDType>().unwrap(), OutDType::BF16);
-        assert!("int8"
-            .parse::<OutDType>()
-            .unwrap_err()
-            .to_string()
-            .contains("int8"));
+        assert!("int8".parse::<OutDType>().unwrap_err().to_string().contains("int8"));
         assert_eq!(OutDType::F16.encode(&[1.0, -2.0]), [0x00, 0x3C, 0x00, 0xC0]);
         assert_eq!(OutDType::BF16.encode(&[1.0]), [0x80, 0x3F]);
     }

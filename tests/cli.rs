@@ -30,7 +30,8 @@ fn model_with_config(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json:
     for f in ["tokenizer.json", "model.safetensors"] {
         std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     edit(&mut cfg);
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     dir
@@ -55,10 +56,16 @@ fn eval_refuses_bad_text_and_config() {
     let missing = model_with_config(tmp.path(), "missing", |c| {
         c.as_object_mut().unwrap().remove("num_hidden_layers");
     });
-    fails_with(&["eval", "--model", missing.to_str().unwrap(), "--text", t, "--max-windows", "1"], &["config.json", "num_hidden_layers"]);
+    fails_with(
+        &["eval", "--model", missing.to_str().unwrap(), "--text", t, "--max-windows", "1"],
+        &["config.json", "num_hidden_layers"],
+    );
 
     let arch = model_with_config(tmp.path(), "arch", |c| c["model_type"] = serde_json::json!("gpt_neox"));
-    fails_with(&["eval", "--model", arch.to_str().unwrap(), "--text", t, "--max-windows", "1"], &["unsupported architecture", "gpt_neox"]);
+    fails_with(
+        &["eval", "--model", arch.to_str().unwrap(), "--text", t, "--max-windows", "1"],
+        &["unsupported architecture", "gpt_neox"],
+    );
 }
 
 #[test]
@@ -85,6 +92,75 @@ fn quantize_refuses_bad_options_and_writes_nothing() {
     fails_with(&["--method", "rtn", "--group-size", "0", m, "-o", o], &["--group-size", "0"]);
     fails_with(&["--method", "fp8", "--format", "gptq", m, "-o", o], &["gptq", "FP8"]);
     fails_with(&["--method", "awq-typo", m, "-o", o], &["awq-typo"]);
+    // A variadic --calib swallowing the model is reported, not answered with help and success.
+    fails_with(&["--method", "gptq", "-o", o, "--calib", m], &["no MODEL given", "--calib"]);
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing may be left behind");
+}
+
+/// Run `quantize` with `threads` rayon threads; panics on failure.
+fn quantize_with_threads(threads: usize, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quantize"))
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "quantize {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn checkpoints_are_byte_identical_with_1_and_2_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let calib = common::brown_calib();
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("rtn", vec!["--method", "rtn", "--bits", "4", "--group-size", "128", "--asym", "--mse"]),
+        ("fp8", vec!["--method", "fp8"]),
+        // A small calibration keeps this fast; the code path is the full GPTQ one.
+        (
+            "gptq",
+            vec![
+                "--method",
+                "gptq",
+                "--bits",
+                "4",
+                "--group-size",
+                "128",
+                "--act-order",
+                "--nsamples",
+                "2",
+                "--seqlen",
+                "64",
+                "--calib",
+                calib.to_str().unwrap(),
+            ],
+        ),
+    ];
+    for (name, args) in runs {
+        let outs: Vec<_> = [1, 2]
+            .iter()
+            .map(|&t| {
+                let out = tmp.path().join(format!("{name}-{t}"));
+                let mut a = vec![m.to_str().unwrap(), "-o", out.to_str().unwrap()];
+                a.extend(&args);
+                quantize_with_threads(t, &a);
+                out
+            })
+            .collect();
+        let (a, b) = (files_of(&outs[0]), files_of(&outs[1]));
+        assert_eq!(a.iter().map(|f| &f.0).collect::<Vec<_>>(), b.iter().map(|f| &f.0).collect::<Vec<_>>());
+        for (fa, fb) in a.iter().zip(&b) {
+            assert!(fa.1 == fb.1, "{name}: {} differs between 1 and 2 threads", fa.0);
+        }
+    }
 }

@@ -286,7 +286,11 @@ fn schemes_for(format: CheckpointFormat) -> Vec<(QuantScheme, bool)> {
         }
     }
     if format == CheckpointFormat::CompressedTensors {
-        v.extend([(QuantScheme::fp8_e4m3(), false), (QuantScheme::fp8_e4m3().per_tensor(), false), (QuantScheme::fp8_e5m2(), false)]);
+        v.extend([
+            (QuantScheme::fp8_e4m3(), false),
+            (QuantScheme::fp8_e4m3().per_tensor(), false),
+            (QuantScheme::fp8_e5m2(), false),
+        ]);
     } else {
         v.push((QuantScheme::int(4).unwrap().per_tensor(), false)); // expanded to per-channel
     }
@@ -470,9 +474,7 @@ fn unstorable_scheme_is_refused_and_nothing_is_written() {
     let (src, weights) = tiny_model(root.path(), false);
     let w = &weights[Q];
     let before: Vec<_> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    for (scheme, format, needle) in [
-        (QuantScheme::fp8_e4m3(), CheckpointFormat::Gptq, "cannot be stored in gptq"),
-    ] {
+    for (scheme, format, needle) in [(QuantScheme::fp8_e4m3(), CheckpointFormat::Gptq, "cannot be stored in gptq")] {
         let q = quantize_rtn(Q, w, 64, 64, scheme, None).unwrap();
         let dest = root.path().join("refused");
         let e =

@@ -61,10 +61,12 @@ impl Reference {
         let theta = g.get_f64("llama.rope.freq_base").unwrap();
         let hd = hidden / heads;
         let emb = self.t("token_embd.weight");
-        let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| emb[t as usize * hidden..(t as usize + 1) * hidden].to_vec()).collect();
+        let mut xs: Vec<Vec<f64>> =
+            tokens.iter().map(|&t| emb[t as usize * hidden..(t as usize + 1) * hidden].to_vec()).collect();
         for l in 0..layers {
             let p = |s: &str| format!("blk.{l}.{s}.weight");
-            let (wq, wk, wv, wo) = (self.t(&p("attn_q")), self.t(&p("attn_k")), self.t(&p("attn_v")), self.t(&p("attn_output")));
+            let (wq, wk, wv, wo) =
+                (self.t(&p("attn_q")), self.t(&p("attn_k")), self.t(&p("attn_v")), self.t(&p("attn_output")));
             let (wg, wu, wd) = (self.t(&p("ffn_gate")), self.t(&p("ffn_up")), self.t(&p("ffn_down")));
             let (n1, n2) = (self.t(&p("attn_norm")), self.t(&p("ffn_norm")));
             let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
@@ -81,7 +83,11 @@ impl Reference {
                 let mut att = vec![0.0; heads * hd];
                 for h in 0..heads {
                     let kh = h / (heads / kv);
-                    let sc: Vec<f64> = (0..=pos).map(|j| (0..hd).map(|d| qs[pos][h * hd + d] * ks[j][kh * hd + d]).sum::<f64>() / (hd as f64).sqrt()).collect();
+                    let sc: Vec<f64> = (0..=pos)
+                        .map(|j| {
+                            (0..hd).map(|d| qs[pos][h * hd + d] * ks[j][kh * hd + d]).sum::<f64>() / (hd as f64).sqrt()
+                        })
+                        .collect();
                     let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
                     let z: f64 = e.iter().sum();
@@ -123,7 +129,8 @@ fn converted_smollm2_matches_independent_gguf_reference() {
     let mut ref_nll = 0.0;
     for (p, r) in reference.iter().enumerate() {
         let row = &ours[p * vocab..(p + 1) * vocab];
-        let range = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - r.iter().cloned().fold(f64::INFINITY, f64::min);
+        let range =
+            r.iter().cloned().fold(f64::NEG_INFINITY, f64::max) - r.iter().cloned().fold(f64::INFINITY, f64::min);
         let worst = row.iter().zip(r).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
         assert!(worst <= LOGIT_TOL * range, "position {p}: logits differ by {worst} (range {range})");
         // Top tokens: the same top-5 set, the same argmax.

@@ -45,7 +45,10 @@ pub fn sample_windows(tokens: &[u32], nsamples: usize, seqlen: usize, seed: u64)
         return Err(Error::option("--seqlen", format!("{seqlen} is too short; use at least 2 tokens")));
     }
     if tokens.len() <= seqlen {
-        return Err(Error::option("--calib", format!("the calibration text has {} tokens, too short for one window of --seqlen {seqlen}", tokens.len())));
+        return Err(Error::option(
+            "--calib",
+            format!("the calibration text has {} tokens, too short for one window of --seqlen {seqlen}", tokens.len()),
+        ));
     }
     let mut rng = PythonRandom::seed(seed);
     Ok((0..nsamples)

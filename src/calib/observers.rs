@@ -1,6 +1,7 @@
 //! Observers: pure accumulation of activation statistics over calibration batches.
 //! Each sees `x`: `[tokens, width]` row-major, the input of a linear site.
 
+use super::histogram::HistogramObserver;
 use crate::quant::linalg::HessianAccumulator;
 
 /// Which statistics a quantizer asks the runner for.
@@ -9,6 +10,8 @@ pub struct StatsRequest {
     pub hessian: bool,
     pub abs_mean: bool,
     pub min_max: bool,
+    /// Whole-site histogram (static activation scales).
+    pub histogram: bool,
 }
 
 /// Per-channel min and max.
@@ -32,7 +35,10 @@ impl MinMaxObserver {
     }
     /// Whole-tensor range.
     pub fn tensor_range(&self) -> (f32, f32) {
-        (self.min.iter().copied().fold(f32::INFINITY, f32::min), self.max.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+        (
+            self.min.iter().copied().fold(f32::INFINITY, f32::min),
+            self.max.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        )
     }
 }
 
@@ -56,6 +62,14 @@ impl AbsMeanObserver {
         }
         self.tokens += x.len() / w;
     }
+    /// Rebuild from per-channel sums of |x| over `tokens` rows (a statistics file).
+    pub fn from_parts(sum: Vec<f64>, tokens: usize) -> Self {
+        Self { sum, tokens }
+    }
+    /// Per-channel sums of |x| and the rows they cover.
+    pub fn parts(&self) -> (&[f64], usize) {
+        (&self.sum, self.tokens)
+    }
     pub fn mean(&self) -> Vec<f32> {
         self.sum.iter().map(|&s| (s / self.tokens.max(1) as f64) as f32).collect()
     }
@@ -68,6 +82,7 @@ pub struct SiteStats {
     pub hessian: Option<HessianAccumulator>,
     pub abs_mean: Option<AbsMeanObserver>,
     pub min_max: Option<MinMaxObserver>,
+    pub histogram: Option<HistogramObserver>,
 }
 
 impl SiteStats {
@@ -78,6 +93,7 @@ impl SiteStats {
             hessian: req.hessian.then(|| HessianAccumulator::new(width)),
             abs_mean: req.abs_mean.then(|| AbsMeanObserver::new(width)),
             min_max: req.min_max.then(|| MinMaxObserver::new(width)),
+            histogram: req.histogram.then(HistogramObserver::new),
         }
     }
 
@@ -92,6 +108,9 @@ impl SiteStats {
         if let Some(m) = &mut self.min_max {
             m.observe(x);
         }
+        if let Some(h) = &mut self.histogram {
+            h.observe(x);
+        }
     }
 }
 
@@ -102,7 +121,7 @@ mod tests {
     #[test]
     fn observers_match_direct_computation() {
         let x = [1.0f32, -2.0, 3.0, -4.0, 0.5, 6.0]; // [3 tokens, 2 channels]
-        let mut s = SiteStats::new(2, StatsRequest { hessian: true, abs_mean: true, min_max: true });
+        let mut s = SiteStats::new(2, StatsRequest { hessian: true, abs_mean: true, min_max: true, histogram: true });
         s.observe(&x[..2], 1);
         s.observe(&x[2..], 2);
         let mm = s.min_max.as_ref().unwrap();
@@ -110,12 +129,15 @@ mod tests {
         assert_eq!(s.abs_mean.as_ref().unwrap().mean(), vec![(1.0 + 3.0 + 0.5) / 3.0, (2.0 + 4.0 + 6.0) / 3.0]);
         // H = 2/n Σ xᵀx
         let h = s.hessian.as_ref().unwrap().hessian();
-        let direct = |i: usize, j: usize| 2.0 / 3.0 * (0..3).map(|t| x[t * 2 + i] as f64 * x[t * 2 + j] as f64).sum::<f64>();
+        let direct =
+            |i: usize, j: usize| 2.0 / 3.0 * (0..3).map(|t| x[t * 2 + i] as f64 * x[t * 2 + j] as f64).sum::<f64>();
         for i in 0..2 {
             for j in 0..2 {
                 assert!((h[i * 2 + j] as f64 - direct(i, j)).abs() < 1e-5, "H[{i},{j}]");
             }
         }
         assert_eq!(s.tokens, 3);
+        let hist = s.histogram.as_ref().unwrap();
+        assert_eq!((hist.range_minmax(), hist.values()), ((-4.0, 6.0), 6));
     }
 }

@@ -35,7 +35,13 @@ pub trait SiteQuantizer {
     fn stats_request(&self) -> StatsRequest;
     /// Quantize the linears reading `site` of block `block` (in declared order), given
     /// the site's statistics. Returns one tensor per linear, in the same order.
-    fn quantize_site(&mut self, block: usize, site: InputSite, linears: &[LinearWeight], stats: &SiteStats) -> Result<Vec<QuantizedTensor>>;
+    fn quantize_site(
+        &mut self,
+        block: usize,
+        site: InputSite,
+        linears: &[LinearWeight],
+        stats: &SiteStats,
+    ) -> Result<Vec<QuantizedTensor>>;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,14 +78,23 @@ fn site_name(site: InputSite) -> &'static str {
 
 fn check_finite(block: usize, what: &str, x: &[f32]) -> Result<()> {
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::other_msg(format!("calibration: block {block}, {what}: non-finite activation {} at element {i}; nothing was written", x[i])));
+        return Err(Error::other_msg(format!(
+            "calibration: block {block}, {what}: non-finite activation {} at element {i}; nothing was written",
+            x[i]
+        )));
     }
     Ok(())
 }
 
 /// Apply `f` to consecutive chunks of `chunk` windows: `f(input_chunk, windows) -> output_chunk`,
 /// concatenating the outputs.
-fn chunked(input: &[f32], in_width: usize, seqlen: usize, chunk: usize, mut f: impl FnMut(usize, &[f32], usize) -> Vec<f32>) -> Vec<f32> {
+fn chunked(
+    input: &[f32],
+    in_width: usize,
+    seqlen: usize,
+    chunk: usize,
+    mut f: impl FnMut(usize, &[f32], usize) -> Vec<f32>,
+) -> Vec<f32> {
     let rows = chunk * seqlen;
     let mut out = Vec::new();
     for (c, part) in input.chunks(rows * in_width).enumerate() {
@@ -129,7 +144,8 @@ impl BlockRun<'_> {
         let quantized = self.quantizer.quantize_site(b, site, &linears, &stats)?;
         assert_eq!(quantized.len(), linears.len(), "quantizer returned a tensor per linear");
         for ((&i, lw), qt) in idx.iter().zip(&linears).zip(quantized) {
-            block.linears[i] = Box::new(DenseLinear::new(qt.dequantize(), lw.out_features, lw.in_features)) as Box<dyn Linear>;
+            block.linears[i] =
+                Box::new(DenseLinear::new(qt.dequantize(), lw.out_features, lw.in_features)) as Box<dyn Linear>;
             self.tensors.insert(lw.name.clone(), qt);
         }
         self.timings.quantize += tq.elapsed().as_secs_f64();
@@ -139,7 +155,13 @@ impl BlockRun<'_> {
 
 /// Run `quantizer` over every block of the model in `store` on `windows` (each
 /// `seqlen` tokens), in sequential mode.
-pub fn run_sequential(cfg: &LlamaConfig, store: &SafetensorsStore, windows: &[Vec<u32>], quantizer: &mut dyn SiteQuantizer, opts: RunnerOptions) -> Result<RunnerOutput> {
+pub fn run_sequential(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    windows: &[Vec<u32>],
+    quantizer: &mut dyn SiteQuantizer,
+    opts: RunnerOptions,
+) -> Result<RunnerOutput> {
     let seqlen = windows.first().map_or(0, Vec::len);
     if windows.iter().any(|w| w.len() != seqlen) || seqlen == 0 {
         return Err(Error::option("--seqlen", "calibration windows must all have the same, non-zero length"));
@@ -154,10 +176,26 @@ pub fn run_sequential(cfg: &LlamaConfig, store: &SafetensorsStore, windows: &[Ve
     let rope = Rope::new(cfg.head_dim, seqlen, cfg.rope_theta);
     let chunk = opts.chunk_windows.max(1);
     let req = quantizer.stats_request();
-    let mut run = BlockRun { cfg, store, quantizer, req, chunk_rows: chunk * seqlen, tensors: BTreeMap::new(), timings: RunnerTimings::default() };
+    let mut run = BlockRun {
+        cfg,
+        store,
+        quantizer,
+        req,
+        chunk_rows: chunk * seqlen,
+        tensors: BTreeMap::new(),
+        timings: RunnerTimings::default(),
+    };
     run.timings.load += t0.elapsed().as_secs_f64();
-    let pb = if opts.progress { indicatif::ProgressBar::new(cfg.num_layers as u64) } else { indicatif::ProgressBar::hidden() };
-    pb.set_style(indicatif::ProgressStyle::with_template("block {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}").unwrap().progress_chars("=> "));
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(cfg.num_layers as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("block {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
 
     for b in 0..cfg.num_layers {
         let tl = Instant::now();
@@ -176,7 +214,9 @@ pub fn run_sequential(cfg: &LlamaConfig, store: &SafetensorsStore, windows: &[Ve
         run.site(b, InputSite::AttnOut, &attn, &mut block)?;
 
         let tf = Instant::now();
-        let h2 = chunked(&attn, qd, seqlen, chunk, |row0, part, w| block.mlp_input(cfg, &mut x[row0 * h..(row0 + w * seqlen) * h], part));
+        let h2 = chunked(&attn, qd, seqlen, chunk, |row0, part, w| {
+            block.mlp_input(cfg, &mut x[row0 * h..(row0 + w * seqlen) * h], part)
+        });
         drop(attn);
         run.timings.forward += tf.elapsed().as_secs_f64();
         run.site(b, InputSite::MlpIn, &h2, &mut block)?;
@@ -188,7 +228,9 @@ pub fn run_sequential(cfg: &LlamaConfig, store: &SafetensorsStore, windows: &[Ve
         run.site(b, InputSite::MlpAct, &act, &mut block)?;
 
         let tf = Instant::now();
-        x.chunks_mut(chunk * seqlen * h).zip(act.chunks(chunk * seqlen * id)).for_each(|(xc, ac)| block.mlp_output(cfg, xc, ac));
+        x.chunks_mut(chunk * seqlen * h)
+            .zip(act.chunks(chunk * seqlen * id))
+            .for_each(|(xc, ac)| block.mlp_output(cfg, xc, ac));
         drop(act);
         check_finite(b, "block output", &x)?;
         run.timings.forward += tf.elapsed().as_secs_f64();

@@ -34,10 +34,46 @@ pub struct EvalArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where the quantized linears run: `gpu` uploads their packed weights once and runs
+    /// them through the WGSL kernels (adapter from `WGPU_BACKEND` / `QUANTIZE_ADAPTER`);
+    /// attention, norms, dense layers and the baseline stay on the CPU.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    pub device: String,
 }
 
-pub fn load_model(dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
-    Ok(crate::model::load::load_model(dir)?)
+/// Loads models for one eval run: the GPU context, when asked for, is created once and
+/// shared by every model.
+struct ModelLoader {
+    #[cfg(feature = "gpu")]
+    gpu: Option<std::sync::Arc<crate::gpu::GpuContext>>,
+}
+
+impl ModelLoader {
+    fn new(device: &str) -> anyhow::Result<Self> {
+        match device {
+            "cpu" => Ok(Self {
+                #[cfg(feature = "gpu")]
+                gpu: None,
+            }),
+            #[cfg(feature = "gpu")]
+            _ => {
+                let ctx = crate::gpu::GpuContext::from_env()?;
+                eprintln!("device: {}", ctx.describe());
+                Ok(Self { gpu: Some(ctx) })
+            }
+            #[cfg(not(feature = "gpu"))]
+            other => anyhow::bail!("invalid option --device: {other}; this build has no GPU support (feature `gpu`)"),
+        }
+    }
+
+    fn load(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
+        #[cfg(feature = "gpu")]
+        if let Some(ctx) = &self.gpu {
+            let factory = crate::gpu::quantized_factory(ctx.clone(), crate::gpu::Precision::F32);
+            return Ok(crate::model::load::load_model_with(dir, &factory)?);
+        }
+        Ok(crate::model::load::load_model(dir)?)
+    }
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -53,9 +89,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
     let t0 = std::time::Instant::now();
+    let loader = ModelLoader::new(&a.device)?;
     let mut models = Vec::new();
     for dir in &a.model {
-        models.push(load_model(dir)?);
+        models.push(loader.load(dir)?);
     }
     eprintln!("loaded {} model(s) in {:.2}s", models.len(), t0.elapsed().as_secs_f64());
     let json = match &a.baseline {
@@ -67,18 +104,32 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 print!("{}", report::perplexity_table(&r));
                 out.push(serde_json::json!({"model": dir, "perplexity": r, "load": info}));
             }
-            if out.len() == 1 { out.remove(0) } else { serde_json::Value::Array(out) }
+            if out.len() == 1 {
+                out.remove(0)
+            } else {
+                serde_json::Value::Array(out)
+            }
         }
         Some(b) => {
-            let (base, base_info) = load_model(b)?;
+            // The reference stays on the CPU whatever --device says.
+            let (base, base_info) = crate::model::load::load_model(b)?;
             let refs: Vec<&LlamaModel> = models.iter().map(|(m, _)| m).collect();
             let comps = compare_many(&base, &refs, &tokens, &opts)?;
             let sizes: Vec<report::SizeReport> = models
                 .iter()
-                .map(|(_, info)| report::SizeReport { bits_per_weight: info.bits_per_weight.unwrap_or(32.0), bytes_on_disk: info.bytes_on_disk, baseline_bytes_on_disk: base_info.bytes_on_disk })
+                .map(|(_, info)| report::SizeReport {
+                    bits_per_weight: info.bits_per_weight.unwrap_or(32.0),
+                    bytes_on_disk: info.bytes_on_disk,
+                    baseline_bytes_on_disk: base_info.bytes_on_disk,
+                })
                 .collect();
-            let names: Vec<String> = a.model.iter().map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
-            let rows: Vec<(String, &crate::eval::ComparisonReport, &report::SizeReport)> = names.iter().cloned().zip(comps.iter()).zip(sizes.iter()).map(|((n, c), z)| (n, c, z)).collect();
+            let names: Vec<String> = a
+                .model
+                .iter()
+                .map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned()))
+                .collect();
+            let rows: Vec<(String, &crate::eval::ComparisonReport, &report::SizeReport)> =
+                names.iter().cloned().zip(comps.iter()).zip(sizes.iter()).map(|((n, c), z)| (n, c, z)).collect();
             print!("{}", report::comparison_rows(&rows));
             let out: Vec<serde_json::Value> = a
                 .model

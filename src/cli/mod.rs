@@ -7,7 +7,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "quantize", version, about = "Post-training quantization of LLMs on a plain CPU", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "quantize",
+    version,
+    about = "Post-training quantization of LLMs on a plain CPU",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

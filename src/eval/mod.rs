@@ -46,14 +46,24 @@ pub struct ComparisonReport {
 
 fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows {elapsed_precise} eta {eta}").unwrap().progress_chars("=> "));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows {elapsed_precise} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
     pb.set_message(msg.to_string());
     pb
 }
 
 /// Run `model` over batches of windows, handing each window's logits to `visit`.
 /// `visit(window index, logits of its scored rows [ctx-1-first, vocab])`.
-fn for_each_window(model: &LlamaModel, wins: &[&[u32]], opts: &EvalOptions, label: &str, mut visit: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<f64> {
+fn for_each_window(
+    model: &LlamaModel,
+    wins: &[&[u32]],
+    opts: &EvalOptions,
+    label: &str,
+    mut visit: impl FnMut(usize, &[f32]) -> Result<()>,
+) -> Result<f64> {
     let vocab = model.config.vocab_size;
     let first = opts.protocol.first_scored(opts.ctx);
     let per = (opts.ctx - 1 - first) * vocab;
@@ -101,13 +111,23 @@ pub fn perplexity(model: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Res
 }
 
 /// Quantized model against its baseline on the same windows.
-pub fn compare(baseline: &LlamaModel, quantized: &LlamaModel, tokens: &[u32], opts: &EvalOptions) -> Result<ComparisonReport> {
+pub fn compare(
+    baseline: &LlamaModel,
+    quantized: &LlamaModel,
+    tokens: &[u32],
+    opts: &EvalOptions,
+) -> Result<ComparisonReport> {
     Ok(compare_many(baseline, &[quantized], tokens, opts)?.remove(0))
 }
 
 /// Several quantized models against one baseline, batch by batch: the baseline runs once
 /// per batch and only one batch of logits per model is held at a time.
-pub fn compare_many(baseline: &LlamaModel, models: &[&LlamaModel], tokens: &[u32], opts: &EvalOptions) -> Result<Vec<ComparisonReport>> {
+pub fn compare_many(
+    baseline: &LlamaModel,
+    models: &[&LlamaModel],
+    tokens: &[u32],
+    opts: &EvalOptions,
+) -> Result<Vec<ComparisonReport>> {
     let wins = windows(tokens, opts.ctx, opts.max_windows)?;
     let first = opts.protocol.first_scored(opts.ctx);
     let vocab = baseline.config.vocab_size;
@@ -128,7 +148,8 @@ pub fn compare_many(baseline: &LlamaModel, models: &[&LlamaModel], tokens: &[u32
         let t0 = Instant::now();
         let base_logits = baseline.forward_scored(&toks, batch.len(), opts.ctx, first)?;
         base.secs += t0.elapsed().as_secs_f64();
-        let base_logp: Vec<Vec<f32>> = (0..batch.len()).map(|wi| log_softmax_rows(&base_logits[wi * per..(wi + 1) * per], vocab)).collect();
+        let base_logp: Vec<Vec<f32>> =
+            (0..batch.len()).map(|wi| log_softmax_rows(&base_logits[wi * per..(wi + 1) * per], vocab)).collect();
         for wi in 0..batch.len() {
             base.nll.extend(window_nll(&base_logits[wi * per..(wi + 1) * per], vocab, wins[bi * bs + wi], first));
         }

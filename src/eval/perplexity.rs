@@ -42,7 +42,10 @@ pub fn windows(tokens: &[u32], ctx: usize, max_windows: Option<usize>) -> Result
     }
     let n = tokens.len() / ctx;
     if n == 0 {
-        return Err(Error::option("--text", format!("the text has {} tokens, shorter than one window of --ctx {ctx}", tokens.len())));
+        return Err(Error::option(
+            "--text",
+            format!("the text has {} tokens, shorter than one window of --ctx {ctx}", tokens.len()),
+        ));
     }
     let n = max_windows.map_or(n, |m| m.min(n));
     Ok(tokens.chunks_exact(ctx).take(n).collect())

@@ -28,9 +28,16 @@ pub fn comparison_rows(rows: &[(String, &ComparisonReport, &SizeReport)]) -> Str
     let Some((_, first, _)) = rows.first() else { return String::new() };
     let b = &first.baseline;
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5).max(8);
-    let mut s = format!("protocol {} ctx {} windows {} scored {}\n", b.protocol.name(), b.ctx, b.windows, b.tokens_scored);
-    s += &format!("{:<w$}  {:>10}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8}\n", "model", "perplexity", "delta", "KL(base||q)", "top-1 agree", "bits/w", "bytes", "tokens/s");
-    s += &format!("{:<w$}  {:>10.4}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8.1}\n", "baseline", b.perplexity, "-", "-", "-", "32", rows[0].2.baseline_bytes_on_disk, b.tokens_per_second);
+    let mut s =
+        format!("protocol {} ctx {} windows {} scored {}\n", b.protocol.name(), b.ctx, b.windows, b.tokens_scored);
+    s += &format!(
+        "{:<w$}  {:>10}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8}\n",
+        "model", "perplexity", "delta", "KL(base||q)", "top-1 agree", "bits/w", "bytes", "tokens/s"
+    );
+    s += &format!(
+        "{:<w$}  {:>10.4}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8.1}\n",
+        "baseline", b.perplexity, "-", "-", "-", "32", rows[0].2.baseline_bytes_on_disk, b.tokens_per_second
+    );
     for (name, c, z) in rows {
         s += &format!(
             "{:<w$}  {:>10.4}  {:>+7.2}%  {:>11.5}  {:>10.2}%  {:>6.3}  {:>12}  {:>8.1}\n",

@@ -41,6 +41,9 @@ pub enum CtFormat {
     PackQuantized,
     /// FP8 E4M3 weights stored as `F8_E4M3` (`float-quantized`).
     FloatQuantized,
+    /// Integer codes one per `I8` (`int-quantized`): the format vLLM reads W8A8 INT8 from
+    /// (it applies `input_activations` only in int/float/naive-quantized checkpoints).
+    IntQuantized,
 }
 
 impl CtFormat {
@@ -48,6 +51,7 @@ impl CtFormat {
         match self {
             CtFormat::PackQuantized => "pack-quantized",
             CtFormat::FloatQuantized => "float-quantized",
+            CtFormat::IntQuantized => "int-quantized",
         }
     }
 }
@@ -220,11 +224,12 @@ impl CtConfig {
     pub fn from_json(v: &Value, path: &Path) -> Result<Self> {
         let format = match v.get("format").and_then(Value::as_str) {
             Some("pack-quantized") => CtFormat::PackQuantized,
+            Some("int-quantized") => CtFormat::IntQuantized,
             Some("float-quantized") | Some("naive-quantized") => CtFormat::FloatQuantized,
             other => {
                 return Err(Error::config(
                     path,
-                    format!("compressed-tensors format {other:?} is not supported (pack-quantized, float-quantized)"),
+                    format!("compressed-tensors format {other:?} is not supported (pack-quantized, int-quantized, float-quantized)"),
                 ))
             }
         };
@@ -240,7 +245,7 @@ impl CtConfig {
                 Some(w) if !w.is_null() => CtWeights::from_json(w, path)?,
                 _ => continue, // activation-only group: no stored weight format
             };
-            if weights.format() != format {
+            if weights.format() != format && !(format == CtFormat::IntQuantized && !weights.scheme.is_fp8()) {
                 return Err(Error::config(
                     path,
                     format!("config group {gname} holds {} weights but format is {}", weights.scheme, format.as_str()),
@@ -339,6 +344,45 @@ pub fn to_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
     Ok(out)
 }
 
+/// The `int-quantized` tensors of one integer linear: `<p>.weight` I8 `[out, in]` (signed
+/// codes, `code - 2^(b-1)`), `<p>.weight_scale` F16 `[out, G]` (`[1]` per tensor) and, when
+/// asymmetric, `<p>.weight_zero_point` I8 shaped like the scales (signed). No act-order.
+pub fn to_int_quantized_tensors(q: &QuantizedTensor, prefix: &str) -> Result<Vec<RawTensor>> {
+    CtWeights::new(prefix, q.scheme, q.g_idx.is_some())?;
+    check_tensor(prefix, q)?;
+    if q.scheme.is_fp8() || q.g_idx.is_some() {
+        return Err(Error::tensor(
+            prefix,
+            format!(
+                "{} (act-order {}): int-quantized holds integer weights without act-order",
+                q.scheme,
+                q.g_idx.is_some()
+            ),
+        ));
+    }
+    let half = 1i16 << (q.scheme.bits() - 1);
+    let signed = |v: &[u8]| v.iter().map(|&c| (c as i16 - half) as i8 as u8).collect::<Vec<u8>>();
+    let scale_shape = match q.scheme.granularity {
+        Granularity::PerTensor => vec![1],
+        _ => vec![q.rows, q.groups_per_row()],
+    };
+    let name = |s: &str| format!("{prefix}.{s}");
+    let mut out = vec![
+        RawTensor::from_bytes(name("weight"), Dtype::I8, &[q.rows, q.cols], signed(&q.codes)),
+        RawTensor::from_f16(name("weight_scale"), &scale_shape, &q.scales),
+    ];
+    let zeros = q.zeros.as_ref().expect("checked: integer tensors carry zero points");
+    if !q.scheme.symmetric {
+        out.push(RawTensor::from_bytes(name("weight_zero_point"), Dtype::I8, &scale_shape, signed(zeros)));
+    } else if let Some(i) = zeros.iter().position(|&z| z as i16 != half) {
+        return Err(Error::tensor(
+            prefix,
+            format!("symmetric scheme with zero point {} at index {i} (expected {half})", zeros[i]),
+        ));
+    }
+    Ok(out)
+}
+
 /// Rebuild one linear from its compressed-tensors tensors, checking them against `w` (the
 /// config's weights args); contradictions name the tensor and both values.
 pub fn from_tensors<'a>(
@@ -379,7 +423,11 @@ pub fn from_tensors<'a>(
         if !matches!(wv.dtype(), Dtype::F8_E4M3 | Dtype::F8_E5M2) || wv.shape().len() != 2 {
             return Err(Error::tensor(
                 name("weight"),
-                format!("dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3 or F8_E5M2, 2-D)", wv.dtype(), wv.shape()),
+                format!(
+                    "dtype {:?} shape {:?}, but config says {scheme} (F8_E4M3 or F8_E5M2, 2-D)",
+                    wv.dtype(),
+                    wv.shape()
+                ),
             ));
         }
         // `type: float, num_bits: 8` does not say which FP8; the tensor's dtype does.
@@ -392,6 +440,58 @@ pub fn from_tensors<'a>(
         return Ok(QuantizedTensor { scheme, rows, cols, codes: wv.data().to_vec(), scales, zeros: None, g_idx: None });
     }
     let bits = scheme.bits();
+    if let Some(wv) = get(&name("weight")).filter(|v| v.dtype() == Dtype::I8) {
+        // int-quantized: one signed code per I8; zero points unpacked I8, shaped like the scales.
+        let (rows, cols) = match wv.shape() {
+            &[r, c] => (r, c),
+            s => return Err(Error::tensor(name("weight"), format!("shape {s:?} is not [out, in]"))),
+        };
+        if w.actorder {
+            return Err(Error::tensor(name("weight"), "int-quantized weights with act-order g_idx are not supported"));
+        }
+        check_scales(rows, cols)?;
+        let half = 1i16 << (bits - 1);
+        let codes: Vec<u8> = wv.data().iter().map(|&b| (b as i8 as i16 + half) as u8).collect();
+        if let Some(i) = wv.data().iter().position(|&b| !(-half..half).contains(&(b as i8 as i16))) {
+            let v = wv.data()[i] as i8;
+            return Err(Error::tensor(
+                name("weight"),
+                format!("code {v} at flat index {i} is outside {bits}-bit range"),
+            ));
+        }
+        let zeros = match get(&name("weight_zero_point")) {
+            None if scheme.symmetric => vec![half as u8; scales.len()],
+            None => {
+                return Err(Error::tensor(
+                    name("weight_zero_point"),
+                    format!("missing, but config {scheme} is asymmetric"),
+                ))
+            }
+            Some(z) => {
+                let zs = read_ints(&name("weight_zero_point"), &z)?;
+                let ok = zs.len() == scales.len()
+                    && zs.iter().all(|&v| {
+                        if scheme.symmetric {
+                            v == 0
+                        } else {
+                            (-(half as i64)..half as i64).contains(&v)
+                        }
+                    });
+                if !ok {
+                    return Err(Error::tensor(
+                        name("weight_zero_point"),
+                        format!(
+                            "{} values, not {} signed {bits}-bit zero points (0 when symmetric)",
+                            zs.len(),
+                            scales.len()
+                        ),
+                    ));
+                }
+                zs.iter().map(|&v| (v + half as i64) as u8).collect()
+            }
+        };
+        return Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None });
+    }
     let shape = read_ints(&name("weight_shape"), &need("weight_shape")?)?;
     let (rows, cols) = match shape[..] {
         [r, c] if r >= 0 && c >= 0 => (r as usize, c as usize),

@@ -128,10 +128,7 @@ impl GgmlType {
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K
-        )
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K)
     }
 }
 
@@ -148,23 +145,19 @@ pub use blocks::*;
 const BLOCKS_PER_TASK: usize = 1024;
 
 fn dequantize_blocks<B: GgmlBlock>(src: &[u8], dst: &mut [f32]) {
-    src.par_chunks(B::BYTES * BLOCKS_PER_TASK)
-        .zip(dst.par_chunks_mut(B::QK * BLOCKS_PER_TASK))
-        .for_each(|(s, d)| {
-            for (b, y) in s.chunks_exact(B::BYTES).zip(d.chunks_exact_mut(B::QK)) {
-                B::read(b).dequantize(y);
-            }
-        });
+    src.par_chunks(B::BYTES * BLOCKS_PER_TASK).zip(dst.par_chunks_mut(B::QK * BLOCKS_PER_TASK)).for_each(|(s, d)| {
+        for (b, y) in s.chunks_exact(B::BYTES).zip(d.chunks_exact_mut(B::QK)) {
+            B::read(b).dequantize(y);
+        }
+    });
 }
 
 fn convert_elems<const N: usize>(src: &[u8], dst: &mut [f32], f: impl Fn([u8; N]) -> f32 + Sync) {
-    src.par_chunks(N * 65536)
-        .zip(dst.par_chunks_mut(65536))
-        .for_each(|(s, d)| {
-            for (b, y) in s.chunks_exact(N).zip(d.iter_mut()) {
-                *y = f(arr(b, 0));
-            }
-        });
+    src.par_chunks(N * 65536).zip(dst.par_chunks_mut(65536)).for_each(|(s, d)| {
+        for (b, y) in s.chunks_exact(N).zip(d.iter_mut()) {
+            *y = f(arr(b, 0));
+        }
+    });
 }
 
 /// Dequantize `src` (whole blocks of `ty`) into `dst`, in element order.
@@ -221,10 +214,7 @@ mod tests {
     fn type_table_is_consistent() {
         for &(t, id, name, bs, ts) in TYPES.iter() {
             assert_eq!(GgmlType::from_id(id), Some(t), "{name}");
-            assert_eq!(
-                (t.id(), t.name(), t.block_size(), t.type_size()),
-                (id, name, bs, ts)
-            );
+            assert_eq!((t.id(), t.name(), t.block_size(), t.type_size()), (id, name, bs, ts));
         }
         for id in [4, 5, 31, 32, 33, 36, 37, 38, 40, 99, u32::MAX] {
             assert_eq!(GgmlType::from_id(id), None, "id {id}");
@@ -241,10 +231,7 @@ mod tests {
 
     #[test]
     fn plain_types() {
-        let f32b: Vec<u8> = [1.5f32, -2.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let f32b: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(deq(GgmlType::F32, &f32b), [1.5, -2.0]);
         // f16 0x3C00 = 1.0, 0xC100 = -2.5; bf16 0x3FC0 = 1.5, 0xC020 = -2.5.
         assert_eq!(deq(GgmlType::F16, &[0x00, 0x3C, 0x00, 0xC1]), [1.0, -2.5]);
@@ -255,9 +242,8 @@ mod tests {
     fn parallel_path_matches_block_by_block() {
         // 3000 Q8_0 blocks (several parallel tasks, the last one partial).
         let nb = 3000;
-        let bytes: Vec<u8> = (0..nb * 34)
-            .map(|i| (i * 7 % 251) as u8 & if i % 34 == 1 { 0x3F } else { 0xFF })
-            .collect();
+        let bytes: Vec<u8> =
+            (0..nb * 34).map(|i| (i * 7 % 251) as u8 & if i % 34 == 1 { 0x3F } else { 0xFF }).collect();
         let all = deq(GgmlType::Q8_0, &bytes);
         for (i, b) in bytes.chunks_exact(34).enumerate() {
             let mut y = [0f32; 32];
@@ -268,16 +254,9 @@ mod tests {
 
     #[test]
     fn wrong_sizes_and_unsupported_types_are_errors() {
-        let e = dequantize(GgmlType::Q4_0, &[0u8; 17], 32)
-            .unwrap_err()
-            .to_string();
+        let e = dequantize(GgmlType::Q4_0, &[0u8; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes") && e.contains("32 elements"), "{e}");
-        let e = dequantize(GgmlType::Q5_0, &[0u8; 22], 32)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("Q5_0") && e.contains("cannot be dequantized"),
-            "{e}"
-        );
+        let e = dequantize(GgmlType::Q5_0, &[0u8; 22], 32).unwrap_err().to_string();
+        assert!(e.contains("Q5_0") && e.contains("cannot be dequantized"), "{e}");
     }
 }

@@ -1,5 +1,7 @@
 //! What bytes mean, no algorithms: schemes, the quantized tensor, FP8 codes,
 //! GGML block layouts and the on-disk checkpoint layouts.
+pub mod activation;
+pub mod awq;
 pub mod compressed_tensors;
 pub mod fp8;
 pub mod ggml;

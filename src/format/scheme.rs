@@ -62,7 +62,10 @@ impl QuantScheme {
             return Err(Error::option("--group-size", "0 is not a valid group size (use -1 for per-channel)"));
         }
         if self.is_fp8() {
-            return Err(Error::option("--group-size", format!("FP8 weights take per-tensor or per-channel scales, not groups of {n}")));
+            return Err(Error::option(
+                "--group-size",
+                format!("FP8 weights take per-tensor or per-channel scales, not groups of {n}"),
+            ));
         }
         self.granularity = Granularity::Group(n);
         Ok(self)
@@ -81,7 +84,10 @@ impl QuantScheme {
     /// Asymmetric (zero point) integer scheme. FP8 is symmetric by construction.
     pub fn asymmetric(mut self) -> Result<Self> {
         if self.is_fp8() {
-            return Err(Error::option("--asym", "FP8 weights are symmetric; asymmetric FP8 is not a scheme any format stores"));
+            return Err(Error::option(
+                "--asym",
+                "FP8 weights are symmetric; asymmetric FP8 is not a scheme any format stores",
+            ));
         }
         self.symmetric = false;
         Ok(self)
@@ -172,7 +178,13 @@ impl std::fmt::Display for QuantScheme {
             Granularity::PerChannel => "channel".to_string(),
             Granularity::Group(n) => format!("g{n}"),
         };
-        let sym = if self.is_fp8() { "" } else if self.symmetric { "-sym" } else { "-asym" };
+        let sym = if self.is_fp8() {
+            ""
+        } else if self.symmetric {
+            "-sym"
+        } else {
+            "-asym"
+        };
         write!(f, "{fmt}-{gran}{sym}")
     }
 }

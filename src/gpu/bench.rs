@@ -104,19 +104,43 @@ impl GpuContext {
     /// Seconds for `reps` repetitions of `dispatches` in one pass (x and y are the scratch
     /// buffers; their contents do not matter for timing), and whether the GPU clock
     /// measured it.
-    fn time_batch(&self, pipeline: &wgpu::ComputePipeline, x_len: usize, y_len: usize, dispatches: &[Dispatch], reps: usize) -> Result<(f64, bool)> {
+    fn time_batch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        x_len: usize,
+        y_len: usize,
+        dispatches: &[Dispatch],
+        reps: usize,
+    ) -> Result<(f64, bool)> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let s = &mut *scratch;
         let (xn, yn) = ((x_len * 4).max(16) as u64, (y_len * 4).max(16) as u64);
-        let xb = super::ensure(&self.device, &mut s.x, xn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "x");
-        let yb = super::ensure(&self.device, &mut s.y, yn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, "y");
-        let groups: Vec<wgpu::BindGroup> = dispatches.iter().map(|d| self.bind_group(&self.uniform(&d.params), (xb, xn), (yb, yn), d)).collect();
+        let xb =
+            super::ensure(&self.device, &mut s.x, xn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "x");
+        let yb =
+            super::ensure(&self.device, &mut s.y, yn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, "y");
+        let groups: Vec<wgpu::BindGroup> =
+            dispatches.iter().map(|d| self.bind_group(&self.uniform(&d.params), (xb, xn), (yb, yn), d)).collect();
         let queries = self.timestamps.then(|| {
-            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("bench"), ty: wgpu::QueryType::Timestamp, count: 2 });
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            });
             let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("ts"), size: 16, usage, mapped_at_creation: false });
+            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ts"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            });
             let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-            let read = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some("ts-read"), size: 16, usage, mapped_at_creation: false });
+            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("ts-read"),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            });
             (set, resolve, read)
         });
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
@@ -126,7 +150,8 @@ impl GpuContext {
                 beginning_of_pass_write_index: Some(0),
                 end_of_pass_write_index: Some(1),
             });
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes });
             pass.set_pipeline(pipeline);
             for _ in 0..reps {
                 for (d, g) in dispatches.iter().zip(&groups) {
@@ -141,7 +166,9 @@ impl GpuContext {
         }
         let t0 = Instant::now();
         self.queue.submit([enc.finish()]);
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
         let wall = t0.elapsed().as_secs_f64();
         self.take_error()?;
         if let Some((_, _, read)) = &queries {
@@ -160,7 +187,10 @@ impl GpuContext {
     fn time_linear(&self, lin: &GpuLinear, tokens: usize, runs: usize, min_seconds: f64) -> Result<(f64, bool)> {
         let kernel = lin.kernel(tokens, KernelChoice::Auto);
         if tokens > lin.max_tokens(kernel) {
-            return Err(Error::option("--tokens", format!("{tokens} tokens do not fit one submission ({} at most)", lin.max_tokens(kernel))));
+            return Err(Error::option(
+                "--tokens",
+                format!("{tokens} tokens do not fit one submission ({} at most)", lin.max_tokens(kernel)),
+            ));
         }
         let pipeline = self.pipeline(kernel)?;
         let d = lin.dispatches(kernel, tokens);
@@ -179,7 +209,14 @@ impl GpuContext {
 /// buffer-to-buffer copies of `bytes` (capped at the adapter's buffer size limit).
 pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64) -> Result<f64> {
     let bytes = bytes.min(ctx.device.limits().max_buffer_size) / 4 * 4;
-    let mk = |usage| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("copy"), size: bytes, usage, mapped_at_creation: false });
+    let mk = |usage| {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("copy"),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
     let (a, b) = (mk(wgpu::BufferUsages::COPY_SRC), mk(wgpu::BufferUsages::COPY_DST));
     let t = measure(5, 0.05, |reps| {
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
@@ -188,7 +225,9 @@ pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64) -> Result<f64> {
         }
         let t0 = Instant::now();
         ctx.queue.submit([enc.finish()]);
-        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
         Ok(t0.elapsed().as_secs_f64())
     })?;
     ctx.take_error()?;
@@ -205,12 +244,16 @@ pub fn bench_gemm(ctx: &Arc<GpuContext>, opts: &BenchOptions) -> Result<Vec<Benc
         let w: Vec<f32> = (0..out * inp).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let int4 = quantize_rtn("bench", &w, out, inp, QuantScheme::int(4)?.group(128)?, None)?;
         let int8 = quantize_rtn("bench", &w, out, inp, QuantScheme::int(8)?, None)?;
-        let mut layers: Vec<(String, GpuLinear)> = vec![("f32".into(), GpuLinear::from_dense(ctx, "bench.f32", &w, out, inp)?)];
+        let mut layers: Vec<(String, GpuLinear)> =
+            vec![("f32".into(), GpuLinear::from_dense(ctx, "bench.f32", &w, out, inp)?)];
         layers.push(("int4-g128".into(), GpuLinear::from_quantized(ctx, "bench.int4", &int4, Precision::F32)?));
         layers.push(("int8-channel".into(), GpuLinear::from_quantized(ctx, "bench.int8", &int8, Precision::F32)?));
         if opts.f16 && ctx.has_f16() {
             layers.push(("int4-g128-f16".into(), GpuLinear::from_quantized(ctx, "bench.int4", &int4, Precision::F16)?));
-            layers.push(("int8-channel-f16".into(), GpuLinear::from_quantized(ctx, "bench.int8", &int8, Precision::F16)?));
+            layers.push((
+                "int8-channel-f16".into(),
+                GpuLinear::from_quantized(ctx, "bench.int8", &int8, Precision::F16)?,
+            ));
         }
         let deq = int4.dequantize();
         for &tokens in &opts.tokens {

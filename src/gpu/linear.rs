@@ -41,7 +41,7 @@ pub enum Precision {
 /// Which kernel shape runs a forward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelChoice {
-    /// GEMV up to [`GEMV_MAX_TOKENS`] tokens, GEMM above.
+    /// GEMV up to [`GEMV_MAX_TOKENS`] tokens, GEMM above (GEMV always on CPU adapters).
     #[default]
     Auto,
     Gemv,
@@ -55,10 +55,12 @@ enum Family {
     Fp8 { e5m2: bool },
 }
 
-/// The buffers of one range of outputs `[o0, o0 + n)`.
+/// The buffers of one range of outputs `[o0, o0 + n)`, rows `ldw = n` rounded up to 4
+/// (so the GEMV kernels read 4 outputs as one vec4).
 struct Chunk {
     o0: usize,
     n: usize,
+    ldw: usize,
     weight: wgpu::Buffer,
     scales: Option<wgpu::Buffer>,
     zeros: Option<wgpu::Buffer>,
@@ -109,30 +111,38 @@ fn column_order(q: &QuantizedTensor) -> Order {
     }
 }
 
-/// Output ranges whose buffers each fit one storage binding (`col_bytes` per output).
+/// Output ranges whose buffers each fit one storage binding (`col_bytes` per output):
+/// multiples of 64 outputs, or of 4 (one vec4 of the GEMV) when fewer fit.
 fn plan_chunks(ctx: &GpuContext, name: &str, rows: usize, col_bytes: usize) -> Result<Vec<(usize, usize)>> {
     let limit = ctx.max_binding_bytes();
     let max_n = (limit / col_bytes.max(1) as u64).min(ctx.max_workgroups() as u64 * 32) as usize;
-    if max_n == 0 {
+    if max_n < 4 {
         return Err(Error::tensor(
             name,
-            format!("one output needs {col_bytes} bytes of GPU weights, more than the adapter's storage binding limit of {limit} bytes"),
+            format!("4 outputs (one GEMV vector) need {} bytes of GPU weights, more than the adapter's storage binding limit of {limit} bytes", 4 * col_bytes),
         ));
     }
-    let step = if max_n >= 64 { max_n / 64 * 64 } else { max_n };
+    let step = if max_n >= 64 { max_n / 64 * 64 } else { max_n / 4 * 4 };
     Ok((0..rows).step_by(step).map(|o0| (o0, step.min(rows - o0))).collect())
 }
 
-/// Pack rows `[o0, o0 + n)` of `codes` (`[rows, cols]`) into `[kw, n]` words, `bits` per
-/// code, input position `i` taken from column `order[i]`.
-fn pack_kmajor(codes: &[u8], cols: usize, o0: usize, n: usize, bits: usize, kw: usize, order: Option<&[u32]>) -> Vec<u32> {
+/// Pack rows `[o0, o0 + n)` of `codes` (`[rows, cols]`) into `[kw, ldw]` words, `bits`
+/// per code, input position `i` taken from column `order[i]`; padding stays 0.
+fn pack_kmajor(
+    codes: &[u8],
+    cols: usize,
+    (o0, n, ldw): (usize, usize, usize),
+    bits: usize,
+    kw: usize,
+    order: Option<&[u32]>,
+) -> Vec<u32> {
     let pw = 32 / bits;
-    let mut words = vec![0u32; kw * n];
+    let mut words = vec![0u32; kw * ldw];
     for r in 0..n {
         let row = &codes[(o0 + r) * cols..(o0 + r + 1) * cols];
         for i in 0..cols {
             let c = order.map_or(i, |p| p[i] as usize);
-            words[(i / pw) * n + r] |= (row[c] as u32) << ((i % pw) * bits);
+            words[(i / pw) * ldw + r] |= (row[c] as u32) << ((i % pw) * bits);
         }
     }
     words
@@ -146,7 +156,14 @@ fn check_quantized(name: &str, q: &QuantizedTensor) -> Result<()> {
     };
     let bad = |m: String| Err(Error::tensor(name, m));
     if q.codes.len() != q.rows * q.cols || q.scales.len() != n {
-        return bad(format!("{} codes / {} scales for [{}, {}] in {}", q.codes.len(), q.scales.len(), q.rows, q.cols, q.scheme));
+        return bad(format!(
+            "{} codes / {} scales for [{}, {}] in {}",
+            q.codes.len(),
+            q.scales.len(),
+            q.rows,
+            q.cols,
+            q.scheme
+        ));
     }
     if !q.scheme.is_fp8() {
         match &q.zeros {
@@ -155,12 +172,22 @@ fn check_quantized(name: &str, q: &QuantizedTensor) -> Result<()> {
         }
         let maxq = q.scheme.maxq();
         if let Some(i) = q.codes.iter().position(|&c| c as u32 > maxq) {
-            return bad(format!("code {} at row {} col {} exceeds {} bits", q.codes[i], i / q.cols, i % q.cols, q.scheme.bits()));
+            return bad(format!(
+                "code {} at row {} col {} exceeds {} bits",
+                q.codes[i],
+                i / q.cols,
+                i % q.cols,
+                q.scheme.bits()
+            ));
         }
     }
     if let Some(g) = &q.g_idx {
         if g.len() != q.cols || g.iter().any(|&v| v as usize >= groups) {
-            return bad(format!("g_idx of {} entries for {} columns / {groups} groups, or out of range", g.len(), q.cols));
+            return bad(format!(
+                "g_idx of {} entries for {} columns / {groups} groups, or out of range",
+                g.len(),
+                q.cols
+            ));
         }
     }
     Ok(())
@@ -169,10 +196,18 @@ fn check_quantized(name: &str, q: &QuantizedTensor) -> Result<()> {
 impl GpuLinear {
     /// Upload a quantized tensor: integer (2, 3, 4, 8 bits; per tensor, per channel or
     /// groups; symmetric or not; act-order) or FP8 (E4M3, E5M2). Errors name `name`.
-    pub fn from_quantized(ctx: &Arc<GpuContext>, name: &str, q: &QuantizedTensor, precision: Precision) -> Result<Self> {
+    pub fn from_quantized(
+        ctx: &Arc<GpuContext>,
+        name: &str,
+        q: &QuantizedTensor,
+        precision: Precision,
+    ) -> Result<Self> {
         check_quantized(name, q)?;
         if precision == Precision::F16 && !ctx.has_f16() {
-            return Err(Error::option("precision", format!("f16 kernels need shader-f16, which adapter {} lacks; use f32", ctx.describe())));
+            return Err(Error::option(
+                "precision",
+                format!("f16 kernels need shader-f16, which adapter {} lacks; use f32", ctx.describe()),
+            ));
         }
         let (rows, cols) = (q.rows, q.cols);
         let (family, bits) = match q.scheme.format {
@@ -198,15 +233,16 @@ impl GpuLinear {
         let mut chunks = vec![];
         let mut bytes = g_idx.as_ref().map_or(0, |b| b.size() as usize);
         for (o0, n) in plan_chunks(ctx, name, rows, col_bytes)? {
-            let words = pack_kmajor(&q.codes, cols, o0, n, bits, kw, perm.as_deref());
+            let ldw = n.next_multiple_of(4);
+            let words = pack_kmajor(&q.codes, cols, (o0, n, ldw), bits, kw, perm.as_deref());
             let weight = ctx.upload(&format!("{name}.qweight[{o0}..]"), &words);
-            let mut sc = vec![0f32; groups * n];
+            let mut sc = vec![0f32; groups * ldw];
             for g in 0..groups {
                 for r in 0..n {
-                    sc[g * n + r] = q.scales[q.param_index(o0 + r, g)];
+                    sc[g * ldw + r] = q.scales[q.param_index(o0 + r, g)];
                 }
             }
-            let zw = n.div_ceil(pw);
+            let zw = ldw.div_ceil(pw);
             let zeros = q.zeros.as_ref().map(|z| {
                 let mut zs = vec![0u32; groups * zw];
                 for g in 0..groups {
@@ -218,9 +254,24 @@ impl GpuLinear {
             });
             let scales = ctx.upload(&format!("{name}.scales[{o0}..]"), &sc);
             bytes += (weight.size() + scales.size() + zeros.as_ref().map_or(0, |z| z.size())) as usize;
-            chunks.push(Chunk { o0, n, weight, scales: Some(scales), zeros, zw });
+            chunks.push(Chunk { o0, n, ldw, weight, scales: Some(scales), zeros, zw });
         }
-        let lin = Self { ctx: ctx.clone(), name: name.into(), family, precision, rows, cols, per_word: pw, kw, group_size, groups, g_idx, perm, chunks, bytes };
+        let lin = Self {
+            ctx: ctx.clone(),
+            name: name.into(),
+            family,
+            precision,
+            rows,
+            cols,
+            per_word: pw,
+            kw,
+            group_size,
+            groups,
+            g_idx,
+            perm,
+            chunks,
+            bytes,
+        };
         lin.check_token_limits()?;
         Ok(lin)
     }
@@ -234,15 +285,16 @@ impl GpuLinear {
         let mut chunks = vec![];
         let mut bytes = 0;
         for (o0, n) in plan_chunks(ctx, name, out, 4 * inp)? {
-            let mut wt = vec![0f32; inp * n];
+            let ldw = n.next_multiple_of(4);
+            let mut wt = vec![0f32; inp * ldw];
             for r in 0..n {
                 for (c, &v) in weight[(o0 + r) * inp..(o0 + r + 1) * inp].iter().enumerate() {
-                    wt[c * n + r] = v;
+                    wt[c * ldw + r] = v;
                 }
             }
             let weight = ctx.upload(&format!("{name}.weight[{o0}..]"), &wt);
             bytes += weight.size() as usize;
-            chunks.push(Chunk { o0, n, weight, scales: None, zeros: None, zw: 0 });
+            chunks.push(Chunk { o0, n, ldw, weight, scales: None, zeros: None, zw: 0 });
         }
         let lin = Self {
             ctx: ctx.clone(),
@@ -285,7 +337,11 @@ impl GpuLinear {
     /// The kernel a forward of `tokens` tokens runs.
     pub fn kernel(&self, tokens: usize, choice: KernelChoice) -> Kernel {
         let gemv = match choice {
-            KernelChoice::Auto => tokens <= GEMV_MAX_TOKENS,
+            // Software adapters (llvmpipe) run the tiled GEMM ~3x slower than one GEMV per
+            // token (they gather workgroup-memory reads lane by lane): GEMV at any size.
+            KernelChoice::Auto => {
+                tokens <= GEMV_MAX_TOKENS || self.ctx.adapter_info().device_type == wgpu::DeviceType::Cpu
+            }
             KernelChoice::Gemv => true,
             KernelChoice::Gemm => false,
         };
@@ -326,7 +382,8 @@ impl GpuLinear {
                     ldy: self.rows as u32,
                     y0: c.o0 as u32,
                     zw: c.zw as u32,
-                    pad: [0; 2],
+                    ldw: c.ldw as u32,
+                    pad: 0,
                 },
                 buffers: [Some(&c.weight), c.scales.as_ref(), c.zeros.as_ref(), self.g_idx.as_ref()],
                 groups: [c.n.div_ceil(tn) as u32, tokens.div_ceil(tt) as u32, 1],
@@ -341,7 +398,13 @@ impl GpuLinear {
         if x.len() != tokens * cols || y.len() != tokens * rows {
             return Err(Error::tensor(
                 &self.name,
-                format!("forward of {tokens} tokens needs x of {} and y of {} values, got {} and {}", tokens * cols, tokens * rows, x.len(), y.len()),
+                format!(
+                    "forward of {tokens} tokens needs x of {} and y of {} values, got {} and {}",
+                    tokens * cols,
+                    tokens * rows,
+                    x.len(),
+                    y.len()
+                ),
             ));
         }
         if tokens == 0 || rows == 0 {
@@ -369,7 +432,9 @@ impl GpuLinear {
                 &staged
             };
             let d = self.dispatches(kernel, tn);
-            self.ctx.run(&pipeline, xin, &d, &mut y[t0 * rows..(t0 + tn) * rows]).map_err(|e| Error::tensor(&self.name, e.to_string()))?;
+            self.ctx
+                .run(&pipeline, xin, &d, &mut y[t0 * rows..(t0 + tn) * rows])
+                .map_err(|e| Error::tensor(&self.name, e.to_string()))?;
         }
         Ok(())
     }
@@ -400,6 +465,9 @@ impl Linear for GpuLinear {
 
 /// A factory for `crate::model::load::load_model_with`: every quantized linear of the
 /// model runs on `ctx`.
-pub fn quantized_factory(ctx: Arc<GpuContext>, precision: Precision) -> impl Fn(&str, &QuantizedTensor) -> Result<Box<dyn Linear>> {
+pub fn quantized_factory(
+    ctx: Arc<GpuContext>,
+    precision: Precision,
+) -> impl Fn(&str, &QuantizedTensor) -> Result<Box<dyn Linear>> {
     move |name, q| Ok(Box::new(GpuLinear::from_quantized(&ctx, name, q, precision)?) as Box<dyn Linear>)
 }

@@ -26,7 +26,7 @@
 mod bench;
 mod linear;
 
-pub use bench::{bench_gemm, copy_bandwidth, format_bench, BenchOptions, BenchRow};
+pub use bench::{bench_gemm, copy_bandwidth, format_bench, BenchOptions, BenchRow, LARGE_SHAPES, SMOLLM2_SHAPES};
 pub use linear::{quantized_factory, GpuLinear, KernelChoice, Precision, GEMV_MAX_TOKENS};
 
 use crate::error::{Error, Result};
@@ -104,7 +104,10 @@ impl Kernel {
 
     fn constants(&self) -> Vec<(&'static str, f64)> {
         match *self {
-            Kernel::GemvInt { bits } | Kernel::GemmInt { bits } | Kernel::GemvIntF16 { bits } | Kernel::GemmIntF16 { bits } => {
+            Kernel::GemvInt { bits }
+            | Kernel::GemmInt { bits }
+            | Kernel::GemvIntF16 { bits }
+            | Kernel::GemmIntF16 { bits } => {
                 vec![("BITS", bits as f64)]
             }
             Kernel::GemvFp8 { e5m2 } | Kernel::GemmFp8 { e5m2 } => vec![("E5M2", e5m2 as u8 as f64)],
@@ -139,7 +142,8 @@ pub(crate) struct Params {
     pub ldy: u32,
     pub y0: u32,
     pub zw: u32,
-    pub pad: [u32; 2],
+    pub ldw: u32,
+    pub pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
@@ -265,8 +269,9 @@ impl GpuContext {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
-            .map_err(|e| Error::option("--device", format!("gpu: adapter {}: cannot create a device: {e}", describe(&info))))?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::option("--device", format!("gpu: adapter {}: cannot create a device: {e}", describe(&info)))
+        })?;
         let errors: Arc<Mutex<Option<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e| {
@@ -274,7 +279,9 @@ impl GpuContext {
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| format!("device lost ({reason:?}): {msg}"));
         });
         let mut max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         if let Some(cap) = opts.max_binding_bytes {
@@ -283,18 +290,27 @@ impl GpuContext {
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         }];
         entries.extend((1..=5).map(|b| storage(b, true)));
         entries.push(storage(6, false));
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("linear"), entries: &entries });
+        let layout = device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("linear"), entries: &entries });
         let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("linear"),
             bind_group_layouts: &[Some(&layout)],
@@ -365,7 +381,10 @@ impl GpuContext {
             return Ok(p.clone());
         }
         if kernel.needs_f16() && !self.f16 {
-            return Err(Error::option("precision", format!("f16 kernels need shader-f16, which adapter {} lacks; use f32", self.describe())));
+            return Err(Error::option(
+                "precision",
+                format!("f16 kernels need shader-f16, which adapter {} lacks; use f32", self.describe()),
+            ));
         }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -378,11 +397,18 @@ impl GpuContext {
             layout: Some(&self.pipeline_layout),
             module: &module,
             entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, zero_initialize_workgroup_memory: false },
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Other(format!("gpu: shaders/{} ({kernel:?}) failed to build on {}: {e}", kernel.file(), self.describe())));
+            return Err(Error::Other(format!(
+                "gpu: shaders/{} ({kernel:?}) failed to build on {}: {e}",
+                kernel.file(),
+                self.describe()
+            )));
         }
         self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(kernel, pipeline.clone());
         Ok(pipeline)
@@ -399,21 +425,38 @@ impl GpuContext {
         } else {
             bytes
         };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents, usage: wgpu::BufferUsages::STORAGE })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE,
+        })
     }
 
     /// `x` and `y` are bound as their first `x_bytes` / `y_bytes` (scratch buffers grow
     /// in powers of two, beyond what one binding may hold).
-    pub(crate) fn bind_group(&self, params: &wgpu::Buffer, x: (&wgpu::Buffer, u64), y: (&wgpu::Buffer, u64), d: &Dispatch) -> wgpu::BindGroup {
+    pub(crate) fn bind_group(
+        &self,
+        params: &wgpu::Buffer,
+        x: (&wgpu::Buffer, u64),
+        y: (&wgpu::Buffer, u64),
+        d: &Dispatch,
+    ) -> wgpu::BindGroup {
         let mut entries = vec![
             wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 1, resource: part(x) },
         ];
         for (i, b) in d.buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: 2 + i as u32, resource: b.unwrap_or(&self.dummy).as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 2 + i as u32,
+                resource: b.unwrap_or(&self.dummy).as_entire_binding(),
+            });
         }
         entries.push(wgpu::BindGroupEntry { binding: 6, resource: part(y) });
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &self.layout, entries: &entries })
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &self.layout,
+            entries: &entries,
+        })
     }
 
     pub(crate) fn uniform(&self, p: &Params) -> wgpu::Buffer {
@@ -426,20 +469,38 @@ impl GpuContext {
 
     /// Upload `x`, run `dispatches` of `pipeline` in order, and read `out.len()` floats of
     /// y back. The scratch buffers are shared, so concurrent calls run one at a time.
-    pub(crate) fn run(&self, pipeline: &wgpu::ComputePipeline, x: &[f32], dispatches: &[Dispatch], out: &mut [f32]) -> Result<()> {
+    pub(crate) fn run(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        x: &[f32],
+        dispatches: &[Dispatch],
+        out: &mut [f32],
+    ) -> Result<()> {
         let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let (x_bytes, y_bytes) = ((x.len() * 4).max(16) as u64, (out.len() * 4).max(16) as u64);
         let s = &mut *scratch;
-        let xb = ensure(&self.device, &mut s.x, x_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "x");
-        let yb = ensure(&self.device, &mut s.y, y_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, "y");
-        let rb = ensure(&self.device, &mut s.read, y_bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, "read");
+        let xb =
+            ensure(&self.device, &mut s.x, x_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "x");
+        let yb =
+            ensure(&self.device, &mut s.y, y_bytes, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, "y");
+        let rb = ensure(
+            &self.device,
+            &mut s.read,
+            y_bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "read",
+        );
         if !x.is_empty() {
             self.queue.write_buffer(xb, 0, bytemuck::cast_slice(x));
         }
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("linear") });
-        let groups: Vec<wgpu::BindGroup> = dispatches.iter().map(|d| self.bind_group(&self.uniform(&d.params), (xb, x_bytes), (yb, y_bytes), d)).collect();
+        let groups: Vec<wgpu::BindGroup> = dispatches
+            .iter()
+            .map(|d| self.bind_group(&self.uniform(&d.params), (xb, x_bytes), (yb, y_bytes), d))
+            .collect();
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("linear"), timestamp_writes: None });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("linear"), timestamp_writes: None });
             pass.set_pipeline(pipeline);
             for (d, g) in dispatches.iter().zip(&groups) {
                 pass.set_bind_group(0, g, &[]);
@@ -487,11 +548,22 @@ fn part((buffer, n): (&wgpu::Buffer, u64)) -> wgpu::BindingResource<'_> {
 }
 
 /// The buffer in `slot`, replaced by a larger one (next power of two) when too small.
-fn ensure<'a>(device: &wgpu::Device, slot: &'a mut Option<wgpu::Buffer>, bytes: u64, usage: wgpu::BufferUsages, label: &str) -> &'a wgpu::Buffer {
+fn ensure<'a>(
+    device: &wgpu::Device,
+    slot: &'a mut Option<wgpu::Buffer>,
+    bytes: u64,
+    usage: wgpu::BufferUsages,
+    label: &str,
+) -> &'a wgpu::Buffer {
     if slot.as_ref().is_none_or(|b| b.size() < bytes) {
         let size = bytes.next_power_of_two().max(256);
         let size = if size > device.limits().max_buffer_size { bytes.next_multiple_of(4) } else { size };
-        *slot = Some(device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }));
+        *slot = Some(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        }));
     }
     slot.as_ref().expect("just filled")
 }

@@ -24,8 +24,12 @@ impl AtomicDir {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let name = dest.file_name().ok_or_else(|| Error::option("output", format!("{} has no file name", dest.display())))?;
-        let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+        let name =
+            dest.file_name().ok_or_else(|| Error::option("output", format!("{} has no file name", dest.display())))?;
+        // Unique per process and per call: two writers (threads or processes) never share it.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!(".{}.tmp-{}-{call}", name.to_string_lossy(), std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }

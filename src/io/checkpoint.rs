@@ -1,5 +1,5 @@
 //! Quantized checkpoints on disk: write a Hugging Face model directory whose quantized
-//! linears are stored as gptq or compressed-tensors (docs/FORMATS.md), and read one back,
+//! linears are stored as gptq, compressed-tensors or awq (docs/FORMATS.md), and read one back,
 //! ours or another tool's.
 //!
 //! Writing: every source tensor is copied through (same dtype, same bytes) except
@@ -14,10 +14,12 @@
 use super::atomic::AtomicDir;
 use super::safetensors::SafetensorsStore;
 use crate::error::{Error, Result};
-use crate::format::compressed_tensors::{self as ct, target_matches, CtConfig};
+use crate::format::activation::{ActParams, ActScheme};
+use crate::format::awq::{self, AwqConfig};
+use crate::format::compressed_tensors::{self as ct, target_matches, CtConfig, CtFormat};
 use crate::format::gptq::{self, GptqConfig};
 use crate::format::pack::RawTensor;
-use crate::format::QuantizedTensor;
+use crate::format::{Granularity, NumberFormat, QuantizedTensor};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -46,6 +48,8 @@ pub enum CheckpointFormat {
     Gptq,
     /// compressed-tensors `pack-quantized` (int) or `float-quantized` (FP8 E4M3).
     CompressedTensors,
+    /// AutoAWQ GEMM (`quant_method: "awq"`, `version: "gemm"`), 4-bit groups only.
+    Awq,
 }
 
 impl CheckpointFormat {
@@ -53,6 +57,7 @@ impl CheckpointFormat {
         match self {
             CheckpointFormat::Gptq => "gptq",
             CheckpointFormat::CompressedTensors => "compressed-tensors",
+            CheckpointFormat::Awq => "awq",
         }
     }
 }
@@ -63,9 +68,10 @@ impl std::str::FromStr for CheckpointFormat {
         match s {
             "gptq" => Ok(Self::Gptq),
             "compressed-tensors" | "ct" => Ok(Self::CompressedTensors),
+            "awq" => Ok(Self::Awq),
             other => Err(Error::option(
                 "--format",
-                format!("{other:?} is not a checkpoint format (gptq, compressed-tensors)"),
+                format!("{other:?} is not a checkpoint format (gptq, compressed-tensors, awq)"),
             )),
         }
     }
@@ -125,6 +131,105 @@ pub fn write_quantized_checkpoint(
     format: CheckpointFormat,
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
+    write_quantized_checkpoint_with(src_dir, out, quantized, &BTreeMap::new(), format, meta)
+}
+
+/// [`write_quantized_checkpoint`], with the values of some dense source tensors replaced
+/// (`dense`: tensor name -> f32 values, written in the source tensor's dtype and shape),
+/// e.g. the norm weights AWQ divided by its scales.
+pub fn write_quantized_checkpoint_with(
+    src_dir: &Path,
+    out: &Path,
+    quantized: &BTreeMap<String, QuantizedTensor>,
+    dense: &BTreeMap<String, Vec<f32>>,
+    format: CheckpointFormat,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_checkpoint(src_dir, out, quantized, dense, None, format, meta)
+}
+
+/// Activation quantization of every quantized linear, written with the weights.
+pub struct ActivationWrite<'a> {
+    pub scheme: ActScheme,
+    /// The calibration, written as the compressed-tensors `observer` of a static scheme.
+    pub observer: &'a str,
+    /// Static input parameters by module name (empty when dynamic).
+    pub params: &'a BTreeMap<String, ActParams>,
+}
+
+/// [`write_quantized_checkpoint_with`] for W8A8: compressed-tensors `int-quantized` (INT8
+/// weights) or `float-quantized` (FP8 E4M3 weights) with `input_activations` in every config
+/// group and, when static, `<m>.input_scale` (and `<m>.input_zero_point`) per linear, the
+/// layout vLLM's `CompressedTensorsW8A8Int8` / `CompressedTensorsW8A8Fp8` load.
+pub fn write_activation_checkpoint(
+    src_dir: &Path,
+    out: &Path,
+    quantized: &BTreeMap<String, QuantizedTensor>,
+    dense: &BTreeMap<String, Vec<f32>>,
+    act: &ActivationWrite<'_>,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_checkpoint(src_dir, out, quantized, dense, Some(act), CheckpointFormat::CompressedTensors, meta)
+}
+
+/// The int-/float-quantized tensors of W8A8 linears (weights and static input parameters);
+/// switches `cfg` to `int-quantized` for integer weights.
+fn activation_tensors(
+    cfg: &mut CtConfig,
+    quantized: &BTreeMap<String, QuantizedTensor>,
+    act: &ActivationWrite<'_>,
+) -> Result<Vec<RawTensor>> {
+    act.scheme.check()?;
+    let mut raws = vec![];
+    for (m, q) in quantized {
+        let s = q.scheme;
+        let ok = match s.format {
+            NumberFormat::Int { bits: 8 } => {
+                s.symmetric && !matches!(s.granularity, Granularity::Group(_)) && q.g_idx.is_none()
+            }
+            NumberFormat::Fp8E4M3 => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::tensor(m, format!("{s}: W8A8 (vLLM) needs symmetric 8-bit per-channel or per-tensor INT8 weights, or FP8 E4M3 weights")));
+        }
+        raws.extend(if s.is_fp8() { ct::to_tensors(q, m)? } else { ct::to_int_quantized_tensors(q, m)? });
+        match (act.scheme.dynamic, act.params.get(m)) {
+            (true, None) => {}
+            (false, Some(&p)) => raws.extend(act.scheme.ct_tensors(m, p)),
+            (true, Some(_)) => {
+                return Err(Error::tensor(m, format!("{} is dynamic but a static input scale was given", act.scheme)))
+            }
+            (false, None) => {
+                return Err(Error::tensor(
+                    m,
+                    format!("{} is static but this linear has no calibrated input scale", act.scheme),
+                ))
+            }
+        }
+    }
+    if cfg.format == CtFormat::PackQuantized {
+        cfg.format = CtFormat::IntQuantized;
+    }
+    Ok(raws)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_checkpoint(
+    src_dir: &Path,
+    out: &Path,
+    quantized: &BTreeMap<String, QuantizedTensor>,
+    dense: &BTreeMap<String, Vec<f32>>,
+    act: Option<&ActivationWrite<'_>>,
+    format: CheckpointFormat,
+    meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    if act.is_some() && format != CheckpointFormat::CompressedTensors {
+        return Err(Error::option(
+            "--format",
+            format!("{format} cannot store activation quantization; use compressed-tensors"),
+        ));
+    }
     let dir = AtomicDir::create(out)?;
     let store = SafetensorsStore::open(src_dir)?;
     let cfg_path = src_dir.join("config.json");
@@ -170,14 +275,57 @@ pub fn write_quantized_checkpoint(
         CheckpointFormat::CompressedTensors => {
             let mut ignore: BTreeSet<String> = skipped.into_iter().collect();
             ignore.insert("lm_head".into());
-            let cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
-            for (m, q) in quantized {
-                raws.extend(ct::to_tensors(q, m)?);
+            let mut cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
+            match act {
+                None => {
+                    for (m, q) in quantized {
+                        raws.extend(ct::to_tensors(q, m)?);
+                    }
+                    cfg.to_json()
+                }
+                Some(act) => {
+                    raws.extend(activation_tensors(&mut cfg, quantized, act)?);
+                    let mut qc = cfg.to_json();
+                    for g in qc["config_groups"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                        g["input_activations"] = act.scheme.to_ct_json(act.observer);
+                    }
+                    qc
+                }
             }
-            cfg.to_json()
+        }
+        CheckpointFormat::Awq => {
+            let cfg = AwqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
+            for (m, q) in quantized {
+                raws.extend(awq::to_tensors(q, m)?);
+            }
+            cfg.quantization_config(&skipped)
         }
     };
     config["quantization_config"] = qconfig;
+    let mut replaced_dense: Vec<RawTensor> = vec![];
+    for (name, values) in dense {
+        if name.strip_suffix(".weight").is_some_and(|m| quantized.contains_key(m)) {
+            return Err(Error::tensor(name, "is quantized; it cannot also be replaced by dense values"));
+        }
+        let src = store
+            .raw(name)
+            .map_err(|_| Error::tensor(name, "replacement for a tensor the source model does not have"))?;
+        let shape = src.shape.to_vec();
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(Error::tensor(name, format!("{} replacement values for shape {shape:?}", values.len())));
+        }
+        replaced_dense.push(match src.dtype {
+            Dtype::F32 => RawTensor::from_f32(name.clone(), &shape, values),
+            Dtype::F16 => RawTensor::from_f16(name.clone(), &shape, values),
+            Dtype::BF16 => {
+                let bytes = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+                RawTensor { name: name.clone(), dtype: Dtype::BF16, shape, data: bytes }
+            }
+            other => {
+                return Err(Error::tensor(name, format!("dtype {other:?}: only F32/F16/BF16 tensors can be replaced")))
+            }
+        });
+    }
 
     // All output tensors: source tensors minus the replaced weights, plus the new ones.
     let replaced: BTreeSet<String> = quantized.keys().map(|m| format!("{m}.weight")).collect();
@@ -187,6 +335,9 @@ pub fn write_quantized_checkpoint(
             let t = store.raw(name)?;
             entries.insert(name.to_string(), (t.dtype, t.shape.to_vec(), t.bytes));
         }
+    }
+    for r in &replaced_dense {
+        entries.insert(r.name.clone(), (r.dtype, r.shape.clone(), &r.data));
     }
     for r in &raws {
         if entries.insert(r.name.clone(), (r.dtype, r.shape.clone(), &r.data)).is_some() {
@@ -299,15 +450,22 @@ pub struct LoadedCheckpoint {
 
 const GPTQ_PARTS: &[&str] = &["qweight", "qzeros", "scales", "g_idx"];
 const CT_PARTS: &[&str] = &["weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx"];
+const AWQ_PARTS: &[&str] = &["qweight", "qzeros", "scales"];
 
 impl LoadedCheckpoint {
     /// Whether `name` is part of a quantized linear's storage (the loader skips those).
     pub fn is_quantized_storage(&self, name: &str) -> bool {
         let Some((m, part)) = name.rsplit_once('.') else { return false };
-        let Some(q) = self.quantized.get(m) else { return false };
+        if !self.quantized.contains_key(m) {
+            return false;
+        }
         match self.format {
             CheckpointFormat::Gptq => GPTQ_PARTS.contains(&part),
-            CheckpointFormat::CompressedTensors => CT_PARTS.contains(&part) || (part == "weight" && q.scheme.is_fp8()),
+            // `weight` is a quantized module's storage when it is not packed (FP8, int-quantized).
+            CheckpointFormat::CompressedTensors => {
+                CT_PARTS.contains(&part) || matches!(part, "weight" | "input_scale" | "input_zero_point")
+            }
+            CheckpointFormat::Awq => AWQ_PARTS.contains(&part),
         }
     }
 
@@ -381,14 +539,16 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
                 let cfg = CtConfig::from_json(&qc, &qc_path)?;
                 let packed = names.iter().filter_map(|n| n.strip_suffix(".weight_packed"));
                 let fp8 = names.iter().filter_map(|n| n.strip_suffix(".weight_scale")).filter(|m| {
-                    get(&format!("{m}.weight")).is_some_and(|w| matches!(w.dtype(), Dtype::F8_E4M3 | Dtype::F8_E5M2))
+                    get(&format!("{m}.weight"))
+                        .is_some_and(|w| matches!(w.dtype(), Dtype::F8_E4M3 | Dtype::F8_E5M2 | Dtype::I8))
                 });
                 let modules: BTreeSet<&str> = packed.chain(fp8).collect();
                 for m in modules {
                     let w = cfg.weights_for(m)?;
-                    let is_packed = names.contains(format!("{m}.weight_packed").as_str());
-                    if is_packed == w.scheme.is_fp8() {
-                        let found = if is_packed { "packed integer" } else { "FP8" };
+                    let is_int = names.contains(format!("{m}.weight_packed").as_str())
+                        || get(&format!("{m}.weight")).is_some_and(|t| t.dtype() == Dtype::I8);
+                    if is_int == w.scheme.is_fp8() {
+                        let found = if is_int { "integer" } else { "FP8" };
                         return Err(Error::tensor(
                             m,
                             format!("holds {found} weights but the config gives it {}", w.scheme),
@@ -398,10 +558,17 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
                 }
                 CheckpointFormat::CompressedTensors
             }
+            "awq" => {
+                let cfg = AwqConfig::from_json(&qc, &qc_path)?;
+                for m in names.iter().filter_map(|n| n.strip_suffix(".qweight")) {
+                    quantized.insert(m.to_string(), awq::from_tensors(m, &get, &cfg)?);
+                }
+                CheckpointFormat::Awq
+            }
             other => {
                 return Err(Error::config(
                     &qc_path,
-                    format!("quant_method {other:?} is not supported (gptq, compressed-tensors)"),
+                    format!("quant_method {other:?} is not supported (gptq, compressed-tensors, awq)"),
                 ))
             }
         };
@@ -426,7 +593,8 @@ mod tests {
     #[test]
     fn format_names_and_regex_escape() {
         assert_eq!("gptq".parse::<CheckpointFormat>().unwrap(), CheckpointFormat::Gptq);
-        assert!("awq".parse::<CheckpointFormat>().unwrap_err().to_string().contains("awq"));
+        assert_eq!("awq".parse::<CheckpointFormat>().unwrap(), CheckpointFormat::Awq);
+        assert!("marlin".parse::<CheckpointFormat>().unwrap_err().to_string().contains("marlin"));
         let r = exact_regex("model.layers.0.mlp.down_proj");
         assert_eq!(r, r"^model\.layers\.0\.mlp\.down_proj$");
         assert!(target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj"));

@@ -150,9 +150,7 @@ impl<'a> Reader<'a> {
             8 => Value::String(self.string(&w)?),
             9 => {
                 if depth >= MAX_NESTING {
-                    return Err(self.err(format!(
-                        "{key}: arrays nested deeper than {MAX_NESTING} levels"
-                    )));
+                    return Err(self.err(format!("{key}: arrays nested deeper than {MAX_NESTING} levels")));
                 }
                 let ety = self.u32(&|| format!("array element type of {key}"))?;
                 let n = self.u64(&|| format!("array length of {key}"))?;
@@ -174,11 +172,7 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.fixed(&w)?)),
             11 => Value::I64(i64::from_le_bytes(self.fixed(&w)?)),
             12 => Value::F64(f64::from_le_bytes(self.fixed(&w)?)),
-            _ => {
-                return Err(self.err(format!(
-                    "{key}: unknown metadata value type {ty} (known: 0..=12)"
-                )))
-            }
+            _ => return Err(self.err(format!("{key}: unknown metadata value type {ty} (known: 0..=12)"))),
         })
     }
 }
@@ -191,27 +185,14 @@ impl GgufFile {
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len < 24 {
-            return Err(Error::format(
-                &path,
-                format!("truncated file: {len} bytes, a GGUF header needs 24"),
-            ));
+            return Err(Error::format(&path, format!("truncated file: {len} bytes, a GGUF header needs 24")));
         }
         // SAFETY: the map is read-only; like every mmap reader we assume nobody
         // truncates the file while it is open.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let parsed = parse(&path, &mmap)?;
-        let meta_index = parsed
-            .metadata
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), i))
-            .collect();
-        let tensor_index = parsed
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let meta_index = parsed.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let tensor_index = parsed.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(Self {
             path,
             mmap,
@@ -251,20 +232,11 @@ impl GgufFile {
         self.meta_index.get(key).map(|&i| &self.metadata[i].1)
     }
 
-    fn typed<'a, T>(
-        &'a self,
-        key: &str,
-        want: &str,
-        f: impl Fn(&'a Value) -> Option<T>,
-    ) -> Result<T> {
-        let v = self
-            .metadata(key)
-            .ok_or_else(|| Error::format(&self.path, format!("metadata key {key} is missing")))?;
+    fn typed<'a, T>(&'a self, key: &str, want: &str, f: impl Fn(&'a Value) -> Option<T>) -> Result<T> {
+        let v =
+            self.metadata(key).ok_or_else(|| Error::format(&self.path, format!("metadata key {key} is missing")))?;
         f(v).ok_or_else(|| {
-            Error::format(
-                &self.path,
-                format!("metadata key {key} is a {}, expected {want}", v.type_name()),
-            )
+            Error::format(&self.path, format!("metadata key {key} is a {}, expected {want}", v.type_name()))
         })
     }
     /// A required non-negative integer (any integer type).
@@ -291,13 +263,7 @@ impl GgufFile {
             .enumerate()
             .map(|(i, v)| {
                 v.as_str().ok_or_else(|| {
-                    Error::format(
-                        &self.path,
-                        format!(
-                            "metadata {key}[{i}] is a {}, expected a string",
-                            v.type_name()
-                        ),
-                    )
+                    Error::format(&self.path, format!("metadata {key}[{i}] is a {}, expected a string", v.type_name()))
                 })
             })
             .collect()
@@ -317,10 +283,7 @@ impl GgufFile {
     pub fn dequantize(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let data = self.tensor_data(t);
         if data.len() != t.len {
-            return Err(Error::tensor(
-                &t.name,
-                format!("tensor info does not belong to {}", self.path.display()),
-            ));
+            return Err(Error::tensor(&t.name, format!("tensor info does not belong to {}", self.path.display())));
         }
         ggml::dequantize(t.ggml_type, data, t.n_elements())
             .map_err(|e| Error::tensor(&t.name, format!("{}: {e}", self.path.display())))
@@ -353,23 +316,10 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
     match version {
         2 | 3 => {}
         v if v.swap_bytes() <= 3 && v.swap_bytes() > 0 => {
-            return Err(Error::format(
-                path,
-                format!("big-endian GGUF (version 0x{v:08x}) is not supported"),
-            ))
+            return Err(Error::format(path, format!("big-endian GGUF (version 0x{v:08x}) is not supported")))
         }
-        1 => {
-            return Err(Error::format(
-                path,
-                "unsupported GGUF version 1 (32-bit counts); supported: 2 and 3",
-            ))
-        }
-        v => {
-            return Err(Error::format(
-                path,
-                format!("unsupported GGUF version {v}; supported: 2 and 3"),
-            ))
-        }
+        1 => return Err(Error::format(path, "unsupported GGUF version 1 (32-bit counts); supported: 2 and 3")),
+        v => return Err(Error::format(path, format!("unsupported GGUF version {v}; supported: 2 and 3"))),
     }
     let n_tensors = r.u64(&|| "tensor count".into())?;
     let n_kv = r.u64(&|| "metadata count".into())?;
@@ -393,10 +343,7 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         None => DEFAULT_ALIGNMENT,
         Some((_, Value::U32(a))) if a.is_power_of_two() => *a as u64,
         Some((_, v)) => {
-            return Err(Error::format(
-                path,
-                format!("general.alignment must be a power-of-two u32, got {v:?}"),
-            ));
+            return Err(Error::format(path, format!("general.alignment must be a power-of-two u32, got {v:?}")));
         }
     };
 
@@ -405,22 +352,15 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
         let name = r.string(&|| format!("name of tensor {i}"))?;
         let n_dims = r.u32(&|| format!("n_dims of tensor {name}"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(Error::format(
-                path,
-                format!("tensor {name}: n_dims = {n_dims}, expected 1..={MAX_DIMS}"),
-            ));
+            return Err(Error::format(path, format!("tensor {name}: n_dims = {n_dims}, expected 1..={MAX_DIMS}")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             dims.push(r.u64(&|| format!("dim {d} of tensor {name}"))?);
         }
         let type_id = r.u32(&|| format!("type of tensor {name}"))?;
-        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| {
-            Error::format(
-                path,
-                format!("tensor {name}: unknown GGML tensor type id {type_id}"),
-            )
-        })?;
+        let ggml_type = GgmlType::from_id(type_id)
+            .ok_or_else(|| Error::format(path, format!("tensor {name}: unknown GGML tensor type id {type_id}")))?;
         let offset = r.u64(&|| format!("offset of tensor {name}"))?;
         infos.push((name, dims, ggml_type, offset));
     }
@@ -443,17 +383,11 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
                 ggml_type.block_size()
             )));
         }
-        let size = ggml_type
-            .bytes_for(n)
-            .ok_or_else(|| bad(format!("{n} elements of {ggml_type} overflow")))?;
+        let size = ggml_type.bytes_for(n).ok_or_else(|| bad(format!("{n} elements of {ggml_type} overflow")))?;
         if offset % alignment != 0 {
-            return Err(bad(format!(
-                "data offset {offset} is not a multiple of the alignment {alignment}"
-            )));
+            return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
         }
-        let end = data_start
-            .checked_add(offset)
-            .and_then(|s| s.checked_add(size));
+        let end = data_start.checked_add(offset).and_then(|s| s.checked_add(size));
         match end {
             Some(end) if end <= file_len => {}
             _ => {
@@ -467,22 +401,9 @@ fn parse(path: &Path, buf: &[u8]) -> Result<Parsed> {
             return Err(bad("duplicate tensor name".into()));
         }
         let (start, len) = ((data_start + offset) as usize, size as usize);
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-            start,
-            len,
-        });
+        tensors.push(TensorInfo { name, dims, ggml_type, offset, start, len });
     }
-    Ok(Parsed {
-        version,
-        alignment,
-        data_start,
-        metadata,
-        tensors,
-    })
+    Ok(Parsed { version, alignment, data_start, metadata, tensors })
 }
 
 #[cfg(test)]
@@ -528,14 +449,8 @@ mod tests {
         assert_eq!(g.data_start() % 32, 0);
         for n in 0..full.len() {
             std::fs::write(&p, &full[..n]).unwrap();
-            let e = GgufFile::open(&p)
-                .err()
-                .unwrap_or_else(|| panic!("prefix of {n} bytes opened"))
-                .to_string();
-            assert!(
-                e.contains("truncated") || e.contains("past the end"),
-                "prefix {n}: {e}"
-            );
+            let e = GgufFile::open(&p).err().unwrap_or_else(|| panic!("prefix of {n} bytes opened")).to_string();
+            assert!(e.contains("truncated") || e.contains("past the end"), "prefix {n}: {e}");
         }
     }
 
@@ -546,10 +461,7 @@ mod tests {
         std::fs::write(&p, tiny()).unwrap();
         let g = GgufFile::open(&p).unwrap();
         let e = g.get_u64("general.name").unwrap_err().to_string();
-        assert!(
-            e.contains("general.name is a string, expected a non-negative integer"),
-            "{e}"
-        );
+        assert!(e.contains("general.name is a string, expected a non-negative integer"), "{e}");
         let e = g.get_u64("nope").unwrap_err().to_string();
         assert!(e.contains("nope is missing"), "{e}");
         assert_eq!(Value::F32(1e-5).as_f64(), Some(1e-5));

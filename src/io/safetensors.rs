@@ -40,8 +40,12 @@ impl SafetensorsStore {
             let single = path.join("model.safetensors");
             if index.exists() {
                 let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
-                let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::format(&index, "missing \"weight_map\" object"))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
+                let map = v
+                    .get("weight_map")
+                    .and_then(|m| m.as_object())
+                    .ok_or_else(|| Error::format(&index, "missing \"weight_map\" object"))?;
                 let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
                 names.sort();
                 names.dedup();
@@ -56,7 +60,10 @@ impl SafetensorsStore {
                     .collect();
                 found.sort();
                 if found.is_empty() {
-                    return Err(Error::format(path, "no model.safetensors, model.safetensors.index.json or *.safetensors in this directory"));
+                    return Err(Error::format(
+                        path,
+                        "no model.safetensors, model.safetensors.index.json or *.safetensors in this directory",
+                    ));
                 }
                 found
             }
@@ -83,7 +90,13 @@ impl SafetensorsStore {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             let declared = mmap.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-            Error::format(path, format!("not a valid safetensors file ({e}; header length field {declared:?}, file length {})", mmap.len()))
+            Error::format(
+                path,
+                format!(
+                    "not a valid safetensors file ({e}; header length field {declared:?}, file length {})",
+                    mmap.len()
+                ),
+            )
         })?;
         Ok(Shard { path: path.to_path_buf(), mmap, data_start: 8 + header_len, metadata })
     }
@@ -108,7 +121,8 @@ impl SafetensorsStore {
     }
 
     fn info(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
-        let shard = &self.shards[*self.index.get(name).ok_or_else(|| Error::tensor(name, "not found in the model's safetensors"))?];
+        let shard = &self.shards
+            [*self.index.get(name).ok_or_else(|| Error::tensor(name, "not found in the model's safetensors"))?];
         let info = shard.metadata.info(name).expect("index built from metadata");
         Ok((shard, info))
     }
@@ -146,8 +160,15 @@ pub fn bytes_to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> 
     Ok(match dtype {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
-        other => return Err(Error::tensor(name, format!("dtype {other:?} is not a float type this loader reads (F32, F16, BF16)"))),
+        Dtype::BF16 => {
+            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect()
+        }
+        other => {
+            return Err(Error::tensor(
+                name,
+                format!("dtype {other:?} is not a float type this loader reads (F32, F16, BF16)"),
+            ))
+        }
     })
 }
 
@@ -175,7 +196,11 @@ mod tests {
         let tb = safetensors::tensor::TensorView::new(Dtype::F16, vec![1], &b).unwrap();
         safetensors::serialize_to_file([("a", ta)], None, &dir.path().join("m-1.safetensors")).unwrap();
         safetensors::serialize_to_file([("b", tb)], None, &dir.path().join("m-2.safetensors")).unwrap();
-        std::fs::write(dir.path().join("model.safetensors.index.json"), r#"{"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors"}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            r#"{"weight_map":{"a":"m-1.safetensors","b":"m-2.safetensors"}}"#,
+        )
+        .unwrap();
         let s = SafetensorsStore::open(dir.path()).unwrap();
         assert_eq!(s.f32("a").unwrap().0, vec![1.0, 2.0]);
         assert_eq!(s.f32_shaped("b", &[1]).unwrap(), vec![3.0]);

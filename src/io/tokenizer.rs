@@ -11,16 +11,21 @@ pub struct Tokenizer {
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::format(path, "tokenizer.json not found (a model directory needs one; `quantize convert` writes it)"));
+            return Err(Error::format(
+                path,
+                "tokenizer.json not found (a model directory needs one; `quantize convert` writes it)",
+            ));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::format(path, format!("cannot load tokenizer: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::format(path, format!("cannot load tokenizer: {e}")))?;
         Ok(Self { inner, path: path.to_path_buf() })
     }
 
     /// Token ids of `text`, without special tokens added (the model's BOS policy is the
     /// caller's: SmolLM2 adds none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::format(&self.path, format!("encoding failed: {e}")))?;
+        let enc =
+            self.inner.encode(text, false).map_err(|e| Error::format(&self.path, format!("encoding failed: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -36,5 +41,10 @@ impl Tokenizer {
 /// Read a text file, refusing bytes that are not UTF-8 (with the offset).
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| Error::format(path, format!("text is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to())))
+    String::from_utf8(bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("text is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }

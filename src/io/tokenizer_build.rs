@@ -57,10 +57,7 @@ fn opt_id(g: &GgufFile, key: &str, n: usize) -> Result<Option<u32>> {
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(id) if (id as usize) < n => Ok(Some(id as u32)),
-            _ => Err(Error::format(
-                g.path(),
-                format!("{key} = {v:?} is not a token id below the vocabulary size {n}"),
-            )),
+            _ => Err(Error::format(g.path(), format!("{key} = {v:?} is not a token id below the vocabulary size {n}"))),
         },
     }
 }
@@ -89,11 +86,7 @@ impl GgufTokenizer {
                 ))
             }
         };
-        let tokens: Vec<String> = g
-            .get_str_array("tokenizer.ggml.tokens")?
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let tokens: Vec<String> = g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(String::from).collect();
         let n = tokens.len();
         let token_types = match g.metadata("tokenizer.ggml.token_type") {
             None => vec![token_type::NORMAL; n],
@@ -105,10 +98,7 @@ impl GgufTokenizer {
                     _ => {
                         return Err(Error::format(
                             path,
-                            format!(
-                                "tokenizer.ggml.token_type must be {n} integers, got {} values",
-                                a.len()
-                            ),
+                            format!("tokenizer.ggml.token_type must be {n} integers, got {} values", a.len()),
                         ))
                     }
                 }
@@ -122,15 +112,11 @@ impl GgufTokenizer {
                 // llama.cpp splits at the first space after the first character.
                 match m.char_indices().skip(1).find(|&(_, c)| c == ' ') {
                     Some((at, _)) => Ok((m[..at].to_string(), m[at + 1..].to_string())),
-                    None => Err(Error::format(
-                        path,
-                        format!("tokenizer.ggml.merges[{i}] = {m:?} has no space"),
-                    )),
+                    None => Err(Error::format(path, format!("tokenizer.ggml.merges[{i}] = {m:?} has no space"))),
                 }
             })
             .collect::<Result<_>>()?;
-        let flag =
-            |k: &str, default: bool| g.metadata(k).and_then(|v| v.as_bool()).unwrap_or(default);
+        let flag = |k: &str, default: bool| g.metadata(k).and_then(|v| v.as_bool()).unwrap_or(default);
         Ok(Self {
             tokens,
             token_types,
@@ -142,10 +128,7 @@ impl GgufTokenizer {
             pad: opt_id(g, "tokenizer.ggml.padding_token_id", n)?,
             add_bos: flag("tokenizer.ggml.add_bos_token", false),
             add_eos: flag("tokenizer.ggml.add_eos_token", false),
-            chat_template: g
-                .metadata("tokenizer.chat_template")
-                .and_then(|v| v.as_str())
-                .map(String::from),
+            chat_template: g.metadata("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
         })
     }
 
@@ -177,11 +160,8 @@ impl GgufTokenizer {
         if self.add_bos || self.add_eos {
             post.push(self.template_processing());
         }
-        let post_processor = if post.len() == 1 {
-            post.remove(0)
-        } else {
-            json!({"type": "Sequence", "processors": post})
-        };
+        let post_processor =
+            if post.len() == 1 { post.remove(0) } else { json!({"type": "Sequence", "processors": post}) };
         let mut vocab = Map::new();
         for (id, t) in self.tokens.iter().enumerate() {
             vocab.entry(t.clone()).or_insert(json!(id));
@@ -259,9 +239,7 @@ mod tests {
     /// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the rest to
     /// U+0100 upwards in byte order.
     fn byte_char(b: u8) -> char {
-        let printable = |b: u8| {
-            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-        };
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         if printable(b) {
             return b as char;
         }
@@ -272,11 +250,10 @@ mod tests {
     fn tiny(pre: PreTokenizer, add_bos: bool) -> GgufTokenizer {
         let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string()];
         tokens.extend((0..=255u8).map(|b| byte_char(b).to_string()));
-        let merges: Vec<(String, String)> =
-            [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w"), ("1", "2")]
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect();
+        let merges: Vec<(String, String)> = [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w"), ("1", "2")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         let mut token_types = vec![token_type::NORMAL; tokens.len()];
         token_types[0] = token_type::CONTROL;
@@ -308,32 +285,19 @@ mod tests {
         let enc = tok.encode(text, false).unwrap();
         let pieces = enc.get_tokens();
         assert_eq!(&pieces[..3], &["hell", "o", "Ġw"], "{pieces:?}");
-        assert!(
-            pieces.contains(&"1".to_string()) && !pieces.contains(&"12".to_string()),
-            "digits: {pieces:?}"
-        );
-        assert_eq!(
-            enc.get_ids().iter().filter(|&&id| id == 1).count(),
-            1,
-            "special token: {pieces:?}"
-        );
+        assert!(pieces.contains(&"1".to_string()) && !pieces.contains(&"12".to_string()), "digits: {pieces:?}");
+        assert_eq!(enc.get_ids().iter().filter(|&&id| id == 1).count(), 1, "special token: {pieces:?}");
         assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text);
         // Without the Digits step the "12" merge applies.
-        let enc = load(&tiny(PreTokenizer::Gpt2, false))
-            .encode("a 12", false)
-            .unwrap();
+        let enc = load(&tiny(PreTokenizer::Gpt2, false)).encode("a 12", false).unwrap();
         assert_eq!(enc.get_tokens(), &["a", "Ġ", "12"]);
     }
 
     #[test]
     fn add_bos_prepends_bos_only_when_asked() {
-        let plain = load(&tiny(PreTokenizer::SmolLm, false))
-            .encode("he", true)
-            .unwrap();
+        let plain = load(&tiny(PreTokenizer::SmolLm, false)).encode("he", true).unwrap();
         assert_eq!(plain.get_tokens(), &["he"]);
-        let bos = load(&tiny(PreTokenizer::SmolLm, true))
-            .encode("he", true)
-            .unwrap();
+        let bos = load(&tiny(PreTokenizer::SmolLm, true)).encode("he", true).unwrap();
         assert_eq!(bos.get_tokens(), &["<|im_start|>", "he"]);
     }
 

@@ -30,37 +30,62 @@ const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        let raw: Value =
+            serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         Self::from_json(raw, path)
     }
 
     pub fn from_json(raw: Value, path: &Path) -> Result<Self> {
-        let model_type = raw.get("model_type").and_then(Value::as_str).ok_or_else(|| Error::config(path, "missing required key \"model_type\""))?.to_string();
+        let model_type = raw
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::config(path, "missing required key \"model_type\""))?
+            .to_string();
         if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(Error::config(path, format!("unsupported architecture model_type = \"{model_type}\"; supported: {}", SUPPORTED.join(", "))));
+            return Err(Error::config(
+                path,
+                format!("unsupported architecture model_type = \"{model_type}\"; supported: {}", SUPPORTED.join(", ")),
+            ));
         }
         let req = |key: &str| -> Result<usize> {
             let v = raw.get(key).ok_or_else(|| Error::config(path, format!("missing required key \"{key}\"")))?;
-            v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a positive integer, found {v}")))
+            v.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| n as usize)
+                .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a positive integer, found {v}")))
         };
         let opt_f = |key: &str, default: f64| -> Result<f32> {
             match raw.get(key) {
                 None | Some(Value::Null) => Ok(default as f32),
-                Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a number, found {v}"))),
+                Some(v) => v
+                    .as_f64()
+                    .map(|x| x as f32)
+                    .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a number, found {v}"))),
             }
         };
         let hidden_size = req("hidden_size")?;
         let num_heads = req("num_attention_heads")?;
-        let num_kv_heads = if raw.get("num_key_value_heads").is_some_and(|v| !v.is_null()) { req("num_key_value_heads")? } else { num_heads };
-        let head_dim = if raw.get("head_dim").is_some_and(|v| !v.is_null()) { req("head_dim")? } else { hidden_size / num_heads };
+        let num_kv_heads = if raw.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
+            req("num_key_value_heads")?
+        } else {
+            num_heads
+        };
+        let head_dim =
+            if raw.get("head_dim").is_some_and(|v| !v.is_null()) { req("head_dim")? } else { hidden_size / num_heads };
         if num_heads % num_kv_heads != 0 {
-            return Err(Error::config(path, format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})")));
+            return Err(Error::config(
+                path,
+                format!("num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"),
+            ));
         }
         if head_dim % 2 != 0 {
             return Err(Error::config(path, format!("head_dim {head_dim} must be even for rotary embeddings")));
         }
         if let Some(rs) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
-            return Err(Error::config(path, format!("rope_scaling {rs} is not supported yet (only plain RoPE with rope_theta)")));
+            return Err(Error::config(
+                path,
+                format!("rope_scaling {rs} is not supported yet (only plain RoPE with rope_theta)"),
+            ));
         }
         let act = raw.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if act != "silu" {
@@ -77,7 +102,8 @@ impl LlamaConfig {
             vocab_size: req("vocab_size")?,
             rms_norm_eps: opt_f("rms_norm_eps", 1e-6)?,
             rope_theta: opt_f("rope_theta", 10000.0)?,
-            max_position_embeddings: raw.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048) as usize,
+            max_position_embeddings: raw.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048)
+                as usize,
             tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
             qkv_bias,
             model_type,

@@ -75,7 +75,17 @@ const ATTN_BLOCK: usize = 128;
 /// Causal grouped-query attention over independent windows.
 /// q: `[windows·seq, heads·hd]`, k, v: `[windows·seq, kv_heads·hd]`, out: `[windows·seq, heads·hd]`.
 /// Each window attends only to itself: nothing crosses windows.
-pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], windows: usize, seq: usize, heads: usize, kv_heads: usize, hd: usize, out: &mut [f32]) {
+pub fn causal_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    windows: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
     let (qw, kvw) = (heads * hd, kv_heads * hd);
     let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -95,7 +105,14 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], windows: usize, seq: us
             let r1 = (r0 + ATTN_BLOCK).min(seq);
             let (rows, keys) = (r1 - r0, r1);
             let sc = &mut scores[..rows * keys];
-            matmul(MatMut::from_row_major_slice_mut(sc, rows, keys), Accum::Replace, qm.subrows(r0, rows), km.subrows(0, keys).transpose(), scale, Par::Seq);
+            matmul(
+                MatMut::from_row_major_slice_mut(sc, rows, keys),
+                Accum::Replace,
+                qm.subrows(r0, rows),
+                km.subrows(0, keys).transpose(),
+                scale,
+                Par::Seq,
+            );
             for (i, row) in sc.chunks_mut(keys).enumerate() {
                 let valid = &mut row[..=r0 + i];
                 let m = valid.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -138,7 +155,16 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Plain causal GQA attention in f64, one position at a time.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], windows: usize, seq: usize, heads: usize, kv: usize, hd: usize) -> Vec<f32> {
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        windows: usize,
+        seq: usize,
+        heads: usize,
+        kv: usize,
+        hd: usize,
+    ) -> Vec<f32> {
         let (qw, kw) = (heads * hd, kv * hd);
         let mut out = vec![0.0f32; windows * seq * qw];
         for w in 0..windows {
@@ -146,11 +172,21 @@ mod tests {
                 let kh = h / (heads / kv);
                 for i in 0..seq {
                     let qi = &q[(w * seq + i) * qw + h * hd..][..hd];
-                    let s: Vec<f64> = (0..=i).map(|j| qi.iter().zip(&k[(w * seq + j) * kw + kh * hd..][..hd]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            qi.iter()
+                                .zip(&k[(w * seq + j) * kw + kh * hd..][..hd])
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     for d in 0..hd {
-                        out[(w * seq + i) * qw + h * hd + d] = (0..=i).map(|j| (s[j] - m).exp() / z * v[(w * seq + j) * kw + kh * hd + d] as f64).sum::<f64>() as f32;
+                        out[(w * seq + i) * qw + h * hd + d] = (0..=i)
+                            .map(|j| (s[j] - m).exp() / z * v[(w * seq + j) * kw + kh * hd + d] as f64)
+                            .sum::<f64>() as f32;
                     }
                 }
             }
@@ -163,7 +199,8 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for &(windows, seq, heads, kv, hd) in &[(2, 300, 6, 2, 8), (1, 1, 2, 1, 4), (3, 129, 4, 4, 6)] {
             let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
-            let (q, k, v) = (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
+            let (q, k, v) =
+                (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
             let mut out = vec![0.0; q.len()];
             causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, &mut out);
             let r = reference(&q, &k, &v, windows, seq, heads, kv, hd);

@@ -49,6 +49,100 @@ pub fn linear_shape(cfg: &LlamaConfig, short: &str) -> (usize, usize) {
     }
 }
 
+/// The operation whose output a scale group's linears read (AWQ divides its output
+/// channels by the group's scales, so the linears can multiply their inputs by them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleSource {
+    /// `input_layernorm` (its weight is divided).
+    InputNorm,
+    /// `post_attention_layernorm`.
+    PostNorm,
+    /// A block linear (short name): its rows (and bias) are divided.
+    Linear(&'static str),
+}
+
+/// What AWQ compares, full precision vs quantized, when it scores a group's scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleTarget {
+    /// The attention output after o_proj (q/k/v feed it through the softmax).
+    AttentionOutput,
+    /// The MLP output after down_proj (gate/up feed it through SwiGLU).
+    MlpOutput,
+    /// The group's own linear outputs.
+    Linears,
+}
+
+/// AWQ scale group: `source -> linears`, the linears reading `source`'s output at `site`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleGroup {
+    pub source: ScaleSource,
+    /// Short names, in [`BLOCK_LINEARS`] order.
+    pub linears: Vec<&'static str>,
+    pub site: InputSite,
+    pub target: ScaleTarget,
+}
+
+impl ScaleGroup {
+    /// Declare a group, refusing one whose widths do not line up: `source`'s output width
+    /// must be every linear's input width, and the linears must share one input site.
+    pub fn new(cfg: &LlamaConfig, source: ScaleSource, linears: &[&'static str], target: ScaleTarget) -> Result<Self> {
+        let site_of = |l: &str| BLOCK_LINEARS.iter().find(|(s, _)| *s == l).map(|(_, site)| *site);
+        let name = format!("{source:?} -> {linears:?}");
+        let width = match source {
+            ScaleSource::InputNorm | ScaleSource::PostNorm => cfg.hidden_size,
+            ScaleSource::Linear(l) => {
+                site_of(l).ok_or_else(|| Error::other_msg(format!("scale group {name}: {l} is not a block linear")))?;
+                linear_shape(cfg, l).0
+            }
+        };
+        let first = *linears.first().ok_or_else(|| Error::other_msg(format!("scale group {name}: no linears")))?;
+        let site = site_of(first)
+            .ok_or_else(|| Error::other_msg(format!("scale group {name}: {first} is not a block linear")))?;
+        for &l in linears {
+            let s =
+                site_of(l).ok_or_else(|| Error::other_msg(format!("scale group {name}: {l} is not a block linear")))?;
+            if s != site {
+                return Err(Error::other_msg(format!(
+                    "scale group {name}: {l} reads {s:?} but {first} reads {site:?}"
+                )));
+            }
+            if ScaleSource::Linear(l) == source {
+                return Err(Error::other_msg(format!("scale group {name}: {l} cannot scale its own input")));
+            }
+            let inp = linear_shape(cfg, l).1;
+            if inp != width {
+                return Err(Error::other_msg(format!(
+                    "scale group {name}: the source's output has {width} channels but {l} reads {inp}"
+                )));
+            }
+        }
+        Ok(Self { source, linears: linears.to_vec(), site, target })
+    }
+}
+
+/// The AWQ scale groups of a block, in site order: input norm -> q/k/v; v -> o only when
+/// v's outputs are o's inputs one to one (no grouped-query attention, as AutoAWQ's
+/// `v_proj.weight.shape == o_proj.weight.shape`); post-attention norm -> gate/up; up -> down.
+pub fn scale_groups(cfg: &LlamaConfig) -> Result<Vec<ScaleGroup>> {
+    use ScaleSource::*;
+    let mut g = vec![ScaleGroup::new(
+        cfg,
+        InputNorm,
+        &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ScaleTarget::AttentionOutput,
+    )?];
+    if cfg.num_kv_heads == cfg.num_heads {
+        g.push(ScaleGroup::new(cfg, Linear("self_attn.v_proj"), &["self_attn.o_proj"], ScaleTarget::Linears)?);
+    }
+    g.push(ScaleGroup::new(cfg, PostNorm, &["mlp.gate_proj", "mlp.up_proj"], ScaleTarget::MlpOutput)?);
+    g.push(ScaleGroup::new(cfg, Linear("mlp.up_proj"), &["mlp.down_proj"], ScaleTarget::Linears)?);
+    Ok(g)
+}
+
+/// Linears whose outputs meet in the attention scores `q·kᵀ`: the softmax magnifies
+/// their errors, so AWQ's clipping search leaves them alone.
+pub const SCORE_LINEARS: [&str; 2] = ["self_attn.q_proj", "self_attn.k_proj"];
+
 /// Sees the input of each linear site as a block runs (calibration observers).
 pub trait BlockHook {
     /// `x`: `[tokens, width]` row-major, the exact input the site's linears receive.
@@ -161,7 +255,15 @@ impl Block {
 
     /// Run the block in place on `x` (`[windows·seq, hidden]`), showing each linear
     /// site's input to `hook`.
-    pub fn forward(&self, cfg: &LlamaConfig, rope: &Rope, x: &mut [f32], windows: usize, seq: usize, mut hook: Option<&mut dyn BlockHook>) -> Result<()> {
+    pub fn forward(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &Rope,
+        x: &mut [f32],
+        windows: usize,
+        seq: usize,
+        mut hook: Option<&mut dyn BlockHook>,
+    ) -> Result<()> {
         let t = windows * seq;
         debug_assert_eq!(x.len(), t * cfg.hidden_size);
         let h1 = self.attn_input(cfg, x);
@@ -188,7 +290,8 @@ impl Block {
     }
 
     pub fn weight_bytes(&self) -> usize {
-        self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>() + (self.input_norm.len() + self.post_norm.len()) * 4
+        self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>()
+            + (self.input_norm.len() + self.post_norm.len()) * 4
     }
 }
 
@@ -217,7 +320,10 @@ impl LlamaModel {
         let embed = Arc::new(store.f32_shaped("model.embed_tokens.weight", &[vocab, h])?);
         let blocks = (0..cfg.num_layers).map(|i| Block::load(&cfg, store, i, make)).collect::<Result<Vec<_>>>()?;
         let norm = store.f32_shaped("model.norm.weight", &[h])?;
-        let lm_head = if store.contains("lm_head.weight") || store.contains("lm_head.qweight") || store.contains("lm_head.weight_packed") {
+        let lm_head = if store.contains("lm_head.weight")
+            || store.contains("lm_head.qweight")
+            || store.contains("lm_head.weight_packed")
+        {
             Some(make("lm_head", vocab, h)?)
         } else if cfg.tie_word_embeddings {
             None
@@ -279,7 +385,10 @@ impl LlamaModel {
 
     /// Resident bytes of all weights (embedding, blocks, norm, head).
     pub fn weight_bytes(&self) -> usize {
-        self.embed.len() * 4 + self.blocks.iter().map(Block::weight_bytes).sum::<usize>() + self.norm.len() * 4 + self.lm_head.as_ref().map_or(0, |l| l.weight_bytes())
+        self.embed.len() * 4
+            + self.blocks.iter().map(Block::weight_bytes).sum::<usize>()
+            + self.norm.len() * 4
+            + self.lm_head.as_ref().map_or(0, |l| l.weight_bytes())
     }
 }
 

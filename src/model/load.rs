@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::format::QuantizedTensor;
 use crate::io::checkpoint::read_quantized_checkpoint;
 use crate::io::safetensors::SafetensorsStore;
+use crate::quant::activation::{checkpoint_activations, ActQuantLinear};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,15 +27,27 @@ pub struct LoadInfo {
     pub bytes_on_disk: u64,
     /// Bytes of weights resident after loading.
     pub resident_weight_bytes: usize,
+    /// Activation quantization of the quantized linears (e.g. `int8-sym-static-tensor`).
+    pub activations: Option<String>,
 }
 
 /// True when `dir/config.json` carries a `quantization_config`.
 pub fn is_quantized_dir(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json")).ok().and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()).is_some_and(|v| v.get("quantization_config").is_some())
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .is_some_and(|v| v.get("quantization_config").is_some())
 }
 
 fn safetensors_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Make the linear of a quantized tensor (the CPU packed linear by default).
@@ -52,13 +65,24 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
         let ckpt = read_quantized_checkpoint(dir)?;
         info.format = Some(ckpt.format.as_str().to_string());
         info.quantized_linears = ckpt.quantized.len();
-        let (bits, weights) = ckpt.quantized.values().fold((0u64, 0u64), |(b, w), q| (b + q.storage_bits(), w + (q.rows * q.cols) as u64));
+        let (bits, weights) = ckpt
+            .quantized
+            .values()
+            .fold((0u64, 0u64), |(b, w), q| (b + q.storage_bits(), w + (q.rows * q.cols) as u64));
         info.bits_per_weight = (weights > 0).then(|| bits as f64 / weights as f64);
+        // Input quantization as the config says: each such linear is wrapped.
+        let acts = checkpoint_activations(&ckpt)?;
+        info.activations = acts.values().next().map(|(s, _)| s.to_string());
         // Each tensor is packed and its unpacked codes freed as soon as it is used.
         let pending: RefCell<BTreeMap<String, QuantizedTensor>> = RefCell::new(ckpt.quantized);
         let store = &ckpt.store;
         LlamaModel::load_with(cfg, store, &|name, o, i| match pending.borrow_mut().remove(name) {
-            Some(q) => make_quantized(name, &q),
+            Some(q) => match acts.get(name) {
+                Some(&(s, p)) => {
+                    Ok(Box::new(ActQuantLinear::new(name, make_quantized(name, &q)?, s, p)?) as Box<dyn Linear>)
+                }
+                None => make_quantized(name, &q),
+            },
             None => dense_from_store(store, name, o, i),
         })?
     } else {

@@ -1,5 +1,7 @@
 //! Quantization algorithms, one per file: rtn, gptq, awq, activation; linalg helpers.
+pub mod activation;
+pub mod awq;
 pub mod gptq;
-pub mod pipeline;
 pub mod linalg;
+pub mod pipeline;
 pub mod rtn;

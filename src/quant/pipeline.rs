@@ -54,30 +54,57 @@ fn sq_error(w: &[f32], q: &QuantizedTensor) -> f64 {
 }
 
 /// Round-to-nearest (integer or FP8) of every block linear (and the head if asked).
-pub fn quantize_rtn_model(cfg: &LlamaConfig, store: &SafetensorsStore, scheme: QuantScheme, clip: Option<ClipSearch>, include_head: bool) -> Result<(BTreeMap<String, QuantizedTensor>, QuantizeReport)> {
+pub fn quantize_rtn_model(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    scheme: QuantScheme,
+    clip: Option<ClipSearch>,
+    include_head: bool,
+) -> Result<(BTreeMap<String, QuantizedTensor>, QuantizeReport)> {
     let t0 = Instant::now();
     let mut targets = block_linears(cfg);
     if include_head {
         let name = if store.contains("lm_head.weight") { "lm_head" } else { "model.embed_tokens" };
         if name != "lm_head" {
-            return Err(Error::option("--include-head", "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)"));
+            return Err(Error::option(
+                "--include-head",
+                "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)",
+            ));
         }
         targets.push((name.to_string(), cfg.vocab_size, cfg.hidden_size));
     }
     let pb = indicatif::ProgressBar::new(targets.len() as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template("rtn [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}").unwrap().progress_chars("=> "));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("rtn [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
     let mut out = BTreeMap::new();
     let mut layers = Vec::new();
     for (name, o, i) in targets {
         let tl = Instant::now();
         let w = store.f32_shaped(&format!("{name}.weight"), &[o, i])?;
         let q = quantize_rtn(&name, &w, o, i, scheme, clip)?;
-        layers.push(LayerReport { name: name.clone(), shape: [o, i], loss: sq_error(&w, &q), damp: None, damp_retries: 0, seconds: tl.elapsed().as_secs_f64() });
+        layers.push(LayerReport {
+            name: name.clone(),
+            shape: [o, i],
+            loss: sq_error(&w, &q),
+            damp: None,
+            damp_retries: 0,
+            seconds: tl.elapsed().as_secs_f64(),
+        });
         out.insert(name, q);
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let report = QuantizeReport { method: if scheme.is_fp8() { "fp8" } else { "rtn" }.into(), scheme: scheme.to_string(), layers, timings: RunnerTimings::default(), calibration_tokens: 0, seconds: t0.elapsed().as_secs_f64() };
+    let report = QuantizeReport {
+        method: if scheme.is_fp8() { "fp8" } else { "rtn" }.into(),
+        scheme: scheme.to_string(),
+        layers,
+        timings: RunnerTimings::default(),
+        calibration_tokens: 0,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     Ok((out, report))
 }
 
@@ -94,19 +121,35 @@ impl SiteQuantizer for GptqSiteQuantizer {
         StatsRequest { hessian: true, ..Default::default() }
     }
 
-    fn quantize_site(&mut self, _block: usize, _site: InputSite, linears: &[LinearWeight], stats: &SiteStats) -> Result<Vec<QuantizedTensor>> {
+    fn quantize_site(
+        &mut self,
+        _block: usize,
+        _site: InputSite,
+        linears: &[LinearWeight],
+        stats: &SiteStats,
+    ) -> Result<Vec<QuantizedTensor>> {
         let h = stats.hessian.as_ref().expect("hessian requested").hessian();
         linears
             .iter()
             .map(|l| {
                 let r = gptq_quantize(&l.name, &l.weight, l.out_features, l.in_features, &h, self.scheme, &self.opts)?;
                 if r.damp_retries > 0 {
-                    eprintln!("gptq: {}: Hessian not positive definite; damping raised {} time(s) to {}", l.name, r.damp_retries, r.damp_used);
+                    eprintln!(
+                        "gptq: {}: Hessian not positive definite; damping raised {} time(s) to {}",
+                        l.name, r.damp_retries, r.damp_used
+                    );
                 }
                 if self.verbose {
                     eprintln!("gptq: {:<36} loss {:>12.4} damp {:.4} {:.2}s", l.name, r.loss, r.damp_used, r.seconds);
                 }
-                self.layers.push(LayerReport { name: l.name.clone(), shape: [l.out_features, l.in_features], loss: r.loss, damp: Some(r.damp_used), damp_retries: r.damp_retries, seconds: r.seconds });
+                self.layers.push(LayerReport {
+                    name: l.name.clone(),
+                    shape: [l.out_features, l.in_features],
+                    loss: r.loss,
+                    damp: Some(r.damp_used),
+                    damp_retries: r.damp_retries,
+                    seconds: r.seconds,
+                });
                 Ok(r.tensor)
             })
             .collect()
@@ -114,10 +157,25 @@ impl SiteQuantizer for GptqSiteQuantizer {
 }
 
 /// GPTQ over the whole model on calibration `windows`.
-pub fn quantize_gptq_model(cfg: &LlamaConfig, store: &SafetensorsStore, windows: &[Vec<u32>], scheme: QuantScheme, opts: GptqOptions, runner: RunnerOptions, verbose: bool) -> Result<(BTreeMap<String, QuantizedTensor>, QuantizeReport)> {
+pub fn quantize_gptq_model(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    windows: &[Vec<u32>],
+    scheme: QuantScheme,
+    opts: GptqOptions,
+    runner: RunnerOptions,
+    verbose: bool,
+) -> Result<(BTreeMap<String, QuantizedTensor>, QuantizeReport)> {
     let t0 = Instant::now();
     let mut q = GptqSiteQuantizer { scheme, opts, layers: Vec::new(), verbose };
     let out = run_sequential(cfg, store, windows, &mut q, runner)?;
-    let report = QuantizeReport { method: "gptq".into(), scheme: scheme.to_string(), layers: q.layers, timings: out.timings, calibration_tokens: out.tokens, seconds: t0.elapsed().as_secs_f64() };
+    let report = QuantizeReport {
+        method: "gptq".into(),
+        scheme: scheme.to_string(),
+        layers: q.layers,
+        timings: out.timings,
+        calibration_tokens: out.tokens,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
     Ok((out.tensors, report))
 }

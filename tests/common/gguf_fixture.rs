@@ -70,34 +70,19 @@ pub fn put_value(b: &mut Vec<u8>, v: &Value) {
 
 impl Gguf {
     pub fn new() -> Self {
-        Self {
-            version: 3,
-            kv: Vec::new(),
-            tensors: Vec::new(),
-        }
+        Self { version: 3, kv: Vec::new(), tensors: Vec::new() }
     }
     pub fn kv(mut self, k: &str, v: Value) -> Self {
         self.kv.push((k.to_string(), v));
         self
     }
     pub fn raw(&mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) {
-        self.tensors.push(Tensor {
-            name: name.into(),
-            dims: dims.to_vec(),
-            type_id,
-            data,
-            offset: None,
-        });
+        self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id, data, offset: None });
     }
     /// An F32 tensor; `dims` innermost first, `vals` row-major.
     pub fn f32(&mut self, name: &str, dims: &[u64], vals: &[f32]) {
         assert_eq!(vals.len() as u64, dims.iter().product::<u64>());
-        self.raw(
-            name,
-            dims,
-            0,
-            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        );
+        self.raw(name, dims, 0, vals.iter().flat_map(|v| v.to_le_bytes()).collect());
     }
     pub fn bytes(&self) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
@@ -152,9 +137,7 @@ pub const LAYERS: usize = 2;
 
 /// GPT-2 `bytes_to_unicode`.
 pub fn byte_char(b: u8) -> char {
-    let printable = |b: u8| {
-        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
-    };
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     if printable(b) {
         return b as char;
     }
@@ -170,9 +153,7 @@ pub fn tokens() -> Vec<String> {
 
 /// HF-layout q_proj/k_proj rows, value = layer * 1e5 + row * 100 + col.
 pub fn hf_qk(layer: usize, rows: usize) -> Vec<f32> {
-    (0..rows * HIDDEN)
-        .map(|i| (layer * 100_000 + (i / HIDDEN) * 100 + i % HIDDEN) as f32)
-        .collect()
+    (0..rows * HIDDEN).map(|i| (layer * 100_000 + (i / HIDDEN) * 100 + i % HIDDEN) as f32).collect()
 }
 
 /// llama.cpp's permute: GGUF row h*hd + 2i + j = HF row h*hd + j*hd/2 + i.
@@ -192,20 +173,11 @@ pub fn llama_cpp_permute(w: &[f32], rows: usize, heads: usize) -> Vec<f32> {
 
 /// Q8_0 blocks with d = 1 holding the integers `q` exactly.
 pub fn q8_0(q: &[i8]) -> Vec<u8> {
-    q.chunks(32)
-        .flat_map(|c| {
-            f16::from_f32(1.0)
-                .to_le_bytes()
-                .into_iter()
-                .chain(c.iter().map(|&x| x as u8))
-        })
-        .collect()
+    q.chunks(32).flat_map(|c| f16::from_f32(1.0).to_le_bytes().into_iter().chain(c.iter().map(|&x| x as u8))).collect()
 }
 
 pub fn up_values(layer: usize) -> Vec<i8> {
-    (0..FFN * HIDDEN)
-        .map(|i| (((i * 7 + layer) % 201) as i32 - 100) as i8)
-        .collect()
+    (0..FFN * HIDDEN).map(|i| (((i * 7 + layer) % 201) as i32 - 100) as i8).collect()
 }
 
 pub fn tiny_llama(with_output: bool) -> Gguf {
@@ -227,50 +199,22 @@ pub fn tiny_llama(with_output: bool) -> Gguf {
         .kv("llama.rope.freq_base", Value::F32(100000.0))
         .kv("tokenizer.ggml.model", s("gpt2"))
         .kv("tokenizer.ggml.pre", s("smollm"))
-        .kv(
-            "tokenizer.ggml.tokens",
-            Value::Array(toks.iter().map(|t| s(t)).collect()),
-        )
+        .kv("tokenizer.ggml.tokens", Value::Array(toks.iter().map(|t| s(t)).collect()))
         .kv("tokenizer.ggml.token_type", Value::Array(types))
-        .kv(
-            "tokenizer.ggml.merges",
-            Value::Array(vec![s("h e"), s("he l")]),
-        )
+        .kv("tokenizer.ggml.merges", Value::Array(vec![s("h e"), s("he l")]))
         .kv("tokenizer.ggml.bos_token_id", Value::U32(1))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(0))
         .kv("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .kv("tokenizer.chat_template", s("{{ messages }}"));
     let h = HIDDEN as u64;
-    g.f32(
-        "token_embd.weight",
-        &[h, vocab as u64],
-        &(0..vocab * HIDDEN)
-            .map(|i| i as f32 * 0.5)
-            .collect::<Vec<_>>(),
-    );
+    g.f32("token_embd.weight", &[h, vocab as u64], &(0..vocab * HIDDEN).map(|i| i as f32 * 0.5).collect::<Vec<_>>());
     for l in 0..LAYERS {
         let n = |p: &str| format!("blk.{l}.{p}.weight");
         let (q_rows, kv_rows) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
-        g.f32(
-            &n("attn_q"),
-            &[h, q_rows as u64],
-            &llama_cpp_permute(&hf_qk(l, q_rows), q_rows, HEADS),
-        );
-        g.f32(
-            &n("attn_k"),
-            &[h, kv_rows as u64],
-            &llama_cpp_permute(&hf_qk(l, kv_rows), kv_rows, KV_HEADS),
-        );
-        g.f32(
-            &n("attn_v"),
-            &[h, kv_rows as u64],
-            &vec![l as f32; kv_rows * HIDDEN],
-        );
-        g.f32(
-            &n("attn_output"),
-            &[q_rows as u64, h],
-            &vec![2.0; q_rows * HIDDEN],
-        );
+        g.f32(&n("attn_q"), &[h, q_rows as u64], &llama_cpp_permute(&hf_qk(l, q_rows), q_rows, HEADS));
+        g.f32(&n("attn_k"), &[h, kv_rows as u64], &llama_cpp_permute(&hf_qk(l, kv_rows), kv_rows, KV_HEADS));
+        g.f32(&n("attn_v"), &[h, kv_rows as u64], &vec![l as f32; kv_rows * HIDDEN]);
+        g.f32(&n("attn_output"), &[q_rows as u64, h], &vec![2.0; q_rows * HIDDEN]);
         g.f32(&n("ffn_gate"), &[h, FFN as u64], &vec![3.0; FFN * HIDDEN]);
         g.raw(&n("ffn_up"), &[h, FFN as u64], 8, q8_0(&up_values(l)));
         g.f32(&n("ffn_down"), &[FFN as u64, h], &vec![-1.0; FFN * HIDDEN]);
@@ -279,11 +223,7 @@ pub fn tiny_llama(with_output: bool) -> Gguf {
     }
     g.f32("output_norm.weight", &[h], &[0.75; HIDDEN]);
     if with_output {
-        g.f32(
-            "output.weight",
-            &[h, vocab as u64],
-            &vec![0.125; vocab * HIDDEN],
-        );
+        g.f32("output.weight", &[h, vocab as u64], &vec![0.125; vocab * HIDDEN]);
     }
     g
 }

@@ -36,10 +36,7 @@ impl GgmlBlock for BlockQ8_0 {
     const QK: usize = 32;
     const BYTES: usize = size_of::<Self>();
     fn read(b: &[u8]) -> Self {
-        Self {
-            d: f16::from_le_bytes([b[0], b[1]]),
-            qs: arr::<32>(b, 2).map(|x| x as i8),
-        }
+        Self { d: f16::from_le_bytes([b[0], b[1]]), qs: arr::<32>(b, 2).map(|x| x as i8) }
     }
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
@@ -62,10 +59,7 @@ impl GgmlBlock for BlockQ4_0 {
     const QK: usize = 32;
     const BYTES: usize = size_of::<Self>();
     fn read(b: &[u8]) -> Self {
-        Self {
-            d: f16::from_le_bytes([b[0], b[1]]),
-            qs: arr(b, 2),
-        }
+        Self { d: f16::from_le_bytes([b[0], b[1]]), qs: arr(b, 2) }
     }
     fn dequantize(&self, y: &mut [f32]) {
         let d = self.d.to_f32();
@@ -90,11 +84,7 @@ impl GgmlBlock for BlockQ4_1 {
     const QK: usize = 32;
     const BYTES: usize = size_of::<Self>();
     fn read(b: &[u8]) -> Self {
-        Self {
-            d: f16::from_le_bytes([b[0], b[1]]),
-            m: f16::from_le_bytes([b[2], b[3]]),
-            qs: arr(b, 4),
-        }
+        Self { d: f16::from_le_bytes([b[0], b[1]]), m: f16::from_le_bytes([b[2], b[3]]), qs: arr(b, 4) }
     }
     fn dequantize(&self, y: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());
@@ -113,10 +103,7 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -146,12 +133,7 @@ impl GgmlBlock for BlockQ4K {
     }
     fn dequantize(&self, y: &mut [f32]) {
         let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
-        for (i, (q, y)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(y.chunks_exact_mut(64))
-            .enumerate()
-        {
+        for (i, (q, y)) in self.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
             let (sc1, m1) = scale_min_k4(2 * i, &self.scales);
             let (sc2, m2) = scale_min_k4(2 * i + 1, &self.scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -192,12 +174,7 @@ impl GgmlBlock for BlockQ5K {
     }
     fn dequantize(&self, y: &mut [f32]) {
         let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
-        for (i, (ql, y)) in self
-            .qs
-            .chunks_exact(32)
-            .zip(y.chunks_exact_mut(64))
-            .enumerate()
-        {
+        for (i, (ql, y)) in self.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
             let (sc1, m1) = scale_min_k4(2 * i, &self.scales);
             let (sc2, m2) = scale_min_k4(2 * i + 1, &self.scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -370,10 +347,7 @@ mod tests {
         let mut b = vec![0u8; 210];
         let (ql, qh, sc) = (0, 128, 192);
         b[208..210].copy_from_slice(&h(0.25));
-        for (i, s) in [1i8, 2, 3, 4, 5, 6, 7, 8, -1, -2, -3, -4, -5, -6, -7, -8]
-            .iter()
-            .enumerate()
-        {
+        for (i, s) in [1i8, 2, 3, 4, 5, 6, 7, 8, -1, -2, -3, -4, -5, -6, -7, -8].iter().enumerate() {
             b[sc + i] = *s as u8;
         }
         b[ql] = 0x21; // low 1 -> q1, high 2 -> q3
