@@ -261,7 +261,10 @@ impl CalibStats {
                 .and_then(|r| r.split_once('.'))
                 .and_then(|(b, s)| Some((b.parse::<usize>().ok()?, SITES.iter().find(|(_, n)| *n == s)?.0)));
             let Some((block, site)) = parsed else {
-                return Err(Error::tensor(name, format!("in {}: not a site of this tool's statistics", path.display())));
+                return Err(Error::tensor(
+                    name,
+                    format!("in {}: not a site of this tool's statistics", path.display()),
+                ));
             };
             let tw: Vec<i64> = bytes(name, Dtype::I64, 2)?
                 .expect("listed")

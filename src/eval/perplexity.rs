@@ -67,8 +67,8 @@ pub fn window_nll(logits: &[f32], vocab: usize, window: &[u32], first: usize) ->
         .collect()
 }
 
-/// `log Σ exp(row)`: f32 exponentials of `row - max` (all ≤ 1), summed in f64.
+/// `log Σ exp(row)`: exponentials of `row - max` (all ≤ 1), summed in f64.
 pub fn log_sum_exp(row: &[f32]) -> f64 {
     let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    m as f64 + row.iter().map(|&v| (v - m).exp() as f64).sum::<f64>().ln()
+    m as f64 + crate::model::fastexp::sum_exp_shifted(row, m).ln()
 }

@@ -147,14 +147,15 @@ impl ActScheme {
             Some(other) => return Err(err(format!("dynamic {other} is not supported (true or false)"))),
         };
         let strategy = v.get("strategy").and_then(Value::as_str).unwrap_or("tensor");
-        let s =
-            match (kind, bits) {
-                ("int", 8) => Self::int8(symmetric, dynamic),
-                ("float", 8) if symmetric => Self::fp8_e4m3(dynamic),
-                (k, b) => return Err(err(format!(
+        let s = match (kind, bits) {
+            ("int", 8) => Self::int8(symmetric, dynamic),
+            ("float", 8) if symmetric => Self::fp8_e4m3(dynamic),
+            (k, b) => {
+                return Err(err(format!(
                     "type {k:?}, num_bits {b}, symmetric {symmetric} is not supported (int 8, or symmetric float 8)"
-                ))),
-            };
+                )))
+            }
+        };
         match (strategy, dynamic) {
             ("tensor", false) | ("token", true) => Ok(s),
             (st, d) => Err(err(format!(

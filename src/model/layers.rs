@@ -1,6 +1,7 @@
 //! Elementwise and attention layers of the LLaMA block, f32, parallel over rows.
 //! Shapes: activations are `[tokens, width]` row-major, tokens = windows × seq.
 
+use super::fastexp;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -64,7 +65,7 @@ impl Rope {
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
         for (g, &u) in g.iter_mut().zip(u) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
+            *g = *g / (1.0 + fastexp::exp(-*g)) * u;
         }
     });
 }
@@ -118,7 +119,7 @@ pub fn causal_attention(
                 let m = valid.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0f32;
                 for s in valid.iter_mut() {
-                    *s = (*s - m).exp();
+                    *s = fastexp::exp(*s - m);
                     sum += *s;
                 }
                 let inv = 1.0 / sum;

@@ -1,5 +1,6 @@
 //! LLaMA-family model: config, weights, forward pass over [`linear::Linear`].
 pub mod config;
+pub mod fastexp;
 pub mod layers;
 pub mod linear;
 pub mod llama;
