@@ -13,6 +13,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
     let mut opts = BenchOptions::default();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it:
+    // then one small shape, one token count, one run, as a smoke test of the whole path.
+    if !args.iter().any(|a| a == "--bench") {
+        opts.shapes = vec![(64, 128)];
+        opts.tokens = vec![1, 16];
+        opts.runs = 1;
+        opts.min_seconds = 0.0;
+    }
     if args.iter().any(|a| a == "--small") {
         opts.shapes = SMOLLM2_SHAPES.to_vec();
     }

@@ -17,16 +17,20 @@ use std::time::Instant;
 
 fn main() {
     let filter: Option<usize> = std::env::args().skip(1).find_map(|a| a.parse().ok());
-    let shapes = [(576, 576), (1536, 576), (576, 1536), (4096, 4096)];
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it:
+    // then one small shape only, as a smoke test.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let shapes: &[(usize, usize)] =
+        if smoke { &[(64, 96)] } else { &[(576, 576), (1536, 576), (576, 1536), (4096, 4096)] };
     let scheme = QuantScheme::int(4).unwrap().asymmetric().unwrap().group(128).unwrap();
     println!("threads: {}; int4 g128 asym, block 128", rayon::current_num_threads());
-    for (rows, cols) in shapes {
+    for &(rows, cols) in shapes {
         if filter.is_some_and(|f| f != cols) {
             continue;
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let tokens = 2048;
+        let tokens = if smoke { 256 } else { 2048 };
         let x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
 
         let t = Instant::now();

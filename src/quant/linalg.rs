@@ -18,25 +18,47 @@ use rayon::prelude::*;
 /// Side of the square tiles of the lower triangle of `H` that
 /// [`HessianAccumulator::add_batch`] computes as independent tasks (a partition that
 /// depends on `cols` only, so the result does not depend on the number of threads).
-const HESSIAN_TILE: usize = 256;
+const HESSIAN_TILE: usize = 128;
 /// Columns of `M⁻¹` solved per task in [`cholesky_inverse_upper`] (fixed partition).
 const INVERSE_PANEL: usize = 64;
 
-/// Running mean of `2 xᵀx` over calibration tokens, as `gptq.py`'s `add_batch`:
-/// `H *= n/(n+t); H += 2/(n+t) · xᵀx`, accumulated in f32 like the reference.
+/// `H = 2/n Σ xᵀx` over calibration tokens, as `gptq.py`'s `add_batch` computes it
+/// (there as a running mean, `H *= n/(n+t); H += 2/(n+t) · xᵀx`; here the plain sum in
+/// f32, scaled once by [`Self::hessian`]: the same value without a pass over `H` per batch).
 ///
-/// `h`: `[cols, cols]` column-major; only the lower triangle (row ≥ column) is kept
+/// `sum`: `[cols, cols]` column-major; only the lower triangle (row ≥ column) is kept
 /// up to date, [`Self::hessian`] mirrors it.
 #[derive(Clone, Debug)]
 pub struct HessianAccumulator {
     cols: usize,
-    h: Vec<f32>,
+    sum: Vec<f32>,
     n_samples: usize,
+}
+
+/// Side of the square blocks of [`transpose_into`] (4 KB of f32 rows per block side).
+const TRANSPOSE_BLOCK: usize = 32;
+
+/// `dst[c * rows + r] = src[r * cols + c]`: `[rows, cols]` row-major to column-major,
+/// block by block so both sides stay in cache.
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
+        let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
+        for c0 in (0..cols).step_by(TRANSPOSE_BLOCK) {
+            let c1 = (c0 + TRANSPOSE_BLOCK).min(cols);
+            // Contiguous writes; the reads stay inside the block's rows (in cache).
+            for c in c0..c1 {
+                let col = &mut dst[c * rows + r0..c * rows + r1];
+                for (r, d) in (r0..r1).zip(col) {
+                    *d = src[r * cols + c];
+                }
+            }
+        }
+    }
 }
 
 impl HessianAccumulator {
     pub fn new(cols: usize) -> Self {
-        Self { cols, h: vec![0.0; cols * cols], n_samples: 0 }
+        Self { cols, sum: vec![0.0; cols * cols], n_samples: 0 }
     }
 
     pub fn cols(&self) -> usize {
@@ -55,23 +77,16 @@ impl HessianAccumulator {
         if tokens == 0 || n == 0 {
             return;
         }
-        let total = self.n_samples + tokens;
-        let beta = (self.n_samples as f64 / total as f64) as f32;
-        let alpha = (2.0 / total as f64) as f32;
-        self.n_samples = total;
+        self.n_samples += tokens;
         // Channel-major copy, xc: [tokens, n] column-major, so that both factors of every
         // tile product have the token dimension contiguous (measured 2x faster in faer).
         let mut xc = vec![0.0f32; tokens * n];
-        for (t, row) in x.chunks_exact(n).enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                xc[c * tokens + t] = v;
-            }
-        }
+        transpose_into(x, tokens, n, &mut xc);
         let xm = MatRef::from_column_major_slice(&xc, tokens, n);
         // Tiles (i0, j0) with i0 ≥ j0 of H (column-major): split every column panel of
         // width HESSIAN_TILE into its row tiles, then run all tiles in parallel.
         let mut tiles = Vec::new();
-        for (p, panel) in self.h.chunks_mut(HESSIAN_TILE * n).enumerate() {
+        for (p, panel) in self.sum.chunks_mut(HESSIAN_TILE * n).enumerate() {
             let j0 = p * HESSIAN_TILE;
             let w = panel.len() / n;
             let mut rest = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
@@ -84,38 +99,39 @@ impl HessianAccumulator {
                 i0 += h;
             }
         }
-        tiles.into_par_iter().for_each(|(mut tile, i0, j0)| {
+        tiles.into_par_iter().for_each(|(tile, i0, j0)| {
             let (h, w) = (tile.nrows(), tile.ncols());
-            for j in 0..w {
-                for i in 0..h {
-                    tile[(i, j)] *= beta;
-                }
-            }
-            // H[i0.., j0..] += alpha · x[:, i0..]ᵀ x[:, j0..]
+            // Σ[i0.., j0..] += x[:, i0..]ᵀ x[:, j0..]
             let lhs = xm.subcols(i0, h).transpose();
             let rhs = xm.subcols(j0, w);
-            let structure = if i0 == j0 { BlockStructure::TriangularLower } else { BlockStructure::Rectangular };
-            triangular::matmul(
-                tile,
-                structure,
-                Accum::Add,
-                lhs,
-                BlockStructure::Rectangular,
-                rhs,
-                BlockStructure::Rectangular,
-                alpha,
-                Par::Seq,
-            );
+            if i0 == j0 {
+                triangular::matmul(
+                    tile,
+                    BlockStructure::TriangularLower,
+                    Accum::Add,
+                    lhs,
+                    BlockStructure::Rectangular,
+                    rhs,
+                    BlockStructure::Rectangular,
+                    1.0f32,
+                    Par::Seq,
+                );
+            } else {
+                faer::linalg::matmul::matmul(tile, Accum::Add, lhs, rhs, 1.0f32, Par::Seq);
+            }
         });
     }
 
-    /// The full symmetric `[cols, cols]` Hessian (row- and column-major alike).
+    /// The full symmetric `[cols, cols]` Hessian `2/n Σ xᵀx` (row- and column-major alike).
     pub fn hessian(&self) -> Vec<f32> {
         let n = self.cols;
-        let mut out = self.h.clone();
+        let scale = if self.n_samples == 0 { 0.0 } else { (2.0 / self.n_samples as f64) as f32 };
+        let mut out = vec![0.0f32; n * n];
         for j in 0..n {
-            for i in j + 1..n {
-                out[i * n + j] = self.h[j * n + i];
+            for i in j..n {
+                let v = self.sum[j * n + i] * scale;
+                out[j * n + i] = v;
+                out[i * n + j] = v;
             }
         }
         out

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 5's runs: AWQ and AWQ+GPTQ of SmolLM2 (asym, group 128, int4 and int3; 128
+# windows of 512 tokens of the Brown calibration split), each timed with /usr/bin/time -v;
+# then every checkpoint (with RTN and GPTQ ones given as extra paths) against the f32
+# baseline in one eval pass, chunks protocol, ctx 512, 40 windows.
+# Usage: scripts/bench_awq.sh [OUTDIR] [EXTRA_CHECKPOINT...]   (default out/awq)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch_assets.sh >/dev/null
+cargo build --release -q
+Q=target/release/quantize
+A=${QUANTIZE_ASSETS:-.cache/assets}
+O=${1:-out/awq}
+shift || true
+mkdir -p "$O"
+[ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
+common=(--nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt")
+q() {
+  local name=$1; shift
+  # shellcheck disable=SC2086
+  [ -d "$O/$name" ] || /usr/bin/time -v $Q out/smollm2 -o "$O/$name" --json "$O/$name.json" "$@" "${common[@]}" 2> "$O/$name.log" >/dev/null
+}
+q awq-int4-g128-asym      --method awq --bits 4 --group-size 128 --asym --format awq
+q awqgptq-int4-g128-asym  --method awq+gptq --bits 4 --group-size 128 --asym
+q awq-int3-g128-asym      --method awq --bits 3 --group-size 128 --asym
+q awqgptq-int3-g128-asym  --method awq+gptq --bits 3 --group-size 128 --asym
+$Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --ctx 512 --max-windows 40 --json "$O/eval.json" \
+  --model "$O"/awq-int4-g128-asym "$O"/awqgptq-int4-g128-asym "$O"/awq-int3-g128-asym "$O"/awqgptq-int3-g128-asym "$@"
