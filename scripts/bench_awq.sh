@@ -14,7 +14,8 @@ O=${1:-out/awq}
 shift || true
 mkdir -p "$O"
 [ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
-common=(--nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt")
+# The alpha and clipping searches score on the first 32 windows (magnitudes from all 128).
+common=(--nsamples 128 --seqlen 512 --awq-search-windows 32 --calib "$A/brown/brown_calib.txt")
 q() {
   local name=$1; shift
   # shellcheck disable=SC2086

@@ -24,6 +24,8 @@ declare -A cfg=(
   [gptq-int4-channel-asym-act-mse]="--method gptq --bits 4 --per-channel --asym --act-order --mse"
   [gptq-int3-g128-asym]="--method gptq --bits 3 --group-size 128 --asym"
   [gptq-int3-g128-asym-act-static-mse]="--method gptq --bits 3 --group-size 128 --asym --act-order --static-groups --mse"
+  [gptq-fp8-e4m3-channel]="--method gptq --fp8-format e4m3"
+  [gptq-fp8-e4m3-channel-act]="--method gptq --fp8-format e4m3 --act-order"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${!cfg[@]}")

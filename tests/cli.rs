@@ -92,6 +92,14 @@ fn quantize_refuses_bad_options_and_writes_nothing() {
     fails_with(&["--method", "rtn", "--group-size", "0", m, "-o", o], &["--group-size", "0"]);
     fails_with(&["--method", "fp8", "--format", "gptq", m, "-o", o], &["gptq", "FP8"]);
     fails_with(&["--method", "awq-typo", m, "-o", o], &["awq-typo"]);
+    fails_with(&["--method", "awq", "--fp8-format", "e4m3", m, "-o", o], &["--fp8-format", "awq"]);
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(
+        &["--method", "gptq", m, "-o", o, "--calib", empty.to_str().unwrap()],
+        &["--calib", "empty.txt", "too short"],
+    );
+    std::fs::remove_file(&empty).unwrap();
     // A variadic --calib swallowing the model is reported, not answered with help and success.
     fails_with(&["--method", "gptq", "-o", o, "--calib", m], &["no MODEL given", "--calib"]);
     assert!(!out.exists());

@@ -144,6 +144,23 @@ fn gptq_beats_rtn_on_held_out_inputs() {
     assert!(ratios[6] < ratios[5], "act-order {:.3} vs plain {:.3} per channel", ratios[6], ratios[5]);
 }
 
+/// FP8 weights through the same sweep: the error feedback works on any grid
+/// (measured 0.27-0.36x RTN's error here).
+#[test]
+fn gptq_fp8_beats_rtn_fp8_on_held_out_inputs() {
+    let l = layer(12);
+    let base = GptqOptions::default();
+    for (scheme, opts) in [
+        (QuantScheme::fp8_e4m3(), base),
+        (QuantScheme::fp8_e4m3(), GptqOptions { act_order: true, ..base }),
+        (QuantScheme::fp8_e5m2(), base),
+        (QuantScheme::fp8_e4m3().per_tensor(), base),
+    ] {
+        let r = ratio(&l, scheme, opts);
+        assert!(r < MAX_RATIO, "{scheme} {opts:?}: GPTQ/RTN = {r:.3}");
+    }
+}
+
 /// A line-by-line translation of `gptq.py`'s `fasterquant` in f64 (plain loops, no
 /// chunking, no transposition), sharing only `cholesky_inverse_upper` and the group
 /// parameter search. Returns codes `[rows, cols]` in the original column order and the

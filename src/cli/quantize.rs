@@ -69,9 +69,10 @@ pub struct QuantizeArgs {
     /// Asymmetric codes with a zero point per group.
     #[arg(long)]
     pub asym: bool,
-    /// FP8 format for --method fp8.
-    #[arg(long, default_value = "e4m3", value_parser = ["e4m3", "e5m2"])]
-    pub fp8_format: String,
+    /// FP8 weights: the format for --method fp8 (default e4m3); with --method gptq, GPTQ
+    /// onto the FP8 grid (per channel, or --per-tensor) instead of integers.
+    #[arg(long, value_parser = ["e4m3", "e5m2"])]
+    pub fp8_format: Option<String>,
     /// Checkpoint layout; default gptq for integers, compressed-tensors for FP8.
     #[arg(long, value_parser = ["gptq", "compressed-tensors", "awq"])]
     pub format: Option<String>,
@@ -172,12 +173,20 @@ impl QuantizeArgs {
     }
 
     pub fn scheme(&self) -> crate::Result<QuantScheme> {
-        let mut s = match self.method {
-            Method::Fp8 => match self.fp8_format.as_str() {
-                "e5m2" => QuantScheme::fp8_e5m2(),
-                _ => QuantScheme::fp8_e4m3(),
-            },
-            _ => QuantScheme::int(self.bits)?,
+        let fp8 = match (self.method, self.fp8_format.as_deref()) {
+            (Method::Fp8, f) | (Method::Gptq, f @ Some(_)) => Some(f.unwrap_or("e4m3")),
+            (m, Some(f)) => {
+                return Err(Error::option(
+                    "--fp8-format",
+                    format!("{f} goes with --method fp8 or gptq, not {}", m.name()),
+                ))
+            }
+            (_, None) => None,
+        };
+        let mut s = match fp8 {
+            Some("e5m2") => QuantScheme::fp8_e5m2(),
+            Some(_) => QuantScheme::fp8_e4m3(),
+            None => QuantScheme::int(self.bits)?,
         };
         if self.per_tensor {
             s = s.per_tensor();
@@ -215,6 +224,26 @@ fn model_dir(model: &Path) -> crate::Result<PathBuf> {
 fn default_calib() -> PathBuf {
     let root = std::env::var_os("QUANTIZE_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".cache/assets"));
     root.join("brown/brown_calib.txt")
+}
+
+/// The calibration windows of `--calib` (default: the Brown calibration split), tokenized
+/// with the model's tokenizer and drawn as `--nsamples`, `--seqlen`, `--seed` say. A text
+/// too short for one window is an error naming the files.
+fn calibration_windows(a: &QuantizeArgs, dir: &Path, label: &str) -> crate::Result<Vec<Vec<u32>>> {
+    let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
+    let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let mut tokens = Vec::new();
+    for f in &files {
+        tokens.extend(tok.encode(&read_text(f)?)?);
+    }
+    eprintln!("{label}: {} windows x {} tokens from {names}", a.nsamples, a.seqlen);
+    sample_windows(&tokens, a.nsamples, a.seqlen, a.seed).map_err(|e| match e {
+        crate::Error::InvalidOption { option, msg } if option == "--calib" => {
+            crate::Error::option("--calib", format!("{names}: {msg}"))
+        }
+        e => e,
+    })
 }
 
 pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
@@ -263,21 +292,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     }
     let store = SafetensorsStore::open(&dir)?;
     let clip = a.mse.then(ClipSearch::default);
-    let calib_windows = || -> crate::Result<Vec<Vec<u32>>> {
-        let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
-        let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let mut tokens = Vec::new();
-        for f in &files {
-            tokens.extend(tok.encode(&read_text(f)?)?);
-        }
-        eprintln!(
-            "{method_name} {scheme}: {} windows x {} tokens from {}",
-            a.nsamples,
-            a.seqlen,
-            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
-        );
-        sample_windows(&tokens, a.nsamples, a.seqlen, a.seed)
-    };
+    let calib_windows = || calibration_windows(&a, &dir, &format!("{method_name} {scheme}"));
     let gptq_opts = GptqOptions {
         block_size: a.block_size,
         damp: a.damp,
@@ -415,20 +430,7 @@ fn run_w8a8(a: &QuantizeArgs, model: &Path, name: &str) -> anyhow::Result<()> {
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     let store = SafetensorsStore::open(&dir)?;
     let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
-    let windows = || -> crate::Result<Vec<Vec<u32>>> {
-        let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let mut tokens = Vec::new();
-        for f in &files {
-            tokens.extend(tok.encode(&read_text(f)?)?);
-        }
-        eprintln!(
-            "{method} {name}: {} windows x {} tokens from {}",
-            a.nsamples,
-            a.seqlen,
-            files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
-        );
-        sample_windows(&tokens, a.nsamples, a.seqlen, a.seed)
-    };
+    let windows = || calibration_windows(a, &dir, &format!("{method} {name}"));
     let gptq_opts = GptqOptions {
         block_size: a.block_size,
         damp: a.damp,

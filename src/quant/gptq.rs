@@ -16,6 +16,11 @@
 //!    (`quantizer.find_params(W[:, j:j+groupsize])` in `gptq.py`), or, with
 //!    `static_groups`, up front from the original weights over original columns.
 //!
+//! FP8 weights (E4M3 / E5M2, per channel or per tensor) go through the same sweep: the
+//! scale of each row is fixed up front (`amax / fp8_max`, or the clipping search), and a
+//! column is rounded to the nearest FP8 code of `w / scale` instead of the integer grid.
+//! The reference has no FP8 quantizer; the error feedback is the same.
+//!
 //! One deviation: per-channel / per-tensor parameters are found after dead columns are
 //! zeroed (the reference finds them before), so a weight that can never touch the output
 //! does not widen its row's range.
@@ -28,8 +33,9 @@
 //! `Par::Seq`, so the result is the same bits for any number of threads.
 
 use super::linalg::{cholesky_inverse_upper, LinalgError};
-use super::rtn::{group_params, ClipSearch};
+use super::rtn::{fp8_group_scale, group_params, ClipSearch};
 use crate::error::{Error, Result};
+use crate::format::fp8;
 use crate::format::quantized::QuantizedTensor;
 use crate::format::scheme::{Granularity, IntParams, NumberFormat, QuantScheme};
 use faer::linalg::matmul::matmul;
@@ -83,8 +89,8 @@ pub struct GptqResult {
 }
 
 /// Quantize `weight` (`[rows = out, cols = in]` row-major) with the Hessian `hessian`
-/// (`[cols, cols]`, symmetric, `2/n Σ xᵀx` of the layer's inputs) in the integer
-/// `scheme`. Codes come back in the original column order; with act-order and dynamic
+/// (`[cols, cols]`, symmetric, `2/n Σ xᵀx` of the layer's inputs) in `scheme` (integer,
+/// or FP8 per channel / per tensor). Codes come back in the original column order; with act-order and dynamic
 /// groups, `g_idx` gives each column's group. `tensor.dequantize()` is exactly the `Q`
 /// the algorithm computed.
 pub fn gptq_quantize(
@@ -263,7 +269,8 @@ fn quantize_impl(
         }
         g
     });
-    let tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx };
+    let zeros = (!scheme.is_fp8()).then_some(zeros);
+    let tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros, g_idx };
     let result = GptqResult {
         tensor,
         loss: loss / 2.0,
@@ -283,8 +290,8 @@ fn validate(
     scheme: QuantScheme,
     opts: &GptqOptions,
 ) -> Result<()> {
-    if !matches!(scheme.format, NumberFormat::Int { .. }) {
-        return Err(Error::tensor(name, format!("GPTQ needs an integer scheme, got {scheme}")));
+    if scheme.is_fp8() && matches!(scheme.granularity, Granularity::Group(_)) {
+        return Err(Error::tensor(name, format!("GPTQ with FP8 takes per-channel or per-tensor scales, got {scheme}")));
     }
     if opts.block_size == 0 {
         return Err(Error::option("--block-size", "0 is not a valid GPTQ block size (the reference uses 128)"));
@@ -324,8 +331,11 @@ fn hessian_failure(e: LinalgError, frac: f64, mean_diag: f64, perm: &[usize]) ->
 }
 
 /// Parameters of one group of values: min/max, or `quant.py`'s clipping search
-/// (shared with RTN so both quantizers search identically).
+/// (shared with RTN so both quantizers search identically). FP8: the scale, zero 0.
 fn find_params(values: &[f32], scheme: QuantScheme, mse: bool) -> IntParams {
+    if scheme.is_fp8() {
+        return IntParams { scale: fp8_group_scale(values, scheme.format, mse.then(ClipSearch::default)), zero: 0 };
+    }
     group_params(values, scheme, mse.then(ClipSearch::default))
 }
 
@@ -334,6 +344,7 @@ fn find_params(values: &[f32], scheme: QuantScheme, mse: bool) -> IntParams {
 fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
     let (cols, bs, gw, groups) = (plan.cols, plan.bs, plan.gw, plan.groups);
     let maxq = plan.scheme.maxq() as f32;
+    let fp8 = plan.scheme.is_fp8().then_some(plan.scheme.format);
     let mut scales = vec![0.0f32; cr * groups];
     let mut zeros = vec![0u8; cr * groups];
 
@@ -405,7 +416,11 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             let e = &mut err[i * cr..(i + 1) * cr];
             let q = if keep_q { Some(&mut q_l[p * cr..(p + 1) * cr]) } else { None };
             let col = Column { w: &head[i * cr..], s: &cur_s, z: &cur_z, d: hrow[i], maxq };
-            loss += kernels::quantize_column(col, &mut codes_l[p * cr..(p + 1) * cr], e, q) as f64;
+            let codes = &mut codes_l[p * cr..(p + 1) * cr];
+            loss += match fp8 {
+                Some(format) => quantize_column_fp8(col, format, codes, e, q),
+                None => kernels::quantize_column(col, codes, e, q),
+            } as f64;
             // W1[:, i+1:] -= err ⊗ Hinv1[i, i+1:]
             kernels::update_columns(tail, e, &hrow[i + 1..]);
         }
@@ -439,6 +454,30 @@ struct Column<'a> {
     z: &'a [f32],
     d: f32,
     maxq: f32,
+}
+
+/// [`kernels::quantize_column`] on the FP8 grid: `code = fp8(w / s)`, `q = s · value(code)`
+/// (scalar: the rounding is a table-free bit operation of the `float8` crate).
+fn quantize_column_fp8(
+    c: Column,
+    format: NumberFormat,
+    codes: &mut [u8],
+    e: &mut [f32],
+    mut q: Option<&mut [f32]>,
+) -> f32 {
+    let table = fp8::decode_table(format);
+    let mut sum = 0.0f32;
+    for r in 0..c.w.len() {
+        let code = fp8::encode(format, c.w[r] / c.s[r]);
+        let deq = c.s[r] * table[code as usize];
+        codes[r] = code;
+        e[r] = (c.w[r] - deq) / c.d;
+        sum += e[r] * e[r];
+        if let Some(q) = q.as_deref_mut() {
+            q[r] = deq;
+        }
+    }
+    sum
 }
 
 /// The two per-column loops, compiled twice: for the baseline target and, picked at
@@ -606,6 +645,19 @@ mod tests {
         let opts = GptqOptions { block_size: 16, act_order: true, mse: true, ..Default::default() };
         let (r, q) = quantize_impl("t", &w, rows, cols, &h, schemes[0], &opts, true).unwrap();
         assert_eq!(r.tensor.dequantize(), q.unwrap(), "mse");
+
+        // FP8: codes are FP8 bytes of w / scale, no zero points, dead columns code 0 (+0.0).
+        for scheme in [QuantScheme::fp8_e4m3(), QuantScheme::fp8_e5m2(), QuantScheme::fp8_e4m3().per_tensor()] {
+            for (act_order, mse) in [(false, false), (true, true)] {
+                let opts = GptqOptions { block_size: 16, act_order, mse, ..Default::default() };
+                let (r, q) = quantize_impl("t", &w, rows, cols, &h, scheme, &opts, true).unwrap();
+                let what = format!("{scheme} act_order={act_order} mse={mse}");
+                assert_eq!(r.tensor.dequantize(), q.unwrap(), "{what}");
+                assert!(r.tensor.zeros.is_none() && r.tensor.g_idx.is_none(), "{what}");
+                assert!((0..rows).all(|r2| r.tensor.codes[r2 * cols + 5] == 0), "{what}: dead column not zero");
+                assert!(r.loss.is_finite() && r.loss > 0.0, "{what}");
+            }
+        }
     }
 
     #[test]
