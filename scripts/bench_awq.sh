@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 5's runs: AWQ and AWQ+GPTQ of SmolLM2 (asym, group 128, int4 and int3; 128
-# windows of 512 tokens of the Brown calibration split), each timed with /usr/bin/time -v;
-# then every checkpoint (with RTN and GPTQ ones given as extra paths) against the f32
-# baseline in one eval pass, chunks protocol, ctx 512, 40 windows.
+# windows of 512 tokens of the Brown calibration split), each timed with /usr/bin/time -v,
+# written in the gptq layout (the awq GEMM layout needs widths that are multiples of the
+# group, and SmolLM2's 576 is not one of 128); then every checkpoint (with RTN and GPTQ
+# ones given as extra paths) against the f32 baseline in one eval pass, chunks protocol,
+# ctx 512, 40 windows.
 # Usage: scripts/bench_awq.sh [OUTDIR] [EXTRA_CHECKPOINT...]   (default out/awq)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ q() {
   # shellcheck disable=SC2086
   [ -d "$O/$name" ] || /usr/bin/time -v $Q out/smollm2 -o "$O/$name" --json "$O/$name.json" "$@" "${common[@]}" 2> "$O/$name.log" >/dev/null
 }
-q awq-int4-g128-asym      --method awq --bits 4 --group-size 128 --asym --format awq
+q awq-int4-g128-asym      --method awq --bits 4 --group-size 128 --asym
 q awqgptq-int4-g128-asym  --method awq+gptq --bits 4 --group-size 128 --asym
 q awq-int3-g128-asym      --method awq --bits 3 --group-size 128 --asym
 q awqgptq-int3-g128-asym  --method awq+gptq --bits 3 --group-size 128 --asym
