@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::activation::ActScheme;
+use rayon::prelude::*;
 
 /// Bins on each side of 0.
 pub const HIST_HALF: usize = 1 << 13;
@@ -22,6 +23,20 @@ const START_WIDTH: f32 = 1.0 / (1u64 << 40) as f32;
 pub const MSE_STEPS_PER_OCTAVE: u32 = 16;
 /// ... for `k = 0 ..= STEPS_PER_OCTAVE · MSE_OCTAVES` (down to `amax / 1024`).
 pub const MSE_OCTAVES: u32 = 10;
+
+/// Values binned per parallel task (the partial counts fit u32: 2^20 < 2^32).
+const BIN_TASK_VALUES: usize = 1 << 20;
+
+/// Bin of `v` at `1 / width = inv`: `floor(v · inv) + HALF`, clamped. `|v · inv| < HALF`
+/// for every value the range was widened for; the floor is a truncation corrected for
+/// negative non-integers (no libm `floorf` call on baseline x86-64).
+#[inline(always)]
+fn bin_of(v: f32, inv: f32) -> usize {
+    let t = v * inv;
+    let trunc = t as i32; // saturating, toward zero
+    let floor = trunc as i64 - ((trunc as f32) > t) as i64;
+    (floor + HIST_HALF as i64).clamp(0, HIST_BINS as i64 - 1) as usize
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramObserver {
@@ -90,10 +105,23 @@ impl HistogramObserver {
             self.double_width();
         }
         let inv = 1.0 / self.width; // exact: the width is a power of two
-        for &v in x {
-            let i = ((v * inv).floor() as i64 + HIST_HALF as i64).clamp(0, HIST_BINS as i64 - 1);
-            self.counts[i as usize] += 1;
-        }
+                                    // Counts are integers, so per-task partial histograms merge to the same bins in
+                                    // any order: parallel and still independent of the thread count.
+        let partial = x
+            .par_chunks(BIN_TASK_VALUES)
+            .map(|part| {
+                let mut counts = vec![0u32; HIST_BINS];
+                for &v in part {
+                    counts[bin_of(v, inv)] += 1;
+                }
+                counts
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            })
+            .expect("x is not empty");
+        self.counts.iter_mut().zip(&partial).for_each(|(c, &p)| *c += p as u64);
         self.values += x.len() as u64;
     }
 
@@ -208,6 +236,18 @@ impl HistogramObserver {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn bin_of_is_floor_plus_half() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let inv = 1.0 / 0.125f32;
+        let mut vals: Vec<f32> = (0..100_000).map(|_| rng.random_range(-1000.0f32..1000.0)).collect();
+        vals.extend([0.0, -0.0, 0.125, -0.125, -0.0625, 1e-30, -1e-30, 1023.875, -1024.0, 5e6, -5e6, 1e12, -1e12]);
+        for v in vals {
+            let want = ((v * inv).floor() as i64 + HIST_HALF as i64).clamp(0, HIST_BINS as i64 - 1) as usize;
+            assert_eq!(bin_of(v, inv), want, "v = {v}");
+        }
+    }
 
     #[test]
     fn chunking_does_not_change_the_histogram() {

@@ -99,6 +99,8 @@ struct Collect {
     min_max: bool,
     histogram: bool,
     sites: BTreeMap<InputSite, (usize, Option<MinMaxObserver>, Option<HistogramObserver>)>,
+    /// Seconds spent in the observers (reported as statistics, not forward).
+    seconds: f64,
 }
 
 impl BlockHook for Collect {
@@ -114,6 +116,7 @@ impl BlockHook for Collect {
                 i % width.max(1)
             )));
         }
+        let t = Instant::now();
         let (n, mm, h) = self.sites.entry(site).or_insert_with(|| {
             (0, self.min_max.then(|| MinMaxObserver::new(width)), self.histogram.then(HistogramObserver::new))
         });
@@ -124,6 +127,7 @@ impl BlockHook for Collect {
         if let Some(h) = h {
             h.observe(x);
         }
+        self.seconds += t.elapsed().as_secs_f64();
         Ok(())
     }
 }
@@ -202,7 +206,8 @@ pub fn quantize_w8a8_rtn(
             let absmax: BTreeMap<InputSite, Vec<f32>> = match &source {
                 W8a8Source::Windows(_) => {
                     let block = bw.to_block(cfg);
-                    let mut c = Collect { block: b, min_max: true, histogram: false, sites: BTreeMap::new() };
+                    let mut c =
+                        Collect { block: b, min_max: true, histogram: false, sites: BTreeMap::new(), seconds: 0.0 };
                     for part in x.chunks(rows) {
                         let mut xc = part.to_vec();
                         block.forward(
@@ -214,6 +219,8 @@ pub fn quantize_w8a8_rtn(
                             Some(&mut c),
                         )?;
                     }
+                    timings.statistics += c.seconds;
+                    timings.forward -= c.seconds;
                     let mut m = BTreeMap::new();
                     for (site, (tokens, mm, _)) in c.sites {
                         let mm = mm.expect("min/max requested");
@@ -268,7 +275,8 @@ pub fn quantize_w8a8_rtn(
             let tf = Instant::now();
             let block = bw.block_with(cfg, &dequantized);
             drop(dequantized);
-            let mut c = Collect { block: b, min_max: false, histogram: static_act, sites: BTreeMap::new() };
+            let mut c =
+                Collect { block: b, min_max: false, histogram: static_act, sites: BTreeMap::new(), seconds: 0.0 };
             for part in x.chunks_mut(rows) {
                 let w = part.len() / (seqlen * cfg.hidden_size);
                 block.forward(cfg, &rope, part, w, seqlen, Some(&mut c))?;
@@ -280,7 +288,8 @@ pub fn quantize_w8a8_rtn(
                 r.tokens = tokens;
                 r.histogram = h;
             }
-            timings.forward += tf.elapsed().as_secs_f64();
+            timings.forward += tf.elapsed().as_secs_f64() - c.seconds;
+            timings.statistics += c.seconds;
         }
         // 4. Static scales, one per site.
         if static_act {
