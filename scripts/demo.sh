@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the default model: fetch assets, convert the GGUF, GPTQ 4-bit (g128),
-# evaluate against the full-precision baseline. Outputs under out/ (git-ignored).
+# The main job on the default model: fetch assets, convert the GGUF, GPTQ 4-bit (g128,
+# asymmetric, act-order + static groups + MSE clipping: the best set measured in
+# docs/BENCHMARKS.md), evaluate against the full-precision baseline. Outputs under out/
+# (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_assets.sh
@@ -9,7 +11,9 @@ Q=target/release/quantize
 A=${QUANTIZE_ASSETS:-.cache/assets}
 mkdir -p out
 [ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
-[ -d out/smollm2-gptq-int4-g128 ] || $Q --method gptq --bits 4 --group-size 128 --nsamples 128 --seqlen 512 \
-  --calib "$A/brown/brown_calib.txt" out/smollm2/model.safetensors -o out/smollm2-gptq-int4-g128 --json out/gptq-report.json
-$Q eval --model out/smollm2-gptq-int4-g128 --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" \
+G=out/smollm2-gptq-int4-g128-asym-act
+[ -d $G ] || $Q --method gptq --bits 4 --group-size 128 --asym --act-order --static-groups --mse \
+  --nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt" out/smollm2/model.safetensors -o $G \
+  --json out/gptq-report.json
+$Q eval --model $G --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" \
   --ctx 512 --max-windows 40 --json out/gptq-eval.json
