@@ -104,9 +104,10 @@ impl HistogramObserver {
         while amax >= HIST_HALF as f32 * self.width {
             self.double_width();
         }
-        let inv = 1.0 / self.width; // exact: the width is a power of two
-                                    // Counts are integers, so per-task partial histograms merge to the same bins in
-                                    // any order: parallel and still independent of the thread count.
+        // Exact: the width is a power of two. Counts are integers, so per-task partial
+        // histograms merge to the same bins in any order: parallel, and still
+        // independent of the thread count.
+        let inv = 1.0 / self.width;
         let partial = x
             .par_chunks(BIN_TASK_VALUES)
             .map(|part| {
