@@ -115,6 +115,13 @@ pub struct QuantizeArgs {
     /// AWQ: skip the clipping search.
     #[arg(long)]
     pub awq_no_clip: bool,
+    /// AWQ: tokens sampled for the clipping search (AutoAWQ: 512).
+    #[arg(long, default_value_t = 4096)]
+    pub awq_clip_tokens: usize,
+    /// AWQ: clip as AutoAWQ does, `[-m, m]` only (no proportional `[p·min, p·max]`
+    /// ranges for asymmetric schemes).
+    #[arg(long)]
+    pub awq_clip_symmetric: bool,
     /// AWQ: search the scales on the first N calibration windows only (default: all).
     #[arg(long)]
     pub awq_search_windows: Option<usize>,
@@ -316,10 +323,17 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
             a.verbose,
         )?,
         Method::Awq | Method::AwqGptq => {
+            if a.awq_clip_tokens == 0 {
+                Err(Error::option("--awq-clip-tokens", "0: the clipping search needs at least one token"))?;
+            }
             let opts = AwqOptions {
                 grid: a.awq_grid,
                 duo_scaling: a.awq_duo_scaling,
-                clip: (!a.awq_no_clip).then(AwqClip::default),
+                clip: (!a.awq_no_clip).then_some(AwqClip {
+                    tokens: a.awq_clip_tokens,
+                    proportional: !a.awq_clip_symmetric,
+                    ..AwqClip::default()
+                }),
                 gptq: (a.method == Method::AwqGptq).then_some(gptq_opts),
                 search_windows: a.awq_search_windows,
                 chunk_windows: a.chunk_windows,
