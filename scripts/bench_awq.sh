@@ -5,14 +5,14 @@
 # group, and SmolLM2's 576 is not one of 128); then every checkpoint (with RTN and GPTQ
 # ones given as extra paths) against the f32 baseline in one eval pass, chunks protocol,
 # ctx 512, 40 windows.
-# Usage: scripts/bench_awq.sh [OUTDIR] [EXTRA_CHECKPOINT...]   (default out/awq)
+# Usage: scripts/bench_awq.sh [OUTDIR] [EXTRA_CHECKPOINT...]   (default out/awq2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_assets.sh >/dev/null
 cargo build --release -q
 Q=target/release/quantize
 A=${QUANTIZE_ASSETS:-.cache/assets}
-O=${1:-out/awq}
+O=${1:-out/awq2}
 shift || true
 mkdir -p "$O"
 [ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
@@ -24,8 +24,10 @@ q() {
   [ -d "$O/$name" ] || /usr/bin/time -v $Q out/smollm2 -o "$O/$name" --json "$O/$name.json" "$@" "${common[@]}" 2> "$O/$name.log" >/dev/null
 }
 q awq-int4-g128-asym      --method awq --bits 4 --group-size 128 --asym
-q awqgptq-int4-g128-asym  --method awq+gptq --bits 4 --group-size 128 --asym
 q awq-int3-g128-asym      --method awq --bits 3 --group-size 128 --asym
-q awqgptq-int3-g128-asym  --method awq+gptq --bits 3 --group-size 128 --asym
+# AWQ+GPTQ with the GPTQ options that measured best alone (GPTQ section of BENCHMARKS).
+gptq_best=(--act-order --static-groups --mse)
+q awqgptq-int3-g128-asym  --method awq+gptq --bits 3 --group-size 128 --asym "${gptq_best[@]}"
+q awqgptq-int4-g128-asym  --method awq+gptq --bits 4 --group-size 128 --asym "${gptq_best[@]}"
 $Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --ctx 512 --max-windows 40 --json "$O/eval.json" \
   --model "$O"/awq-int4-g128-asym "$O"/awqgptq-int4-g128-asym "$O"/awq-int3-g128-asym "$O"/awqgptq-int3-g128-asym "$@"
