@@ -116,13 +116,10 @@ pub fn causal_attention(
             );
             for (i, row) in sc.chunks_mut(keys).enumerate() {
                 let valid = &mut row[..=r0 + i];
-                let m = valid.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for s in valid.iter_mut() {
-                    *s = fastexp::exp(*s - m);
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
+                let m = lane_max(valid);
+                // Separate passes: a running sum in the exp loop would keep it scalar.
+                valid.iter_mut().for_each(|s| *s = fastexp::exp(*s - m));
+                let inv = 1.0 / lane_sum(valid);
                 valid.iter_mut().for_each(|s| *s *= inv);
                 row[r0 + i + 1..].iter_mut().for_each(|s| *s = 0.0);
             }
@@ -138,6 +135,38 @@ pub fn causal_attention(
             o[h * hd..(h + 1) * hd].copy_from_slice(src);
         }
     });
+}
+
+/// Lanes of the softmax reductions: partial results per lane let LLVM keep them in
+/// vector registers (a single f32 accumulator is a serial chain it may not reorder).
+const LANES: usize = 16;
+
+/// `max(x)` (−∞ for an empty slice), in `LANES` partial maxima.
+fn lane_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &v)| *l = if v > *l { v } else { *l });
+    }
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
+/// `Σ x` in `LANES` partial sums, added pairwise at the end.
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &v)| *l += v);
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0] + chunks.remainder().iter().sum::<f32>()
 }
 
 /// `x += y`, in parallel.
@@ -208,6 +237,21 @@ mod tests {
             for (i, (a, b)) in out.iter().zip(&r).enumerate() {
                 assert!((a - b).abs() < 1e-4, "shape {:?} index {i}: {a} vs {b}", (windows, seq, heads, kv, hd));
             }
+        }
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_folds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        assert_eq!(lane_max(&[]), f32::NEG_INFINITY);
+        assert_eq!(lane_sum(&[]), 0.0);
+        for n in [1, 7, 15, 16, 17, 33, 300, 513] {
+            let mut x: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            x[n / 2] = 1e4; // an outlier, anywhere in the lanes or the tail
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(lane_max(&x), max, "n = {n}");
+            let sum: f64 = x.iter().map(|&v| v as f64).sum();
+            assert!((lane_sum(&x) as f64 - sum).abs() <= 1e-6 * (1e4 + n as f64), "n = {n}");
         }
     }
 
