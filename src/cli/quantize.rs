@@ -405,7 +405,8 @@ fn run_w8a8(a: &QuantizeArgs, model: &Path, name: &str) -> anyhow::Result<()> {
     if fp8 && a.act_asym {
         return bad("--act-asym", "FP8 activations are symmetric".into());
     }
-    if !matches!(a.method, Method::Rtn | Method::Fp8) && !(gptq && !fp8) {
+    let method_ok = matches!(a.method, Method::Rtn | Method::Fp8) || (gptq && !fp8);
+    if !method_ok {
         return bad("--method", format!("{} with {name}: use rtn (or gptq with w8a8-int8)", a.method.name()));
     }
     if smooth.is_some_and(|x| x > 1.0) {

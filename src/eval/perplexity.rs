@@ -3,6 +3,7 @@
 //!   every token after the first of each window scored (ctx-1 per window);
 //! - `llama.cpp` (`llama-perplexity`): the same windows, but only the second half scored:
 //!   logits at positions ctx/2 .. ctx-2 predict tokens ctx/2+1 .. ctx-1.
+//!
 //! Each window runs from an empty state: nothing crosses windows.
 
 use crate::error::{Error, Result};
