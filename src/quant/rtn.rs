@@ -78,7 +78,8 @@ fn fp8_error(values: &[f32], format: NumberFormat, scale: f32, norm: f32, bound:
     err
 }
 
-fn min_max(values: &[f32]) -> (f32, f32) {
+/// `(min, max)` of `values` with 0 included: `min ≤ 0 ≤ max`.
+pub(crate) fn min_max(values: &[f32]) -> (f32, f32) {
     values.iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 

@@ -13,7 +13,7 @@
 
 use crate::format::{Granularity, QuantScheme};
 use crate::model::linear::par;
-use crate::quant::rtn::group_params;
+use crate::quant::rtn::{group_params, min_max};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -82,7 +82,7 @@ pub fn clip_weights(
     let mut after = 0.0f64;
     for c0 in (0..cols).step_by(gw) {
         let g = gw.min(cols - c0);
-        // G = X_gᵀ X_g / n: [g, g]
+        // G = X_gᵀ X_g / n over the sampled tokens, [g, g].
         let xm = MatRef::from_row_major_slice_with_stride(&xs[c0..], n, g, cols);
         let mut gram = vec![0.0f32; g * g];
         matmul(
@@ -94,10 +94,7 @@ pub fn clip_weights(
             Par::Seq,
         );
         // (min, max) of every row's group, min ≤ 0 ≤ max.
-        let ranges: Vec<(f32, f32)> = w
-            .chunks(cols)
-            .map(|row| row[c0..c0 + g].iter().fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v))))
-            .collect();
+        let ranges: Vec<(f32, f32)> = w.chunks(cols).map(|row| min_max(&row[c0..c0 + g])).collect();
         let limits = |(lo, hi): (f32, f32), (p, proportional): (f32, bool)| {
             if proportional {
                 (lo * p, hi * p)
@@ -110,7 +107,7 @@ pub fn clip_weights(
         let mut first = vec![0.0f64; rows];
         let (mut d, mut m) = (vec![0.0f32; rows * g], vec![0.0f32; rows * g]);
         for (ci, &cand) in candidates.iter().enumerate() {
-            // d = dequant(quant(clamp(w))) - w for every row of the group
+            // D = Q(clamp(W_g)) - W_g for all rows at once; errors Σ (D·G)∘D below.
             d.par_chunks_mut(g).zip(w.par_chunks(cols)).zip(&ranges).for_each(|((d, row), &r)| {
                 let (lo, hi) = limits(r, cand);
                 let orig = &row[c0..c0 + g];
