@@ -238,6 +238,19 @@ fn awq_beats_rtn_on_outlier_channels_and_round_trips_through_awq_checkpoint() {
     let g = quantize_awq_model(&cfg, &store, &windows(4, 16), scheme, options(true)).unwrap();
     assert_eq!(g.report.base.method, "awq+gptq");
     assert_eq!(g.tensors.len(), out.tensors.len());
+
+    // Scoring the alphas with GPTQ's weights: on block 0 (the same inputs in both runs)
+    // every group's error at s = 1 is GPTQ's, lower than RTN's, and the best is no worse.
+    let gs =
+        quantize_awq_model(&cfg, &store, &windows(4, 16), scheme, AwqOptions { gptq_search: true, ..options(true) })
+            .unwrap();
+    let block0 =
+        |r: &quantize::quant::awq::AwqReport| r.awq_groups.iter().filter(|g| g.block == 0).cloned().collect::<Vec<_>>();
+    for (rtn, gptq) in block0(&g.report).iter().zip(block0(&gs.report)) {
+        assert_eq!(rtn.linears, gptq.linears);
+        assert!(gptq.error_before < rtn.error_before, "{gptq:?} vs {rtn:?}");
+        assert!(gptq.error_after <= gptq.error_before, "{gptq:?}");
+    }
 }
 
 fn int4_tensor(

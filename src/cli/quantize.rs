@@ -106,6 +106,10 @@ pub struct QuantizeArgs {
     /// GPTQ: group parameters from the original weights, before any update.
     #[arg(long)]
     pub static_groups: bool,
+    /// GPTQ: after the sweep, refit each group's scale by least squares against the
+    /// Hessian (codes and zero points fixed); lowers every layer's calibration error.
+    #[arg(long)]
+    pub refit_scales: bool,
     /// AWQ: points of the alpha grid (alpha = i / N, i = 0 .. N).
     #[arg(long, default_value_t = 20)]
     pub awq_grid: usize,
@@ -125,6 +129,9 @@ pub struct QuantizeArgs {
     /// AWQ: search the scales on the first N calibration windows only (default: all).
     #[arg(long)]
     pub awq_search_windows: Option<usize>,
+    /// AWQ+GPTQ: score the alpha grid with GPTQ's weights instead of RTN's.
+    #[arg(long)]
+    pub awq_gptq_search: bool,
     /// Calibration windows per forward chunk (memory vs speed).
     #[arg(long, default_value_t = 8)]
     pub chunk_windows: usize,
@@ -236,6 +243,17 @@ fn default_calib() -> PathBuf {
 /// The calibration windows of `--calib` (default: the Brown calibration split), tokenized
 /// with the model's tokenizer and drawn as `--nsamples`, `--seqlen`, `--seed` say. A text
 /// too short for one window is an error naming the files.
+fn gptq_options(a: &QuantizeArgs) -> GptqOptions {
+    GptqOptions {
+        block_size: a.block_size,
+        damp: a.damp,
+        act_order: a.act_order,
+        static_groups: a.static_groups,
+        mse: a.mse,
+        refit_scales: a.refit_scales,
+    }
+}
+
 fn calibration_windows(a: &QuantizeArgs, dir: &Path, label: &str) -> crate::Result<Vec<Vec<u32>>> {
     let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
     let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -300,13 +318,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     let store = SafetensorsStore::open(&dir)?;
     let clip = a.mse.then(ClipSearch::default);
     let calib_windows = || calibration_windows(&a, &dir, &format!("{method_name} {scheme}"));
-    let gptq_opts = GptqOptions {
-        block_size: a.block_size,
-        damp: a.damp,
-        act_order: a.act_order,
-        static_groups: a.static_groups,
-        mse: a.mse,
-    };
+    let gptq_opts = gptq_options(&a);
     // AWQ also replaces dense tensors (the norms its scales were folded into) and
     // reports per scale group: both ride along in `dense` / `extra_json`.
     let mut dense = BTreeMap::new();
@@ -335,6 +347,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                     ..AwqClip::default()
                 }),
                 gptq: (a.method == Method::AwqGptq).then_some(gptq_opts),
+                gptq_search: a.awq_gptq_search,
                 search_windows: a.awq_search_windows,
                 chunk_windows: a.chunk_windows,
                 progress: true,
@@ -446,13 +459,7 @@ fn run_w8a8(a: &QuantizeArgs, model: &Path, name: &str) -> anyhow::Result<()> {
     let store = SafetensorsStore::open(&dir)?;
     let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
     let windows = || calibration_windows(a, &dir, &format!("{method} {name}"));
-    let gptq_opts = GptqOptions {
-        block_size: a.block_size,
-        damp: a.damp,
-        act_order: a.act_order,
-        static_groups: a.static_groups,
-        mse: a.mse,
-    };
+    let gptq_opts = gptq_options(a);
     let runner = RunnerOptions { chunk_windows: a.chunk_windows, progress: true };
     let text = serde_json::json!({"calib": files, "nsamples": a.nsamples, "seqlen": a.seqlen, "seed": a.seed});
     let mut calibration = text.clone();

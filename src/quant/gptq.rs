@@ -33,6 +33,7 @@
 //! `Par::Seq`, so the result is the same bits for any number of threads.
 
 use super::linalg::{cholesky_inverse_upper, LinalgError};
+use super::refit::{refit_scales, RefitStats};
 use super::rtn::{fp8_group_scale, group_params, ClipSearch};
 use crate::error::{Error, Result};
 use crate::format::fp8;
@@ -67,11 +68,14 @@ pub struct GptqOptions {
     pub static_groups: bool,
     /// Parameters by the MSE clipping search of `quant.py` (`mse=True`) instead of min/max.
     pub mse: bool,
+    /// After the sweep, refit every group's scale by least squares against the
+    /// Hessian, codes and zero points fixed ([`refit_scales`]; integer schemes).
+    pub refit_scales: bool,
 }
 
 impl Default for GptqOptions {
     fn default() -> Self {
-        Self { block_size: 128, damp: 0.01, act_order: false, static_groups: false, mse: false }
+        Self { block_size: 128, damp: 0.01, act_order: false, static_groups: false, mse: false, refit_scales: false }
     }
 }
 
@@ -84,6 +88,8 @@ pub struct GptqResult {
     pub damp_used: f32,
     /// How many times the damping had to be raised.
     pub damp_retries: u32,
+    /// The scale refit's effect on the calibration error, when it ran.
+    pub refit: Option<RefitStats>,
     /// Wall time of the whole call.
     pub seconds: f64,
 }
@@ -270,12 +276,19 @@ fn quantize_impl(
         g
     });
     let zeros = (!scheme.is_fp8()).then_some(zeros);
-    let tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros, g_idx };
+    let mut tensor = QuantizedTensor { scheme, rows, cols, codes, scales, zeros, g_idx };
+    let refit = (opts.refit_scales && !scheme.is_fp8()).then(|| refit_scales(&mut tensor, weight, hessian));
+    if refit.is_some_and(|r| r.rows_changed > 0) {
+        if let Some(q) = q.as_mut() {
+            *q = tensor.dequantize();
+        }
+    }
     let result = GptqResult {
         tensor,
         loss: loss / 2.0,
         damp_used: frac as f32,
         damp_retries: retries,
+        refit,
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((result, q))

@@ -4,4 +4,5 @@ pub mod awq;
 pub mod gptq;
 pub mod linalg;
 pub mod pipeline;
+pub mod refit;
 pub mod rtn;

@@ -24,6 +24,9 @@ pub struct LayerReport {
     pub loss: f64,
     pub damp: Option<f32>,
     pub damp_retries: u32,
+    /// GPTQ's scale refit: the layer's calibration error before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refit: Option<crate::quant::refit::RefitStats>,
     pub seconds: f64,
 }
 
@@ -91,6 +94,7 @@ pub fn quantize_rtn_model(
             loss: sq_error(&w, &q),
             damp: None,
             damp_retries: 0,
+            refit: None,
             seconds: tl.elapsed().as_secs_f64(),
         });
         out.insert(name, q);
@@ -148,6 +152,7 @@ impl SiteQuantizer for GptqSiteQuantizer {
                     loss: r.loss,
                     damp: Some(r.damp_used),
                     damp_retries: r.damp_retries,
+                    refit: r.refit,
                     seconds: r.seconds,
                 });
                 Ok(r.tensor)

@@ -264,6 +264,7 @@ pub fn quantize_w8a8_rtn(
                 loss,
                 damp: None,
                 damp_retries: 0,
+                refit: None,
                 seconds: t.elapsed().as_secs_f64(),
             });
             out.tensors.insert(name, q);

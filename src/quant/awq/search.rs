@@ -4,7 +4,9 @@
 //! weights as the inputs `x/s` see them), and the mean squared error of the inspected
 //! output (attention after o_proj, MLP after down_proj, or the linears themselves)
 //! against the full-precision output on the calibration tokens. The error "before" is
-//! that of s = 1, plain RTN (alpha = 0 without duo scaling).
+//! that of s = 1, plain RTN (alpha = 0 without duo scaling). With `awq+gptq` the
+//! weights of each alpha can come from GPTQ instead (with the Hessian of the scaled
+//! inputs), so the scales are chosen for the quantizer that will run.
 
 use super::weights::{awq_scales, linear_index, weight_mean, BlockWeights};
 use crate::calib::observers::AbsMeanObserver;
@@ -13,6 +15,7 @@ use crate::format::QuantScheme;
 use crate::model::layers::Rope;
 use crate::model::llama::{linear_shape, Block, ScaleGroup, ScaleTarget};
 use crate::model::LlamaConfig;
+use crate::quant::gptq::{gptq_quantize, GptqOptions};
 use crate::quant::linalg::HessianAccumulator;
 use crate::quant::rtn::quantize_rtn;
 use faer::linalg::matmul::matmul;
@@ -29,6 +32,9 @@ pub struct SearchContext<'a> {
     /// Alphas `i / grid` for `i = 0 .. grid`.
     pub grid: usize,
     pub duo_scaling: bool,
+    /// Score each alpha with the weights GPTQ (these options) would give instead of
+    /// RTN's: `awq+gptq` then picks the scales that help the quantizer it runs.
+    pub gptq: Option<GptqOptions>,
 }
 
 /// The outcome for one group.
@@ -72,7 +78,16 @@ fn inspect(ctx: &SearchContext, block: &Block, target: ScaleTarget, x: &[f32], w
     }
 }
 
-/// `Q(W·diag(s))·diag(s)⁻¹` for `W`: `[rows, cols]`.
+/// How the search quantizes the scaled weights.
+#[derive(Clone, Copy)]
+enum Quantizer<'a> {
+    Rtn,
+    /// GPTQ with the Hessian `2/n XᵀX` of the unscaled input, `[cols, cols]`.
+    Gptq(&'a GptqOptions, &'a [f32]),
+}
+
+/// `Q(W·diag(s))·diag(s)⁻¹` for `W`: `[rows, cols]`. GPTQ sees the inputs `x/s`, whose
+/// Hessian is `diag(s)⁻¹ H diag(s)⁻¹`.
 fn quantized_effective(
     name: &str,
     w: &[f32],
@@ -80,12 +95,19 @@ fn quantized_effective(
     cols: usize,
     s: &[f32],
     scheme: QuantScheme,
+    quantizer: Quantizer,
 ) -> Result<Vec<f32>> {
     let mut ws = w.to_vec();
     for row in ws.chunks_mut(cols) {
         row.iter_mut().zip(s).for_each(|(v, s)| *v *= s);
     }
-    let mut q = quantize_rtn(name, &ws, rows, cols, scheme, None)?.dequantize();
+    let mut q = match quantizer {
+        Quantizer::Rtn => quantize_rtn(name, &ws, rows, cols, scheme, None)?.dequantize(),
+        Quantizer::Gptq(opts, h) => {
+            let hs: Vec<f32> = h.iter().enumerate().map(|(k, v)| v / (s[k / cols] * s[k % cols])).collect();
+            gptq_quantize(name, &ws, rows, cols, &hs, scheme, opts)?.tensor.dequantize()
+        }
+    };
     for row in q.chunks_mut(cols) {
         row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
     }
@@ -132,23 +154,32 @@ pub fn search_group(
         weight_mean(&ws, width, ctx.scheme.group_width(width))
     });
     let names: Vec<String> = group.linears.iter().map(|l| format!("model.layers.{}.{l}", bw.index)).collect();
+    // 2/n XᵀX of the search tokens: the Linears target's score and GPTQ's Hessian.
+    let hessian = (group.target == ScaleTarget::Linears || ctx.gptq.is_some()).then(|| {
+        let mut acc = HessianAccumulator::new(width);
+        for part in x.chunks(ctx.chunk_windows.max(1) * ctx.seqlen * width) {
+            acc.add_batch(part, part.len() / width);
+        }
+        acc.hessian()
+    });
+    let quantizer = match (&ctx.gptq, &hessian) {
+        (Some(g), Some(h)) => Quantizer::Gptq(g, h),
+        _ => Quantizer::Rtn,
+    };
     // The group's linears as the inputs x/s see them after quantization with scales s.
     let effective = |s: &[f32]| -> Result<Vec<(usize, Vec<f32>)>> {
         idx.iter()
             .zip(shapes)
             .zip(&names)
-            .map(|((&k, &(o, i)), name)| Ok((k, quantized_effective(name, &bw.linears[k], o, i, s, ctx.scheme)?)))
+            .map(|((&k, &(o, i)), name)| {
+                Ok((k, quantized_effective(name, &bw.linears[k], o, i, s, ctx.scheme, quantizer)?))
+            })
             .collect()
     };
     let score: Box<dyn Fn(&[f32]) -> Result<f64> + '_> = if group.target == ScaleTarget::Linears {
         // Mean over tokens of ‖ΔW x‖² is Σ_r Δw_r (XᵀX / n) Δw_rᵀ: one Gram matrix
         // instead of a forward per alpha.
-        let mut acc = HessianAccumulator::new(width);
-        for part in x.chunks(ctx.chunk_windows.max(1) * ctx.seqlen * width) {
-            acc.add_batch(part, part.len() / width);
-        }
-        let mut gram = acc.hessian(); // 2/n XᵀX
-        gram.iter_mut().for_each(|v| *v *= 0.5);
+        let gram: Vec<f32> = hessian.as_ref().expect("computed for linear targets").iter().map(|v| 0.5 * v).collect();
         let outs: usize = shapes.iter().map(|s| s.0).sum();
         Box::new(move |s: &[f32]| {
             let mut total = 0.0f64;
