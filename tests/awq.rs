@@ -427,3 +427,33 @@ fn cli_refuses_awq_layout_that_cannot_hold_the_scheme_before_running() {
     assert!(!err.contains("windows x"), "refused before calibration: {err}");
     assert!(!out.exists() && t0.elapsed().as_secs() < 60);
 }
+
+/// awq+gptq skips AWQ's RTN-fitted clipping unless asked (GPTQ targets the unclipped
+/// weights); asking for and against it at once is refused.
+#[test]
+fn cli_awq_gptq_skips_the_clip_by_default() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = common::smollm2_dir();
+    let run = |extra: &[&str], name: &str| {
+        let out = root.path().join(name);
+        let json = root.path().join(format!("{name}.json"));
+        let mut args: Vec<String> =
+            [dir.to_str().unwrap(), "-o", out.to_str().unwrap(), "--json", json.to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let base = ["--method", "awq+gptq", "--asym", "--nsamples", "1", "--seqlen", "16", "--awq-grid", "2"];
+        args.extend(base.iter().chain(extra).map(|s| s.to_string()));
+        let res = std::process::Command::new(env!("CARGO_BIN_EXE_quantize")).args(&args).output().unwrap();
+        (res, json)
+    };
+    let (res, json) = run(&[], "default");
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    assert_eq!(report["method"], "awq+gptq");
+    assert_eq!(report["awq_clips"].as_array().map(Vec::len), Some(0), "no AWQ clip by default with GPTQ");
+    assert!(report["awq_groups"].as_array().is_some_and(|g| !g.is_empty()));
+    let (res, _) = run(&["--awq-clip", "--awq-no-clip"], "both");
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && err.contains("--awq-clip") && err.contains("--awq-no-clip"), "{err}");
+}
