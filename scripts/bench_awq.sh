@@ -25,9 +25,14 @@ q() {
 }
 q awq-int4-g128-asym      --method awq --bits 4 --group-size 128 --asym
 q awq-int3-g128-asym      --method awq --bits 3 --group-size 128 --asym
-# AWQ+GPTQ with the GPTQ options that measured best alone (GPTQ section of BENCHMARKS).
+# AWQ+GPTQ with the GPTQ options that measured best alone (GPTQ section of BENCHMARKS),
+# at the defaults (no AWQ clip, alpha grid scored with GPTQ's weights), and int3 with
+# each default turned back to AutoAWQ's behaviour.
 gptq_best=(--act-order --static-groups --mse)
 q awqgptq-int3-g128-asym  --method awq+gptq --bits 3 --group-size 128 --asym "${gptq_best[@]}"
 q awqgptq-int4-g128-asym  --method awq+gptq --bits 4 --group-size 128 --asym "${gptq_best[@]}"
+q awqgptq-int3-g128-asym-rtnsearch       --method awq+gptq --bits 3 --group-size 128 --asym "${gptq_best[@]}" --awq-rtn-search
+q awqgptq-int3-g128-asym-rtnsearch-clip  --method awq+gptq --bits 3 --group-size 128 --asym "${gptq_best[@]}" --awq-rtn-search --awq-clip
 $Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --ctx 512 --max-windows 40 --json "$O/eval.json" \
-  --model "$O"/awq-int4-g128-asym "$O"/awqgptq-int4-g128-asym "$O"/awq-int3-g128-asym "$O"/awqgptq-int3-g128-asym "$@"
+  --model "$O"/awq-int4-g128-asym "$O"/awqgptq-int4-g128-asym "$O"/awq-int3-g128-asym "$O"/awqgptq-int3-g128-asym \
+  "$O"/awqgptq-int3-g128-asym-rtnsearch "$O"/awqgptq-int3-g128-asym-rtnsearch-clip "$@"

@@ -134,9 +134,11 @@ pub struct QuantizeArgs {
     /// AWQ: search the scales on the first N calibration windows only (default: all).
     #[arg(long)]
     pub awq_search_windows: Option<usize>,
-    /// AWQ+GPTQ: score the alpha grid with GPTQ's weights instead of RTN's.
+    /// AWQ+GPTQ: score the alpha grid with RTN's weights, as AutoAWQ does (default:
+    /// with GPTQ's, the quantizer that will run; int3 g128 +53.4% vs +58.1%, search
+    /// time 1.4x).
     #[arg(long)]
-    pub awq_gptq_search: bool,
+    pub awq_rtn_search: bool,
     /// Calibration windows per forward chunk (memory vs speed).
     #[arg(long, default_value_t = 8)]
     pub chunk_windows: usize,
@@ -352,7 +354,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
                     ..AwqClip::default()
                 }),
                 gptq: (a.method == Method::AwqGptq).then_some(gptq_opts),
-                gptq_search: a.awq_gptq_search,
+                gptq_search: !a.awq_rtn_search,
                 search_windows: a.awq_search_windows,
                 chunk_windows: a.chunk_windows,
                 progress: true,

@@ -54,7 +54,7 @@ pub struct AwqOptions {
     /// Quantize after scaling with GPTQ instead of RTN (`awq+gptq`).
     pub gptq: Option<GptqOptions>,
     /// With `gptq`: score the alpha grid with GPTQ's weights (its options without the
-    /// MSE search, which would cost 7x) instead of RTN's.
+    /// MSE search, which would cost 7x) instead of RTN's. On by default.
     pub gptq_search: bool,
     /// Search the scales on the first N calibration windows only (all by default).
     pub search_windows: Option<usize>,
@@ -71,7 +71,7 @@ impl Default for AwqOptions {
             duo_scaling: false,
             clip: Some(AwqClip::default()),
             gptq: None,
-            gptq_search: false,
+            gptq_search: true,
             search_windows: None,
             chunk_windows: 8,
             progress: false,
