@@ -107,7 +107,8 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub static_groups: bool,
     /// GPTQ: after the sweep, refit each group's scale by least squares against the
-    /// Hessian (codes and zero points fixed); lowers every layer's calibration error.
+    /// Hessian (codes and zero points fixed); lowers every layer's calibration error and,
+    /// on SmolLM2 int4 g128, perplexity, but not KL to the baseline (docs/BENCHMARKS.md).
     #[arg(long)]
     pub refit_scales: bool,
     /// AWQ: points of the alpha grid (alpha = i / N, i = 0 .. N).
