@@ -248,9 +248,7 @@ fn default_calib() -> PathBuf {
     root.join("brown/brown_calib.txt")
 }
 
-/// The calibration windows of `--calib` (default: the Brown calibration split), tokenized
-/// with the model's tokenizer and drawn as `--nsamples`, `--seqlen`, `--seed` say. A text
-/// too short for one window is an error naming the files.
+/// GPTQ's options from the command line (shared by GPTQ, awq+gptq and W8A8 GPTQ).
 fn gptq_options(a: &QuantizeArgs) -> GptqOptions {
     GptqOptions {
         block_size: a.block_size,
@@ -262,6 +260,9 @@ fn gptq_options(a: &QuantizeArgs) -> GptqOptions {
     }
 }
 
+/// The calibration windows of `--calib` (default: the Brown calibration split), tokenized
+/// with the model's tokenizer and drawn as `--nsamples`, `--seqlen`, `--seed` say. A text
+/// too short for one window is an error naming the files.
 fn calibration_windows(a: &QuantizeArgs, dir: &Path, label: &str) -> crate::Result<Vec<Vec<u32>>> {
     let files = if a.calib.is_empty() { vec![default_calib()] } else { a.calib.clone() };
     let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");

@@ -30,7 +30,8 @@
 use crate::format::quantized::QuantizedTensor;
 use crate::format::scheme::{f16_round, Granularity};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::linalg::solvers::Solve;
+use faer::{Accum, Col, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 
 /// Rows per parallel task (a fixed partition: results do not depend on the thread count).
@@ -159,10 +160,8 @@ fn refit_chunk(ctx: &Ctx, r0: usize, cr: usize) -> (Vec<f32>, RefitStats) {
         group_dots(&c, &p, cr, cols, ctx.col_group, groups, |r, g, v| a[(r * groups + g) * groups + h] += v);
     }
 
-    let mut scales: Vec<f32> = (0..cr)
-        .flat_map(|r| (0..groups).map(move |g| (r, g)))
-        .map(|(r, g)| t.scales[t.param_index(r0 + r, g)])
-        .collect();
+    // Per channel / per group: row r's scales are `scales[r * groups..(r + 1) * groups]`.
+    let mut scales = t.scales[r0 * groups..(r0 + cr) * groups].to_vec();
     let mut stats = RefitStats::default();
     for r in 0..cr {
         let a_r = &a[r * groups * groups..(r + 1) * groups * groups];
@@ -240,47 +239,18 @@ fn solve_row(a: &[f64], b: &[f64], old: &[f64]) -> Option<Vec<f64>> {
     }
     let active: Vec<usize> = (0..n).filter(|&g| a[g * n + g] > 1e-12 * max_diag).collect();
     let m = active.len();
-    // Reduced system: A_aa s_a = b_a - A_af s_f.
-    let mut l = vec![0.0f64; m * m];
-    let mut rhs = vec![0.0f64; m];
-    for (i, &g) in active.iter().enumerate() {
-        rhs[i] = b[g] - (0..n).filter(|h| !active.contains(h)).map(|h| a[g * n + h] * old[h]).sum::<f64>();
-        for (j, &h) in active.iter().enumerate() {
-            l[i * m + j] = a[g * n + h];
-        }
-    }
-    // Cholesky L Lᵀ in place (lower triangle), then two triangular solves.
-    for j in 0..m {
-        let mut d = l[j * m + j];
-        for k in 0..j {
-            d -= l[j * m + k] * l[j * m + k];
-        }
-        if !(d > 0.0) {
-            return None;
-        }
-        let d = d.sqrt();
-        l[j * m + j] = d;
-        for i in j + 1..m {
-            let mut v = l[i * m + j];
-            for k in 0..j {
-                v -= l[i * m + k] * l[j * m + k];
-            }
-            l[i * m + j] = v / d;
-        }
-    }
-    for i in 0..m {
-        let v: f64 = (0..i).map(|k| l[i * m + k] * rhs[k]).sum();
-        rhs[i] = (rhs[i] - v) / l[i * m + i];
-    }
-    for i in (0..m).rev() {
-        let v: f64 = (i + 1..m).map(|k| l[k * m + i] * rhs[k]).sum();
-        rhs[i] = (rhs[i] - v) / l[i * m + i];
-    }
+    // Reduced system: A_aa s_a = b_a - A_af s_f, by faer's Cholesky.
+    let a_aa = Mat::<f64>::from_fn(m, m, |i, j| a[active[i] * n + active[j]]);
+    let rhs = Col::<f64>::from_fn(m, |i| {
+        let g = active[i];
+        b[g] - (0..n).filter(|h| !active.contains(h)).map(|h| a[g * n + h] * old[h]).sum::<f64>()
+    });
+    let sol = a_aa.llt(Side::Lower).ok()?.solve(&rhs);
     let mut s = old.to_vec();
     for (i, &g) in active.iter().enumerate() {
-        s[g] = rhs[i];
+        s[g] = sol[i];
     }
-    Some(s)
+    s.iter().all(|v| v.is_finite()).then_some(s)
 }
 
 #[cfg(test)]

@@ -82,12 +82,11 @@ fn inspect(ctx: &SearchContext, block: &Block, target: ScaleTarget, x: &[f32], w
 #[derive(Clone, Copy)]
 enum Quantizer<'a> {
     Rtn,
-    /// GPTQ with the Hessian `2/n XᵀX` of the unscaled input, `[cols, cols]`.
+    /// GPTQ with the Hessian of the scaled inputs `x/s`, `diag(s)⁻¹ H diag(s)⁻¹`, `[cols, cols]`.
     Gptq(&'a GptqOptions, &'a [f32]),
 }
 
-/// `Q(W·diag(s))·diag(s)⁻¹` for `W`: `[rows, cols]`. GPTQ sees the inputs `x/s`, whose
-/// Hessian is `diag(s)⁻¹ H diag(s)⁻¹`.
+/// `Q(W·diag(s))·diag(s)⁻¹` for `W`: `[rows, cols]`.
 fn quantized_effective(
     name: &str,
     w: &[f32],
@@ -103,10 +102,7 @@ fn quantized_effective(
     }
     let mut q = match quantizer {
         Quantizer::Rtn => quantize_rtn(name, &ws, rows, cols, scheme, None)?.dequantize(),
-        Quantizer::Gptq(opts, h) => {
-            let hs: Vec<f32> = h.iter().enumerate().map(|(k, v)| v / (s[k / cols] * s[k % cols])).collect();
-            gptq_quantize(name, &ws, rows, cols, &hs, scheme, opts)?.tensor.dequantize()
-        }
+        Quantizer::Gptq(opts, hs) => gptq_quantize(name, &ws, rows, cols, hs, scheme, opts)?.tensor.dequantize(),
     };
     for row in q.chunks_mut(cols) {
         row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
@@ -162,12 +158,17 @@ pub fn search_group(
         }
         acc.hessian()
     });
-    let quantizer = match (&ctx.gptq, &hessian) {
-        (Some(g), Some(h)) => Quantizer::Gptq(g, h),
-        _ => Quantizer::Rtn,
-    };
     // The group's linears as the inputs x/s see them after quantization with scales s.
     let effective = |s: &[f32]| -> Result<Vec<(usize, Vec<f32>)>> {
+        // GPTQ's Hessian of x/s, once per alpha for all the group's linears.
+        let scaled: Option<Vec<f32>> = ctx
+            .gptq
+            .and(hessian.as_ref())
+            .map(|h| h.iter().enumerate().map(|(k, v)| v / (s[k / width] * s[k % width])).collect());
+        let quantizer = match (&ctx.gptq, &scaled) {
+            (Some(g), Some(hs)) => Quantizer::Gptq(g, hs),
+            _ => Quantizer::Rtn,
+        };
         idx.iter()
             .zip(shapes)
             .zip(&names)
