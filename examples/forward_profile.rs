@@ -7,6 +7,7 @@ use quantize::model::LlamaModel;
 use std::time::Instant;
 
 fn main() {
+    quantize::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let model = LlamaModel::load(std::path::Path::new(&args[1])).unwrap();
     let windows: usize = args.get(2).map_or(4, |s| s.parse().unwrap());
