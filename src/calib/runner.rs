@@ -77,7 +77,7 @@ fn site_name(site: InputSite) -> &'static str {
 }
 
 fn check_finite(block: usize, what: &str, x: &[f32]) -> Result<()> {
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    if let Some(i) = crate::model::layers::first_non_finite(x) {
         return Err(Error::other_msg(format!(
             "calibration: block {block}, {what}: non-finite activation {} at element {i}; nothing was written",
             x[i]

@@ -193,6 +193,25 @@ fn lane_sum(x: &[f32]) -> f32 {
     lanes[0] + chunks.remainder().iter().sum::<f32>()
 }
 
+/// Values per task of [`first_non_finite`].
+const FINITE_CHUNK: usize = 1 << 14;
+
+/// Index of the first NaN or ±∞ in `x`, if any: a branch-free, vectorized test of each
+/// chunk in parallel (the check runs on every calibration activation, ~10⁹ values per
+/// GPTQ run), then a plain scan of the first failing chunk. Same answer as
+/// `x.iter().position(|v| !v.is_finite())`.
+pub fn first_non_finite(x: &[f32]) -> Option<usize> {
+    let chunk = x.par_chunks(FINITE_CHUNK).position_first(|part| !all_finite(part))?;
+    let part = &x[chunk * FINITE_CHUNK..];
+    Some(chunk * FINITE_CHUNK + part.iter().position(|v| !v.is_finite()).expect("chunk holds a non-finite value"))
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+fn all_finite(x: &[f32]) -> bool {
+    // `|v| < ∞` is false for NaN and ±∞; `&` rather than `&&` keeps the loop branch-free.
+    x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY))
+}
+
 /// `x += y`, in parallel.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
@@ -334,6 +353,23 @@ mod tests {
                         assert!((fh[i] as f64 - exact).abs() <= 1e-6 * (1.0 + x0.abs().max(x1.abs()) as f64));
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn first_non_finite_matches_a_plain_scan() {
+        assert_eq!(first_non_finite(&[]), None);
+        let n = 3 * FINITE_CHUNK + 17;
+        let clean: Vec<f32> = (0..n).map(|i| (i as f32).sin() * 1e30).collect();
+        assert_eq!(first_non_finite(&clean), None);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 15, FINITE_CHUNK - 1, FINITE_CHUNK, 2 * FINITE_CHUNK + 5, n - 1] {
+                let mut x = clean.clone();
+                x[at] = bad;
+                x[n - 1] = f32::NAN; // a later offender must not win
+                assert_eq!(first_non_finite(&x), x.iter().position(|v| !v.is_finite()), "{bad} at {at}");
+                assert_eq!(first_non_finite(&x), Some(at));
             }
         }
     }

@@ -318,10 +318,10 @@ fn validate(
     if hessian.len() != cols * cols {
         return Err(Error::tensor(name, format!("Hessian has {} values, expected [{cols}, {cols}]", hessian.len())));
     }
-    if let Some(k) = weight.iter().position(|v| !v.is_finite()) {
+    if let Some(k) = crate::model::layers::first_non_finite(weight) {
         return Err(Error::tensor(name, format!("weight holds {} at [{}, {}]", weight[k], k / cols, k % cols)));
     }
-    if let Some(k) = hessian.iter().position(|v| !v.is_finite()) {
+    if let Some(k) = crate::model::layers::first_non_finite(hessian) {
         return Err(Error::tensor(name, format!("Hessian holds {} at [{}, {}]", hessian[k], k / cols, k % cols)));
     }
     if let Some(i) = (0..cols).find(|&i| hessian[i * cols + i] < 0.0) {

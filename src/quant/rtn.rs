@@ -130,7 +130,7 @@ pub fn fp8_group_scale(values: &[f32], format: NumberFormat, clip: Option<ClipSe
 
 /// Refuse NaN/Inf weights, naming the first (row-major) offender.
 pub fn check_finite(name: &str, weight: &[f32], cols: usize) -> Result<()> {
-    match weight.iter().position(|w| !w.is_finite()) {
+    match crate::model::layers::first_non_finite(weight) {
         None => Ok(()),
         Some(i) => Err(Error::tensor(
             name,

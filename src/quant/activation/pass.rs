@@ -106,7 +106,7 @@ struct Collect {
 impl BlockHook for Collect {
     fn on_input(&mut self, site: InputSite, x: &[f32], tokens: usize) -> Result<()> {
         let width = x.len() / tokens.max(1);
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        if let Some(i) = crate::model::layers::first_non_finite(x) {
             return Err(Error::other_msg(format!(
                 "calibration: block {}: the input of {} holds {} at token {}, channel {}; nothing was written",
                 self.block,

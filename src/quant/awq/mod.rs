@@ -144,7 +144,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn check_finite(block: usize, what: &str, x: &[f32]) -> Result<()> {
-    match x.iter().position(|v| !v.is_finite()) {
+    match crate::model::layers::first_non_finite(x) {
         None => Ok(()),
         Some(i) => Err(Error::other_msg(format!(
             "awq: block {block}, {what}: non-finite activation {} at element {i}; nothing was written",
