@@ -35,27 +35,6 @@ pub struct HessianAccumulator {
     n_samples: usize,
 }
 
-/// Side of the square blocks of [`transpose_into`] (4 KB of f32 rows per block side).
-const TRANSPOSE_BLOCK: usize = 32;
-
-/// `dst[c * rows + r] = src[r * cols + c]`: `[rows, cols]` row-major to column-major,
-/// block by block so both sides stay in cache.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
-        let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
-        for c0 in (0..cols).step_by(TRANSPOSE_BLOCK) {
-            let c1 = (c0 + TRANSPOSE_BLOCK).min(cols);
-            // Contiguous writes; the reads stay inside the block's rows (in cache).
-            for c in c0..c1 {
-                let col = &mut dst[c * rows + r0..c * rows + r1];
-                for (r, d) in (r0..r1).zip(col) {
-                    *d = src[r * cols + c];
-                }
-            }
-        }
-    }
-}
-
 impl HessianAccumulator {
     pub fn new(cols: usize) -> Self {
         Self { cols, sum: vec![0.0; cols * cols], n_samples: 0 }
@@ -78,11 +57,10 @@ impl HessianAccumulator {
             return;
         }
         self.n_samples += tokens;
-        // Channel-major copy, xc: [tokens, n] column-major, so that both factors of every
-        // tile product have the token dimension contiguous (measured 2x faster in faer).
-        let mut xc = vec![0.0f32; tokens * n];
-        transpose_into(x, tokens, n, &mut xc);
-        let xm = MatRef::from_column_major_slice(&xc, tokens, n);
+        // x as it is, row-major: the tile's left factor x[:, i0..]ᵀ is then column-major,
+        // the layout faer's packing reads fastest. (A channel-major copy first gives the
+        // same bits and was 1.4x slower on Zen 5, stop 12.)
+        let xm = MatRef::from_row_major_slice(x, tokens, n);
         // Tiles (i0, j0) with i0 ≥ j0 of H (column-major): split every column panel of
         // width HESSIAN_TILE into its row tiles, then run all tiles in parallel.
         let mut tiles = Vec::new();
