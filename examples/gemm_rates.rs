@@ -24,7 +24,11 @@ fn main() {
             })
             .collect();
         let s = median(t);
-        println!("xwt  [{rows}x{k}]x[{k}x{n}]  {:8.3} ms  {:6.1} GFLOP/s", s * 1e3, 2.0 * (rows * n * k) as f64 / s / 1e9);
+        println!(
+            "xwt  [{rows}x{k}]x[{k}x{n}]  {:8.3} ms  {:6.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (rows * n * k) as f64 / s / 1e9
+        );
     }
     for &c in &[576usize, 1536] {
         let x: Vec<f32> = (0..rows * c).map(|i| ((i * 7919 % 1000) as f32) * 1e-3 - 0.5).collect();
@@ -38,6 +42,10 @@ fn main() {
             .collect();
         let s = median(t);
         // lower triangle: rows · c(c+1)/2 multiply-adds
-        println!("hess [{rows}x{c}]  {:8.3} ms  {:6.1} GFLOP/s (lower triangle)", s * 1e3, (rows * c * (c + 1)) as f64 / s / 1e9);
+        println!(
+            "hess [{rows}x{c}]  {:8.3} ms  {:6.1} GFLOP/s (lower triangle)",
+            s * 1e3,
+            (rows * c * (c + 1)) as f64 / s / 1e9
+        );
     }
 }

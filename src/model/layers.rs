@@ -6,10 +6,17 @@ use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-// The elementwise kernels below are `#[multiversion]`: compiled once per target (AVX-512,
-// AVX2+FMA, NEON, baseline) and picked at run time, so their loops vectorize 16 or 8
-// wide instead of the baseline x86-64's 4 (SSE2). Rust never fuses a multiply and an
-// add on its own, so every clone computes the same bits.
+/// Defines an elementwise kernel compiled once per target (AVX-512, AVX2+FMA, NEON and the
+/// baseline) and picked at run time, so its loops vectorize 16 or 8 wide instead of the
+/// baseline x86-64's 4 (SSE2). Rust never fuses a multiply and an add on its own, so every
+/// clone computes the same bits. The one place the target list is written.
+macro_rules! simd_kernel {
+    ($(#[$meta:meta])* $vis:vis fn $($rest:tt)*) => {
+        $(#[$meta])*
+        #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
+        $vis fn $($rest)*
+    };
+}
 
 /// `out[t] = x[t] / rms(x[t]) * weight` (RMSNorm, eps inside the root, as HF LlamaRMSNorm).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -60,15 +67,16 @@ impl Rope {
     }
 }
 
-/// Rotate-half RoPE of every head of one row `r` (`[heads·hd]`) by `cos`, `sin` (`[hd/2]`).
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn rotate_row(r: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
-    for h in r.chunks_mut(hd) {
-        let (a, b) = h.split_at_mut(hd / 2);
-        for (((a, b), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
-            let (x0, x1) = (*a, *b);
-            *a = x0 * c - x1 * s;
-            *b = x1 * c + x0 * s;
+simd_kernel! {
+    /// Rotate-half RoPE of every head of one row `r` (`[heads·hd]`) by `cos`, `sin` (`[hd/2]`).
+    fn rotate_row(r: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
+        for h in r.chunks_mut(hd) {
+            let (a, b) = h.split_at_mut(hd / 2);
+            for (((a, b), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+                let (x0, x1) = (*a, *b);
+                *a = x0 * c - x1 * s;
+                *b = x1 * c + x0 * s;
+            }
         }
     }
 }
@@ -78,10 +86,11 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| swiglu_chunk(g, u));
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + fastexp::exp(-*g)) * u;
+simd_kernel! {
+    fn swiglu_chunk(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + fastexp::exp(-*g)) * u;
+        }
     }
 }
 
@@ -144,18 +153,19 @@ pub fn causal_attention(
     });
 }
 
-/// Softmax of each row `i` of `scores` (`[rows, keys]`) over its first `first + i + 1`
-/// keys (the causal mask of query `first + i`); the masked rest is set to 0.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn causal_softmax_rows(scores: &mut [f32], keys: usize, first: usize) {
-    for (i, row) in scores.chunks_mut(keys).enumerate() {
-        let (valid, masked) = row.split_at_mut(first + i + 1);
-        let m = lane_max(valid);
-        // Separate passes: a running sum in the exp loop would keep it scalar.
-        valid.iter_mut().for_each(|s| *s = fastexp::exp(*s - m));
-        let inv = 1.0 / lane_sum(valid);
-        valid.iter_mut().for_each(|s| *s *= inv);
-        masked.iter_mut().for_each(|s| *s = 0.0);
+simd_kernel! {
+    /// Softmax of each row `i` of `scores` (`[rows, keys]`) over its first `first + i + 1`
+    /// keys (the causal mask of query `first + i`); the masked rest is set to 0.
+    fn causal_softmax_rows(scores: &mut [f32], keys: usize, first: usize) {
+        for (i, row) in scores.chunks_mut(keys).enumerate() {
+            let (valid, masked) = row.split_at_mut(first + i + 1);
+            let m = lane_max(valid);
+            // Separate passes: a running sum in the exp loop would keep it scalar.
+            valid.iter_mut().for_each(|s| *s = fastexp::exp(*s - m));
+            let inv = 1.0 / lane_sum(valid);
+            valid.iter_mut().for_each(|s| *s *= inv);
+            masked.iter_mut().for_each(|s| *s = 0.0);
+        }
     }
 }
 
@@ -206,10 +216,11 @@ pub fn first_non_finite(x: &[f32]) -> Option<usize> {
     Some(chunk * FINITE_CHUNK + part.iter().position(|v| !v.is_finite()).expect("chunk holds a non-finite value"))
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-fn all_finite(x: &[f32]) -> bool {
-    // `|v| < ∞` is false for NaN and ±∞; `&` rather than `&&` keeps the loop branch-free.
-    x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY))
+simd_kernel! {
+    fn all_finite(x: &[f32]) -> bool {
+        // `|v| < ∞` is false for NaN and ±∞; `&` rather than `&&` keeps the loop branch-free.
+        x.iter().fold(true, |ok, v| ok & (v.abs() < f32::INFINITY))
+    }
 }
 
 /// `x += y`, in parallel.
