@@ -1,15 +1,16 @@
 //! Development aid: GPTQ or RTN of a model in memory, then its perplexity, without
 //! writing a checkpoint. `cargo run --release --example gptq_inmemory -- DIR CALIB HELDOUT [gptq|rtn] [nsamples] [seqlen] [act_order] [group]`
 use quantize::calib::dataset::sample_windows;
-use quantize::calib::runner::RunnerOptions;
 use quantize::eval::{perplexity, perplexity::Protocol, EvalOptions};
 use quantize::format::QuantScheme;
 use quantize::io::safetensors::SafetensorsStore;
 use quantize::io::tokenizer::{read_text, Tokenizer};
 use quantize::model::linear::DenseLinear;
 use quantize::model::{llama::dense_from_store, LlamaConfig, LlamaModel};
+use quantize::pipeline::driver::{self, DriverOptions, Source};
+use quantize::pipeline::modifiers::{gptq::Gptq, rtn::Rtn};
+use quantize::pipeline::{Modifiers, WeightQuantizer};
 use quantize::quant::gptq::GptqOptions;
-use quantize::quant::pipeline::{quantize_gptq_model, quantize_rtn_model};
 use std::path::Path;
 
 fn main() {
@@ -28,23 +29,19 @@ fn main() {
         scheme = scheme.group(group as usize).unwrap();
     }
     let t0 = std::time::Instant::now();
-    let (tensors, report) = if method == "gptq" {
-        let calib = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
-        let wins = sample_windows(&calib, nsamples, seqlen, 0).unwrap();
+    let calib;
+    let (source, weights): (_, Box<dyn WeightQuantizer>) = if method == "gptq" {
+        let text = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
+        calib = sample_windows(&text, nsamples, seqlen, 0).unwrap();
         let opts = GptqOptions { act_order, ..Default::default() };
-        quantize_gptq_model(
-            &cfg,
-            &store,
-            &wins,
-            scheme,
-            opts,
-            RunnerOptions { chunk_windows: 8, progress: true },
-            false,
-        )
-        .unwrap()
+        (Source::Windows(&calib), Box::new(Gptq { scheme, opts, verbose: false }))
     } else {
-        quantize_rtn_model(&cfg, &store, scheme, None, false).unwrap()
+        (Source::None, Box::new(Rtn { scheme, clip: None }))
     };
+    let mut mods = Modifiers { transforms: vec![], weights, inputs: None };
+    let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into() };
+    let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
+    let tensors = &report.tensors;
     eprintln!("{method} {scheme}: {:.1}s timings {:?}", t0.elapsed().as_secs_f64(), report.timings);
     let model = LlamaModel::load_with(cfg, &store, &|name, o, i| match tensors.get(name) {
         Some(q) => Ok(Box::new(DenseLinear::new(q.dequantize(), o, i)) as _),

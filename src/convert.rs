@@ -16,13 +16,13 @@
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicDir;
 use crate::io::gguf::{GgufFile, TensorInfo};
+use crate::io::safetensors::{sort_crate_order, write_file, HeaderLayout, RawTensor};
 use crate::io::tokenizer_build::GgufTokenizer;
 use half::{bf16, f16};
 use rayon::prelude::*;
-use safetensors::{tensor::View, Dtype};
+use safetensors::Dtype;
 use serde_json::json;
-use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -234,21 +234,6 @@ struct Encoded {
     bytes: Vec<u8>,
 }
 
-impl View for &Encoded {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
 /// Convert a llama-architecture GGUF file into a Hugging Face LLaMA directory at
 /// `out` (which must not exist). Weights are dequantized to f32, then written as
 /// `dtype`; only one tensor is held in f32 at a time.
@@ -328,16 +313,18 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: OutDType) -> Result<ConvertR
     }
 
     let source = gguf.file_name().map_or_else(|| gguf.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let meta = HashMap::from([
+    let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         ("source_file".to_string(), source),
         ("source_bytes".to_string(), g.file_len().to_string()),
         ("source_format".to_string(), format!("gguf v{}", g.version())),
         ("converted_by".to_string(), format!("quantize {} convert", env!("CARGO_PKG_VERSION"))),
     ]);
-    let st_path = dir.path("model.safetensors");
-    safetensors::serialize_to_file(encoded.iter().map(|(n, e)| (n.as_str(), e)), Some(meta), &st_path)
-        .map_err(|e| Error::format(&st_path, format!("writing safetensors: {e}")))?;
+    let mut tensors: Vec<RawTensor<'_>> =
+        encoded.iter().map(|(name, e)| RawTensor { name, dtype: e.dtype, shape: &e.shape, bytes: &e.bytes }).collect();
+    sort_crate_order(&mut tensors);
+    write_file(&dir.path("model.safetensors"), &tensors, &meta, HeaderLayout::DataOrder)?;
+    drop(tensors);
     let n_tensors = encoded.len();
     drop(encoded);
 

@@ -13,6 +13,7 @@ pub mod format;
 pub mod gpu;
 pub mod io;
 pub mod model;
+pub mod pipeline;
 pub mod quant;
 
 pub use error::{Error, Result};

@@ -11,7 +11,9 @@ use quantize::io::checkpoint::{read_quantized_checkpoint, write_activation_check
 use quantize::io::safetensors::SafetensorsStore;
 use quantize::model::load::load_model;
 use quantize::model::LlamaConfig;
-use quantize::quant::activation::pass::{quantize_w8a8_rtn, W8a8Options, W8a8Source};
+use quantize::pipeline::driver::{self, DriverOptions, Source};
+use quantize::pipeline::modifiers::{activation::Activations, rtn::Rtn, smooth::SmoothQuant};
+use quantize::pipeline::Modifiers;
 use quantize::quant::activation::{checkpoint_activations, ActCalib};
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
@@ -105,16 +107,15 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
         ("int8-dynamic", QuantScheme::int(8).unwrap().per_channel(), ActScheme::int8(true, true)),
         ("fp8-static", QuantScheme::fp8_e4m3(), ActScheme::fp8_e4m3(false)),
     ] {
-        let opts = W8a8Options {
-            weights,
-            clip: None,
-            act,
-            calib: ActCalib::Mse,
-            smooth: Some(0.5),
-            chunk_windows: 2,
-            progress: false,
+        let mut mods = Modifiers {
+            transforms: vec![Box::new(SmoothQuant::new(0.5).unwrap())],
+            weights: Box::new(Rtn { scheme: weights, clip: None }),
+            inputs: Some(Box::new(Activations::new(act, ActCalib::Mse).unwrap())),
         };
-        let o = quantize_w8a8_rtn(&cfg, &store, W8a8Source::Windows(&w), opts).unwrap();
+        let dopts = DriverOptions { chunk_windows: 2, progress: false, label: name.into() };
+        let o = driver::run(&cfg, &store, Source::Windows(&w), &mut mods, &dopts).unwrap();
+        let params = mods.inputs.as_ref().unwrap().params().clone();
+        assert_eq!(params.is_empty(), act.dynamic, "static schemes get one scale per linear");
         assert!(!o.dense.is_empty(), "smoothing replaces the norms");
         let out = tmp.path().join(name);
         write_activation_checkpoint(
@@ -122,7 +123,7 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
             &out,
             &o.tensors,
             &o.dense,
-            &ActivationWrite { scheme: act, observer: "mse", params: &o.params },
+            &ActivationWrite { scheme: act, observer: "mse", params: &params },
             &BTreeMap::new(),
         )
         .unwrap();
@@ -165,7 +166,7 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
         assert_eq!(acts.len(), 14);
         for (module, (s, p)) in &acts {
             assert_eq!(*s, act);
-            assert_eq!(*p, o.params.get(module).copied(), "{name} {module}");
+            assert_eq!(*p, params.get(module).copied(), "{name} {module}");
         }
         let (model, info) = load_model(&out).unwrap();
         assert_eq!(info.activations, Some(act.to_string()));

@@ -16,8 +16,11 @@ use quantize::model::llama::{
 };
 use quantize::model::load::load_model;
 use quantize::model::{LlamaConfig, LlamaModel};
+use quantize::pipeline::driver::{self, DriverOptions, DriverOutput, Source};
+use quantize::pipeline::modifiers::awq::{Awq, AwqGroupReport, AwqOptions};
+use quantize::pipeline::modifiers::{gptq::Gptq, rtn::Rtn};
+use quantize::pipeline::{Modifiers, WeightQuantizer};
 use quantize::quant::awq::weights::{awq_scales, BlockWeights};
-use quantize::quant::awq::{quantize_awq_model, AwqOptions};
 use quantize::quant::gptq::GptqOptions;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
@@ -173,8 +176,31 @@ fn zero_activation_channels_give_finite_scales() {
     }
 }
 
-fn options(gptq: bool) -> AwqOptions {
-    AwqOptions { grid: 10, gptq: gptq.then(GptqOptions::default), chunk_windows: 2, ..Default::default() }
+fn options() -> AwqOptions {
+    AwqOptions { grid: 10, ..Default::default() }
+}
+
+/// AWQ then RTN (or GPTQ with these options) through the block driver: the driver's
+/// output and the AWQ groups' reports.
+fn run_awq(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    windows: &[Vec<u32>],
+    scheme: QuantScheme,
+    opts: AwqOptions,
+    gptq: Option<GptqOptions>,
+) -> (DriverOutput, Vec<AwqGroupReport>, serde_json::Value) {
+    let weights: Box<dyn WeightQuantizer> = match gptq {
+        Some(opts) => Box::new(Gptq { scheme, opts, verbose: false }),
+        None => Box::new(Rtn { scheme, clip: None }),
+    };
+    let mut mods =
+        Modifiers { transforms: vec![Box::new(Awq::new(cfg, scheme, opts).unwrap())], weights, inputs: None };
+    let dopts = DriverOptions { chunk_windows: 2, progress: false, label: "awq".into() };
+    let out = driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts).unwrap();
+    let report = serde_json::Value::Object(mods.transforms[0].report());
+    let groups = serde_json::from_value(report["awq_groups"].clone()).unwrap();
+    (out, groups, report)
 }
 
 /// Calibration windows over the tiny vocabulary; window 0 never uses token 0.
@@ -189,24 +215,26 @@ fn awq_beats_rtn_on_outlier_channels_and_round_trips_through_awq_checkpoint() {
     let cfg = tiny_model(&src, 4, true);
     let store = SafetensorsStore::open(&src).unwrap();
     let scheme = QuantScheme::int(4).unwrap().asymmetric().unwrap().group(32).unwrap();
-    let out = quantize_awq_model(&cfg, &store, &windows(4, 16), scheme, options(false)).unwrap();
-    let r = &out.report;
-    assert_eq!(r.awq_groups.len(), LAYERS * 4);
-    for g in &r.awq_groups {
+    let (out, groups, report) = run_awq(&cfg, &store, &windows(4, 16), scheme, options(), None);
+    assert_eq!(groups.len(), LAYERS * 4);
+    for g in &groups {
         assert!(g.error_after <= g.error_before && g.errors.len() == 10 && g.errors[0] == g.error_before, "{g:?}");
         assert!((0.0..1.0).contains(&g.alpha));
     }
     // The outlier norm channels: scaling must beat plain RTN strictly.
-    for g in r.awq_groups.iter().filter(|g| g.source.ends_with("layernorm")) {
+    for g in groups.iter().filter(|g| g.source.ends_with("layernorm")) {
         assert!(g.error_after < g.error_before && g.alpha > 0.0, "{g:?}");
     }
-    assert!(r.awq_clips.iter().all(|c| c.error_after <= c.error_before));
-    assert!(r.awq_clips.iter().all(|c| !c.name.contains("q_proj") && !c.name.contains("k_proj")));
+    let clips = report["awq_clips"].as_array().unwrap();
+    assert!(!clips.is_empty());
+    assert!(clips.iter().all(|c| c["error_after"].as_f64() <= c["error_before"].as_f64()));
+    assert!(clips
+        .iter()
+        .all(|c| !c["name"].as_str().unwrap().contains("q_proj") && !c["name"].as_str().unwrap().contains("k_proj")));
     // Folded norms and v biases are written as dense replacements.
     assert!(out.dense.contains_key("model.layers.1.input_layernorm.weight"));
     assert!(out.dense.contains_key("model.layers.0.self_attn.v_proj.bias"));
-    let json = serde_json::to_value(r).unwrap();
-    assert!(json["awq_groups"][0]["alpha"].is_number() && json["layers"].is_array() && json["method"] == "awq");
+    assert!(report["awq_groups"][0]["alpha"].is_number() && out.layers.len() == out.tensors.len());
 
     // Write awq, read back: the loaded model equals the in-memory quantized model.
     let dest = root.path().join("awq");
@@ -235,20 +263,17 @@ fn awq_beats_rtn_on_outlier_channels_and_round_trips_through_awq_checkpoint() {
     assert!(max_rel_diff(&a, &b) < FOLD_TOL, "loaded checkpoint differs from the quantized model in memory");
 
     // awq+gptq runs through the same path and fits its Hessians no worse than RTN's loss.
-    let g =
-        quantize_awq_model(&cfg, &store, &windows(4, 16), scheme, AwqOptions { gptq_search: false, ..options(true) })
-            .unwrap();
-    assert_eq!(g.report.base.method, "awq+gptq");
+    let gptq = Some(GptqOptions::default());
+    let (g, g_groups, _) = run_awq(&cfg, &store, &windows(4, 16), scheme, options(), gptq);
+    assert!(g.layers.iter().all(|l| l.damp.is_some()), "GPTQ quantized every linear");
     assert_eq!(g.tensors.len(), out.tensors.len());
 
     // Scoring the alphas with GPTQ's weights: on block 0 (the same inputs in both runs)
     // every group's error at s = 1 is GPTQ's, lower than RTN's, and the best is no worse.
-    let gs =
-        quantize_awq_model(&cfg, &store, &windows(4, 16), scheme, AwqOptions { gptq_search: true, ..options(true) })
-            .unwrap();
-    let block0 =
-        |r: &quantize::quant::awq::AwqReport| r.awq_groups.iter().filter(|g| g.block == 0).cloned().collect::<Vec<_>>();
-    for (rtn, gptq) in block0(&g.report).iter().zip(block0(&gs.report)) {
+    let (_, gs_groups, _) =
+        run_awq(&cfg, &store, &windows(4, 16), scheme, AwqOptions { search_gptq: gptq, ..options() }, gptq);
+    let block0 = |r: &[AwqGroupReport]| r.iter().filter(|g| g.block == 0).cloned().collect::<Vec<_>>();
+    for (rtn, gptq) in block0(&g_groups).iter().zip(block0(&gs_groups)) {
         assert_eq!(rtn.linears, gptq.linears);
         assert!(gptq.error_before < rtn.error_before, "{gptq:?} vs {rtn:?}");
         assert!(gptq.error_after <= gptq.error_before, "{gptq:?}");
@@ -377,8 +402,8 @@ fn real_model_awq_checkpoint_loads_and_evaluates() {
     let wins = quantize::calib::dataset::sample_windows(&ids, 2, 64, 0).unwrap();
     // SmolLM2's 576 columns are 9 groups of 64: storable in the awq layout.
     let scheme = QuantScheme::int(4).unwrap().asymmetric().unwrap().group(64).unwrap();
-    let out = quantize_awq_model(&cfg, &store, &wins, scheme, AwqOptions { grid: 4, ..Default::default() }).unwrap();
-    assert_eq!(out.report.awq_groups.len(), 30 * 3, "GQA: no v -> o group");
+    let (out, groups, _) = run_awq(&cfg, &store, &wins, scheme, AwqOptions { grid: 4, ..Default::default() }, None);
+    assert_eq!(groups.len(), 30 * 3, "GQA: no v -> o group");
     let root = tempfile::tempdir().unwrap();
     let dest = root.path().join("awq");
     write_quantized_checkpoint_with(&dir, &dest, &out.tensors, &out.dense, CheckpointFormat::Awq, &BTreeMap::new())

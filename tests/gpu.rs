@@ -371,9 +371,13 @@ fn factory_builds_linears_that_run_on_the_gpu() {
     }
 }
 
+/// The benchmark harness of `benches/gemm`, compiled into this test too.
+#[path = "../benches/gemm/harness.rs"]
+mod gemm_harness;
+
 #[test]
 fn bench_rows_are_consistent() {
-    let opts = quantize::gpu::BenchOptions {
+    let opts = gemm_harness::BenchOptions {
         shapes: vec![(96, 64)],
         tokens: vec![1, 16],
         runs: 1,
@@ -382,7 +386,7 @@ fn bench_rows_are_consistent() {
         f16: false,
         seed: 0,
     };
-    let rows = quantize::gpu::bench_gemm(&ctx(), &opts).unwrap();
+    let rows = gemm_harness::bench_gemm(&ctx(), &opts).unwrap();
     assert_eq!(rows.len(), 2 * 3);
     for r in &rows {
         assert!(r.seconds > 0.0 && r.gflop_s > 0.0 && r.weight_gb_s > 0.0 && r.cpu_seconds.unwrap() > 0.0, "{r:?}");
@@ -393,7 +397,7 @@ fn bench_rows_are_consistent() {
     let f32_bytes = rows.iter().find(|r| r.format == "f32").unwrap().weight_bytes;
     let int4_bytes = rows.iter().find(|r| r.format == "int4-g128").unwrap().weight_bytes;
     assert!(int4_bytes * 4 < f32_bytes, "int4 {int4_bytes} B vs f32 {f32_bytes} B");
-    let table = quantize::gpu::format_bench(&rows);
+    let table = gemm_harness::format_bench(&rows);
     assert!(table.contains("| 96×64 | 16 | int8-channel | gem"), "{table}");
     for r in &rows {
         let family = if r.format == "f32" { "_f32.wgsl" } else { "_int.wgsl" };

@@ -2,5 +2,4 @@
 pub mod dataset;
 pub mod histogram;
 pub mod observers;
-pub mod runner;
 pub mod stats_file;

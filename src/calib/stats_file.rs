@@ -26,13 +26,13 @@
 use super::histogram::{HistogramObserver, HIST_BINS};
 use super::observers::SiteStats;
 use crate::error::{Error, Result};
-use crate::io::safetensors::SafetensorsStore;
+use crate::io::atomic::AtomicFile;
+use crate::io::safetensors::{write_file, HeaderLayout, RawTensor, SafetensorsStore};
 use crate::model::llama::{linear_shape, InputSite, BLOCK_LINEARS};
 use crate::model::LlamaConfig;
 use safetensors::Dtype;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 pub const STATS_FORMAT: &str = "quantize-calib-stats/1";
@@ -149,9 +149,10 @@ impl CalibStats {
 
     /// Write to `path` (refusing to overwrite), through a temporary file renamed into place.
     pub fn save(&self, path: &Path) -> Result<()> {
-        if path.exists() {
-            return Err(Error::OutputExists { path: path.to_path_buf() });
+        if path.file_name().is_none() {
+            return Err(Error::option("--save-stats", format!("{} has no file name", path.display())));
         }
+        let file = AtomicFile::create(path)?;
         let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
         let mut put =
             |name: String, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>| tensors.insert(name, (dtype, shape, data));
@@ -190,37 +191,16 @@ impl CalibStats {
                 );
             }
         }
-        let mut header: BTreeMap<String, Value> = BTreeMap::new();
-        let meta = serde_json::to_string(&self.meta).expect("JSON values serialize");
-        header.insert("__metadata__".into(), json!({"calibration": meta, "format": STATS_FORMAT}));
-        let mut offset = 0usize;
-        for (name, (dtype, shape, data)) in &tensors {
-            header.insert(
-                name.clone(),
-                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
-            );
-            offset += data.len();
-        }
-        let mut h = serde_json::to_vec(&header).expect("header serializes");
-        h.resize(h.len().next_multiple_of(8), b' ');
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::option("--save-stats", format!("{} has no file name", path.display())))?;
-        let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-        let io = |e| Error::io(&tmp, e);
-        let write = || -> Result<()> {
-            let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-            w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-            w.write_all(&h).map_err(io)?;
-            for (_, _, data) in tensors.values() {
-                w.write_all(data).map_err(io)?;
-            }
-            w.flush().map_err(io)
-        };
-        if let Err(e) = write().and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let meta = BTreeMap::from([
+            ("calibration".to_string(), serde_json::to_string(&self.meta).expect("JSON values serialize")),
+            ("format".to_string(), STATS_FORMAT.to_string()),
+        ]);
+        let views: Vec<RawTensor<'_>> = tensors
+            .iter()
+            .map(|(name, (dtype, shape, bytes))| RawTensor { name, dtype: *dtype, shape, bytes })
+            .collect();
+        write_file(file.path(), &views, &meta, HeaderLayout::Sorted)?;
+        file.commit()?;
         Ok(())
     }
 
@@ -316,6 +296,7 @@ impl CalibStats {
 mod tests {
     use super::*;
     use crate::calib::observers::StatsRequest;
+    use serde_json::json;
 
     #[test]
     fn save_load_round_trip_is_exact_and_deterministic() {

@@ -40,11 +40,12 @@ pub struct ConvertArgs {
     pub dtype: String,
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Run a parsed command line; `given` tells which quantize flags were typed (see [`quantize::Given`]).
+pub fn run(cli: Cli, given: &quantize::Given) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Convert(a)) => convert(a),
         Some(Command::Eval(a)) => eval::run(a),
-        None => quantize::run(cli.quantize),
+        None => quantize::run(cli.quantize, given),
     }
 }
 

@@ -16,7 +16,7 @@
 //! FP8 E4M3: `scale = amax / 448`, `x̂ = scale · fp8(x / scale)` (round-to-nearest-even,
 //! saturating). A degenerate range (all zeros) gets scale 1, so codes stay finite.
 
-use super::compressed_tensors::target_matches;
+use super::compressed_tensors::Target;
 use super::fp8;
 use super::pack::{read_floats, read_ints, RawTensor};
 use super::NumberFormat;
@@ -225,31 +225,57 @@ pub fn is_activation_format(format: &str) -> bool {
     matches!(format, "int-quantized" | "float-quantized" | "naive-quantized")
 }
 
+/// The input-activation args of a compressed-tensors `quantization_config`, with every
+/// group's targets compiled once (an invalid `re:` pattern is an error naming the file,
+/// the key and the pattern); [`CtInputSchemes::for_module`] resolves a module.
+#[derive(Clone, Debug)]
+pub struct CtInputSchemes {
+    path: std::path::PathBuf,
+    /// Targets and `input_activations` of each group, in group-name order; empty when the
+    /// format is weight-only (`pack-quantized`: vLLM ignores activation args there, and so
+    /// does this tool).
+    groups: Vec<(Vec<Target>, Option<Value>)>,
+}
+
+impl CtInputSchemes {
+    pub fn from_json(qc: &Value, path: &Path) -> Result<Self> {
+        let mut groups = vec![];
+        let activation_format = qc.get("format").and_then(Value::as_str).is_some_and(is_activation_format);
+        let config_groups = qc.get("config_groups").and_then(Value::as_object).filter(|_| activation_format);
+        for (gname, g) in config_groups.into_iter().flatten() {
+            let texts: Vec<String> = g
+                .get("targets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect();
+            let key = format!("quantization_config.config_groups.{gname}.targets");
+            let targets = Target::parse_all(&texts, path, &key)?;
+            groups.push((targets, g.get("input_activations").filter(|a| !a.is_null()).cloned()));
+        }
+        Ok(Self { path: path.to_path_buf(), groups })
+    }
+
+    /// The input-activation scheme of `module`, its group resolved as vLLM resolves one
+    /// (exact name, then `re:`, then `Linear`); `None` when that group has none.
+    pub fn for_module(&self, module: &str) -> Result<Option<ActScheme>> {
+        let pick = |pred: &dyn Fn(&Target) -> bool| self.groups.iter().find(|(t, _)| t.iter().any(pred));
+        let hit = pick(&|t| !t.is_regex() && t.as_str() == module)
+            .or_else(|| pick(&|t| t.is_regex() && t.matches(module)))
+            .or_else(|| pick(&|t| t.as_str() == "Linear"));
+        match hit.and_then(|(_, a)| a.as_ref()) {
+            None => Ok(None),
+            Some(a) => ActScheme::from_ct_json(a, &self.path).map(Some),
+        }
+    }
+}
+
 /// The input-activation scheme of `module` from a compressed-tensors `quantization_config`
-/// (`qc`), resolved as vLLM resolves a group (exact name, then `re:`, then `Linear`);
-/// `None` when the group has none or the format is weight-only (`pack-quantized`: vLLM
-/// ignores activation args there, and so does this tool).
+/// (`qc`): [`CtInputSchemes::for_module`] of a config parsed for this one call (several
+/// modules: build a [`CtInputSchemes`] once).
 pub fn ct_input_scheme(qc: &Value, module: &str, path: &Path) -> Result<Option<ActScheme>> {
-    if !qc.get("format").and_then(Value::as_str).is_some_and(is_activation_format) {
-        return Ok(None);
-    }
-    let Some(groups) = qc.get("config_groups").and_then(Value::as_object) else { return Ok(None) };
-    let targets = |g: &Value| -> Vec<String> {
-        g.get("targets")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str().map(String::from))
-            .collect()
-    };
-    let pick = |pred: &dyn Fn(&str) -> bool| groups.values().find(|g| targets(g).iter().any(|t| pred(t)));
-    let hit = pick(&|t| t == module)
-        .or_else(|| pick(&|t| t.starts_with("re:") && target_matches(t, module)))
-        .or_else(|| pick(&|t| t == "Linear"));
-    match hit.and_then(|g| g.get("input_activations")) {
-        None | Some(Value::Null) => Ok(None),
-        Some(a) => ActScheme::from_ct_json(a, path).map(Some),
-    }
+    CtInputSchemes::from_json(qc, path)?.for_module(module)
 }
 
 #[cfg(test)]
@@ -317,5 +343,23 @@ mod tests {
         assert_eq!(ct_input_scheme(&qc, "model.layers.0.mlp.up_proj", path).unwrap(), Some(s));
         let qc = json!({"format": "pack-quantized", "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": s.to_ct_json("mse")}}});
         assert_eq!(ct_input_scheme(&qc, "model.layers.0.mlp.up_proj", path).unwrap(), None);
+    }
+
+    #[test]
+    fn ct_input_groups_resolve_like_vllm_and_refuse_invalid_patterns() {
+        let path = Path::new("config.json");
+        let (int8, fp8) = (ActScheme::int8(true, false), ActScheme::fp8_e4m3(true));
+        let qc = json!({"format": "int-quantized", "config_groups": {
+            "group_0": {"targets": ["Linear"], "input_activations": int8.to_ct_json("minmax")},
+            "group_1": {"targets": ["re:.*down_proj$"], "input_activations": fp8.to_ct_json("minmax")},
+            "group_2": {"targets": ["model.layers.0.mlp.down_proj"], "input_activations": null},
+        }});
+        let schemes = CtInputSchemes::from_json(&qc, path).unwrap();
+        assert_eq!(schemes.for_module("model.layers.1.mlp.down_proj").unwrap(), Some(fp8), "re: before Linear");
+        assert_eq!(schemes.for_module("model.layers.1.mlp.up_proj").unwrap(), Some(int8));
+        assert_eq!(schemes.for_module("model.layers.0.mlp.down_proj").unwrap(), None, "exact name first");
+        let qc = json!({"format": "int-quantized", "config_groups": {"g": {"targets": ["re:(a*)*b)"]}}});
+        let e = CtInputSchemes::from_json(&qc, path).unwrap_err().to_string();
+        assert!(e.contains("config.json: quantization_config.config_groups.g.targets[0]: \"re:(a*)*b)\""), "{e}");
     }
 }

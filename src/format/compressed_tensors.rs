@@ -152,7 +152,7 @@ impl CtWeights {
 /// A config group: module `targets` (`"Linear"`, exact names, or `re:` patterns) and weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CtGroup {
-    pub targets: Vec<String>,
+    pub targets: Vec<Target>,
     pub weights: CtWeights,
 }
 
@@ -163,7 +163,7 @@ pub struct CtConfig {
     pub format: CtFormat,
     /// In `group_0, group_1, ...` order.
     pub groups: Vec<CtGroup>,
-    pub ignore: Vec<String>,
+    pub ignore: Vec<Target>,
 }
 
 impl CtConfig {
@@ -195,8 +195,13 @@ impl CtConfig {
         let single = by_weights.len() == 1;
         let groups = by_weights
             .into_iter()
-            .map(|(weights, names)| CtGroup { targets: if single { vec!["Linear".into()] } else { names }, weights })
-            .collect();
+            .map(|(weights, names)| {
+                let names = if single { vec!["Linear".to_string()] } else { names };
+                let targets = names.into_iter().map(exact_target).collect::<Result<_>>()?;
+                Ok(CtGroup { targets, weights })
+            })
+            .collect::<Result<_>>()?;
+        let ignore = ignore.into_iter().map(exact_target).collect::<Result<_>>()?;
         Ok(Self { format, groups, ignore })
     }
 
@@ -241,6 +246,8 @@ impl CtConfig {
         for (gname, g) in groups_v {
             let targets = strings(g.get("targets"))
                 .ok_or_else(|| Error::config(path, format!("config group {gname} has no targets list")))?;
+            let targets =
+                Target::parse_all(&targets, path, &format!("quantization_config.config_groups.{gname}.targets"))?;
             let weights = match g.get("weights") {
                 Some(w) if !w.is_null() => CtWeights::from_json(w, path)?,
                 _ => continue, // activation-only group: no stored weight format
@@ -251,17 +258,10 @@ impl CtConfig {
                     format!("config group {gname} holds {} weights but format is {}", weights.scheme, format.as_str()),
                 ));
             }
-            for t in &targets {
-                if let Some(p) = t.strip_prefix("re:") {
-                    Regex::parse(p).map_err(|e| Error::config(path, format!("target {t:?}: {e}")))?;
-                }
-            }
             groups.push(CtGroup { targets, weights });
         }
         let ignore = strings(v.get("ignore")).unwrap_or_default();
-        for t in ignore.iter().filter_map(|t| t.strip_prefix("re:")) {
-            Regex::parse(t).map_err(|e| Error::config(path, format!("ignore entry re:{t}: {e}")))?;
-        }
+        let ignore = Target::parse_all(&ignore, path, "quantization_config.ignore")?;
         Ok(Self { format, groups, ignore })
     }
 
@@ -269,15 +269,13 @@ impl CtConfig {
     /// first, then a `re:` target, then a class target (`Linear`); errors if the module is
     /// ignored or nothing matches.
     pub fn weights_for(&self, module: &str) -> Result<CtWeights> {
-        if self.ignore.iter().any(|t| target_matches(t, module)) {
+        if self.ignore.iter().any(|t| t.matches(module)) {
             return Err(Error::tensor(module, "holds quantized weights but the config lists it in ignore"));
         }
-        let pick = |pred: &dyn Fn(&str) -> bool| self.groups.iter().find(|g| g.targets.iter().any(|t| pred(t)));
-        let hit = pick(&|t| t == module)
-            .or_else(|| {
-                pick(&|t| t.strip_prefix("re:").is_some_and(|p| Regex::parse(p).is_ok_and(|r| r.matches(module))))
-            })
-            .or_else(|| pick(&|t| t == "Linear"));
+        let pick = |pred: &dyn Fn(&Target) -> bool| self.groups.iter().find(|g| g.targets.iter().any(pred));
+        let hit = pick(&|t| !t.is_regex() && t.as_str() == module)
+            .or_else(|| pick(&|t| t.is_regex() && t.matches(module)))
+            .or_else(|| pick(&|t| t.as_str() == "Linear"));
         hit.map(|g| g.weights)
             .ok_or_else(|| Error::tensor(module, "holds quantized weights but no config group targets it"))
     }
@@ -287,12 +285,12 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
     v?.as_array()?.iter().map(|s| s.as_str().map(String::from)).collect()
 }
 
-/// vLLM/compressed-tensors matching of one target or ignore entry against a module name.
-pub fn target_matches(target: &str, module: &str) -> bool {
-    match target.strip_prefix("re:") {
-        Some(p) => Regex::parse(p).is_ok_and(|r| r.matches(module)),
-        None => target == module,
+/// A target this tool writes: a module name (or `Linear`), never a pattern.
+fn exact_target(name: String) -> Result<Target> {
+    if name.starts_with("re:") {
+        return Err(Error::tensor(&name, "a module name starting with \"re:\" cannot be a compressed-tensors target"));
     }
+    Ok(Target { text: name, regex: None })
 }
 
 /// The compressed-tensors tensors of one linear (`prefix` = module name), in name order.
@@ -563,148 +561,94 @@ pub fn from_tensors<'a>(
     Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx })
 }
 
-/// A small backtracking regex, anchored at the start like Python's `re.match` (what vLLM
-/// and compressed-tensors use for `re:` targets): literals, `.`, classes `[a-z_]`/`[^..]`,
-/// `\d \w \s` and escaped literals, groups `( | )` / `(?: )`, quantifiers `* + ?`, `^`, `$`.
-#[derive(Debug)]
-struct Regex(Vec<Vec<Piece>>);
+/// A Python `re.match` pattern on module names, compiled once: it matches when the pattern
+/// matches a prefix of the name (anchored at the start, not at the end: `re:.*q_proj`
+/// also matches `...q_proj_a`; a pattern ends with `$` to match whole names). This is how
+/// compressed-tensors (`utils/match.py`, `_match_name`: `re.match(target[3:], name)`),
+/// vLLM and GPTQModel's `dynamic` match their patterns. The syntax is the `regex` crate's
+/// (Python's minus look-around and backreferences, which are refused); matching runs in
+/// time linear in the name, whatever the pattern (`(a*)*b` included).
+#[derive(Clone, Debug)]
+pub struct PyMatch(regex::Regex);
 
-#[derive(Debug)]
-struct Piece {
-    atom: Atom,
-    min: usize,
-    max: usize,
+impl PyMatch {
+    pub fn new(pattern: &str) -> std::result::Result<Self, regex::Error> {
+        regex::Regex::new(pattern).map(Self)
+    }
+
+    /// [`PyMatch::new`], an invalid pattern being an error that names the file, the key
+    /// and the pattern.
+    pub fn parse(pattern: &str, path: &Path, key: &str) -> Result<Self> {
+        Self::new(pattern)
+            .map_err(|e| Error::config(path, format!("{key}: {pattern:?} is not a valid regular expression: {e}")))
+    }
+
+    /// Python's `re.match(pattern, name) is not None`. The leftmost match starts at 0
+    /// exactly when some match does.
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.find(name).is_some_and(|m| m.start() == 0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
 }
 
-#[derive(Debug)]
-enum Atom {
-    Lit(char),
-    Any,
-    Class(Vec<(char, char)>, bool),
-    Group(Vec<Vec<Piece>>),
-    End,
+/// A `targets` or `ignore` entry of a compressed-tensors config: `re:<pattern>`
+/// ([`PyMatch`]), else an exact module name or a class name (`Linear`, which no module
+/// name equals). Compares and serializes as the config's string.
+#[derive(Clone, Debug)]
+pub struct Target {
+    text: String,
+    regex: Option<PyMatch>,
 }
 
-impl Regex {
-    fn parse(p: &str) -> std::result::Result<Self, String> {
-        let chars: Vec<char> = p.chars().collect();
-        let mut i = 0;
-        let alts = parse_alts(&chars, &mut i)?;
-        if i != chars.len() {
-            return Err(format!("unbalanced ')' at {i} in {p:?}"));
+impl Target {
+    pub fn new(text: impl Into<String>) -> std::result::Result<Self, regex::Error> {
+        let text = text.into();
+        let regex = text.strip_prefix("re:").map(PyMatch::new).transpose()?;
+        Ok(Self { text, regex })
+    }
+
+    /// [`Target::new`] for an entry read from `path` at `key`: an invalid pattern is an
+    /// error naming both and the pattern.
+    pub fn parse(text: &str, path: &Path, key: &str) -> Result<Self> {
+        Self::new(text)
+            .map_err(|e| Error::config(path, format!("{key}: {text:?} is not a valid regular expression: {e}")))
+    }
+
+    /// A list of entries (`key` names the list; entries are reported as `key[i]`).
+    pub fn parse_all(texts: &[String], path: &Path, key: &str) -> Result<Vec<Self>> {
+        texts.iter().enumerate().map(|(i, t)| Self::parse(t, path, &format!("{key}[{i}]"))).collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_regex(&self) -> bool {
+        self.regex.is_some()
+    }
+
+    /// Whether this entry selects the module `name` (a pattern by `re.match`, anything
+    /// else by equality).
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.regex {
+            Some(r) => r.matches(name),
+            None => self.text == name,
         }
-        Ok(Regex(alts))
-    }
-
-    fn matches(&self, s: &str) -> bool {
-        let s: Vec<char> = s.chars().collect();
-        match_alts(&self.0, &s, 0, &mut |_| true)
     }
 }
 
-fn parse_alts(c: &[char], i: &mut usize) -> std::result::Result<Vec<Vec<Piece>>, String> {
-    let mut alts = vec![vec![]];
-    while *i < c.len() && c[*i] != ')' {
-        let ch = c[*i];
-        *i += 1;
-        let atom = match ch {
-            '|' => {
-                alts.push(vec![]);
-                continue;
-            }
-            '^' if *i == 1 => continue,
-            '$' => Atom::End,
-            '.' => Atom::Any,
-            '(' => {
-                if c.get(*i..*i + 2) == Some(&['?', ':']) {
-                    *i += 2;
-                }
-                let inner = parse_alts(c, i)?;
-                if c.get(*i) != Some(&')') {
-                    return Err("unclosed '('".into());
-                }
-                *i += 1;
-                Atom::Group(inner)
-            }
-            '[' => {
-                let neg = c.get(*i) == Some(&'^');
-                *i += neg as usize;
-                let mut ranges = vec![];
-                while *i < c.len() && c[*i] != ']' {
-                    let lo = if c[*i] == '\\' {
-                        *i += 1;
-                        *c.get(*i).ok_or("dangling '\\'")?
-                    } else {
-                        c[*i]
-                    };
-                    *i += 1;
-                    if c.get(*i) == Some(&'-') && c.get(*i + 1).is_some_and(|&x| x != ']') {
-                        ranges.push((lo, c[*i + 1]));
-                        *i += 2;
-                    } else {
-                        ranges.push((lo, lo));
-                    }
-                }
-                if c.get(*i) != Some(&']') {
-                    return Err("unclosed '['".into());
-                }
-                *i += 1;
-                Atom::Class(ranges, neg)
-            }
-            '\\' => {
-                let e = *c.get(*i).ok_or("dangling '\\'")?;
-                *i += 1;
-                match e {
-                    'd' => Atom::Class(vec![('0', '9')], false),
-                    'w' => Atom::Class(vec![('a', 'z'), ('A', 'Z'), ('0', '9'), ('_', '_')], false),
-                    's' => Atom::Class(vec![(' ', ' '), ('\t', '\t'), ('\n', '\n')], false),
-                    e if e.is_ascii_alphanumeric() => return Err(format!("escape \\{e} is not supported")),
-                    e => Atom::Lit(e),
-                }
-            }
-            '*' | '+' | '?' | '{' => return Err(format!("quantifier {ch:?} without an atom or unsupported")),
-            ch => Atom::Lit(ch),
-        };
-        let (min, max) = match c.get(*i) {
-            Some('*') => (0, usize::MAX),
-            Some('+') => (1, usize::MAX),
-            Some('?') => (0, 1),
-            _ => (1, 1),
-        };
-        *i += (max != 1 || min != 1) as usize;
-        alts.last_mut().expect("non-empty").push(Piece { atom, min, max });
-    }
-    Ok(alts)
-}
-
-fn match_alts(alts: &[Vec<Piece>], s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    alts.iter().any(|seq| match_seq(seq, s, i, k))
-}
-
-fn match_seq(seq: &[Piece], s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    match seq.split_first() {
-        None => k(i),
-        Some((p, rest)) => match_rep(p, 0, rest, s, i, k),
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
     }
 }
 
-/// Greedy repetition of `p` (already matched `n` times) followed by `rest`.
-fn match_rep(p: &Piece, n: usize, rest: &[Piece], s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    // An empty match (`$`, an empty group) counts only towards `min`, so loops terminate.
-    if n < p.max && match_atom(&p.atom, s, i, &mut |j| (j != i || n < p.min) && match_rep(p, n + 1, rest, s, j, k)) {
-        return true;
-    }
-    n >= p.min && match_seq(rest, s, i, k)
-}
-
-fn match_atom(a: &Atom, s: &[char], i: usize, k: &mut dyn FnMut(usize) -> bool) -> bool {
-    match a {
-        Atom::End => i == s.len() && k(i),
-        Atom::Group(alts) => match_alts(alts, s, i, k),
-        _ if i >= s.len() => false,
-        Atom::Lit(c) => s[i] == *c && k(i + 1),
-        Atom::Any => s[i] != '\n' && k(i + 1),
-        Atom::Class(r, neg) => (r.iter().any(|&(lo, hi)| lo <= s[i] && s[i] <= hi) != *neg) && k(i + 1),
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 
@@ -713,5 +657,59 @@ fn fp8_dtype(format: NumberFormat) -> Dtype {
     match format {
         NumberFormat::Fp8E5M2 => Dtype::F8_E5M2,
         _ => Dtype::F8_E4M3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_quantifiers_match_in_linear_time() {
+        // A backtracking matcher takes 2^n steps here; the regex crate's engines are linear.
+        let p = PyMatch::new("(a*)*b").unwrap();
+        let long = "a".repeat(100_000);
+        assert!(!p.matches(&long));
+        assert!(p.matches(&format!("{long}b")));
+        assert!(!p.matches(&format!("c{long}b")), "anchored at the start");
+        let t = Target::new("re:(a|aa)*c").unwrap();
+        assert!(!t.matches(&"a".repeat(10_000)) && t.matches(&format!("{}c", "a".repeat(10_000))));
+    }
+
+    #[test]
+    fn python_re_match_semantics() {
+        let m = |p: &str, s: &str| PyMatch::new(p).unwrap().matches(s);
+        assert!(m("model", "model.layers.0") && !m("layers", "model.layers.0"), "start-anchored, prefix");
+        assert!(m("", "anything"), "the empty pattern matches every name");
+        assert!(m("a|model", "model.x"), "alternation inside the anchor");
+        assert!(m(".*proj$", "q_proj") && !m(".*proj$", "q_proj2"), "`$` anchors the end");
+        assert!(m("(?i)MODEL", "model.x"));
+    }
+
+    #[test]
+    fn invalid_pattern_is_an_error_with_its_text() {
+        for bad in ["(a", "a)", "[a-", "\\p", "(?<=a)b", "(a)\\1"] {
+            let e = PyMatch::parse(bad, Path::new("dir/config.json"), "quantization_config.ignore[0]").unwrap_err();
+            let e = e.to_string();
+            assert!(e.starts_with("dir/config.json: quantization_config.ignore[0]: "), "{e}");
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+            assert!(Target::new(format!("re:{bad}")).is_err(), "{bad}");
+        }
+        assert!(Target::new("(a").is_ok(), "without `re:` an entry is a name, not a pattern");
+    }
+
+    #[test]
+    fn written_targets_are_names_and_round_trip() {
+        let scheme = QuantScheme::int(4).unwrap();
+        let (codes, scales, zeros) = (vec![8u8; 64], vec![1.0; 2], Some(vec![8u8; 2]));
+        let q = QuantizedTensor { scheme, rows: 2, cols: 32, codes, scales, zeros, g_idx: None };
+        let tensors = BTreeMap::from([("model.layers.0.mlp.up_proj".to_string(), q)]);
+        let cfg = CtConfig::for_tensors(&tensors, vec!["lm_head".into()]).unwrap();
+        assert_eq!(cfg.to_json()["config_groups"]["group_0"]["targets"], json!(["Linear"]));
+        assert_eq!(cfg.to_json()["ignore"], json!(["lm_head"]));
+        assert!(CtConfig::for_tensors(&tensors, vec!["re:.*".into()]).is_err());
+        let back = CtConfig::from_json(&cfg.to_json(), Path::new("c")).unwrap();
+        assert_eq!(back, cfg);
+        assert!(back.weights_for("lm_head").is_err());
     }
 }

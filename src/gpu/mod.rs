@@ -7,7 +7,8 @@
 //!   never a panic.
 //! - [`GpuLinear`]: a [`crate::model::linear::Linear`] whose weights are uploaded once
 //!   (int 2/3/4/8 with groups, per-channel, asymmetric zeros and act-order; FP8; dense f32).
-//! - [`bench_gemm`]: the GEMM/GEMV benchmark against the f32 shader and the CPU.
+//! - [`GpuLinear::time_forwards`], [`GpuContext::copy_buffers`]: kernel and copy timing
+//!   for the GEMM/GEMV benchmark (`benches/gemm`).
 //!
 //! ```no_run
 //! # fn main() -> quantize::Result<()> {
@@ -23,11 +24,11 @@
 //! # Ok(()) }
 //! ```
 
-mod bench;
 mod linear;
+mod timing;
 
-pub use bench::{bench_gemm, copy_bandwidth, format_bench, BenchOptions, BenchRow, LARGE_SHAPES, SMOLLM2_SHAPES};
 pub use linear::{quantized_factory, GpuLinear, KernelChoice, Precision, GEMV_MAX_TOKENS};
+pub use timing::CopyBuffers;
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

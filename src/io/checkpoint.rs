@@ -7,16 +7,16 @@
 //! ordered as the safetensors crate orders them (dtype alignment descending, then name, so
 //! every tensor starts aligned) and split into shards of at most [`MAX_SHARD_BYTES`]
 //! (`model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`).
-//! The header is written by hand with sorted keys so the bytes are deterministic (the crate's
-//! serializer iterates a `HashMap` for `__metadata__`). Everything goes through
-//! [`AtomicDir`]: on any error nothing is left behind.
+//! The header has every key sorted ([`HeaderLayout::Sorted`] of
+//! [`super::safetensors::write_file`]) so the bytes are deterministic. Everything goes
+//! through [`AtomicDir`]: on any error nothing is left behind.
 
 use super::atomic::AtomicDir;
-use super::safetensors::SafetensorsStore;
+use super::safetensors::{self as st, sort_crate_order, write_file, HeaderLayout, SafetensorsStore};
 use crate::error::{Error, Result};
 use crate::format::activation::{ActParams, ActScheme};
 use crate::format::awq::{self, AwqConfig};
-use crate::format::compressed_tensors::{self as ct, target_matches, CtConfig, CtFormat};
+use crate::format::compressed_tensors::{self as ct, CtConfig, CtFormat, PyMatch};
 use crate::format::gptq::{self, GptqConfig};
 use crate::format::pack::RawTensor;
 use crate::format::{Granularity, NumberFormat, QuantizedTensor};
@@ -24,7 +24,6 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Shard size limit: Hugging Face's default `max_shard_size` ("5GB").
@@ -145,7 +144,7 @@ pub fn write_quantized_checkpoint_with(
     format: CheckpointFormat,
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
-    write_checkpoint(src_dir, out, quantized, dense, None, format, meta)
+    write_checkpoint_files(src_dir, out, quantized, dense, None, format, meta, &[])
 }
 
 /// Activation quantization of every quantized linear, written with the weights.
@@ -169,7 +168,7 @@ pub fn write_activation_checkpoint(
     act: &ActivationWrite<'_>,
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
-    write_checkpoint(src_dir, out, quantized, dense, Some(act), CheckpointFormat::CompressedTensors, meta)
+    write_checkpoint_files(src_dir, out, quantized, dense, Some(act), CheckpointFormat::CompressedTensors, meta, &[])
 }
 
 /// The int-/float-quantized tensors of W8A8 linears (weights and static input parameters);
@@ -214,8 +213,11 @@ fn activation_tensors(
     Ok(raws)
 }
 
+/// The general writer: [`write_quantized_checkpoint_with`], with activation quantization
+/// when `act` is given, and `extra` files (name, bytes) written beside the tensors
+/// (e.g. the run's `recipe.toml`).
 #[allow(clippy::too_many_arguments)]
-fn write_checkpoint(
+pub fn write_checkpoint_files(
     src_dir: &Path,
     out: &Path,
     quantized: &BTreeMap<String, QuantizedTensor>,
@@ -223,6 +225,7 @@ fn write_checkpoint(
     act: Option<&ActivationWrite<'_>>,
     format: CheckpointFormat,
     meta: &BTreeMap<String, String>,
+    extra: &[(&str, &[u8])],
 ) -> Result<()> {
     if act.is_some() && format != CheckpointFormat::CompressedTensors {
         return Err(Error::option(
@@ -355,7 +358,7 @@ fn write_checkpoint(
         }
         metadata.insert(k.clone(), v.clone());
     }
-    write_shards(&dir, entries, &metadata)?;
+    write_shards(&dir, &entries, &metadata)?;
     dir.write("config.json", &pretty(&config))?;
     for (file, v) in extra_files {
         dir.write(file, &pretty(&v))?;
@@ -366,71 +369,50 @@ fn write_checkpoint(
             std::fs::copy(&p, dir.path(f)).map_err(|e| Error::io(&p, e))?;
         }
     }
+    for (file, bytes) in extra {
+        dir.write(file, bytes)?;
+    }
     dir.commit()?;
     Ok(())
 }
 
-type Entry<'a> = (String, (Dtype, Vec<usize>, &'a [u8]));
-
 fn write_shards(
     dir: &AtomicDir,
-    entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])>,
+    entries: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>,
     meta: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut all: Vec<Entry<'_>> = entries.into_iter().collect();
-    // safetensors' own order: dtype (alignment) descending, then name.
-    all.sort_by(|(ln, (ld, ..)), (rn, (rd, ..))| rd.cmp(ld).then(ln.cmp(rn)));
-    let mut shards: Vec<Vec<Entry<'_>>> = vec![vec![]];
+    let mut all: Vec<st::RawTensor<'_>> = entries
+        .iter()
+        .map(|(name, (dtype, shape, bytes))| st::RawTensor { name, dtype: *dtype, shape, bytes })
+        .collect();
+    sort_crate_order(&mut all);
+    let mut shards: Vec<Vec<st::RawTensor<'_>>> = vec![vec![]];
     let mut size = 0usize;
-    for e in all {
-        let n = e.1 .2.len();
+    for t in all {
+        let n = t.bytes.len();
         if size > 0 && size + n > MAX_SHARD_BYTES {
             shards.push(vec![]);
             size = 0;
         }
         size += n;
-        shards.last_mut().expect("non-empty").push(e);
+        shards.last_mut().expect("non-empty").push(t);
     }
     let count = shards.len();
     if count == 1 {
-        return write_safetensors(&dir.path("model.safetensors"), &shards[0], meta);
+        return write_file(&dir.path("model.safetensors"), &shards[0], meta, HeaderLayout::Sorted);
     }
     let mut weight_map = serde_json::Map::new();
     let mut total = 0usize;
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        write_safetensors(&dir.path(&file), shard, meta)?;
-        for (name, (_, _, data)) in shard {
-            weight_map.insert(name.clone(), json!(file));
-            total += data.len();
+        write_file(&dir.path(&file), shard, meta, HeaderLayout::Sorted)?;
+        for t in shard {
+            weight_map.insert(t.name.to_string(), json!(file));
+            total += t.bytes.len();
         }
     }
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     dir.write("model.safetensors.index.json", &pretty(&index))
-}
-
-/// One safetensors file: u64 header length, JSON header (sorted keys, space-padded to a
-/// multiple of 8), then the tensors' bytes in the given order.
-fn write_safetensors(path: &Path, tensors: &[Entry<'_>], meta: &BTreeMap<String, String>) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!(meta));
-    let mut offset = 0usize;
-    for (name, (dtype, shape, data)) in tensors {
-        let info = json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]});
-        header.insert(name.clone(), info);
-        offset += data.len();
-    }
-    let mut h = serde_json::to_vec(&Value::Object(header)).expect("header serializes");
-    h.resize(h.len().next_multiple_of(8), b' ');
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let io = |e| Error::io(path, e);
-    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&h).map_err(io)?;
-    for (_, (_, _, data)) in tensors {
-        w.write_all(data).map_err(io)?;
-    }
-    w.flush().map_err(io)
 }
 
 /// A quantized checkpoint read back: the quantized linears rebuilt, everything else left
@@ -475,31 +457,45 @@ impl LoadedCheckpoint {
     }
 }
 
-/// GPTQModel `dynamic` overrides: `-:pattern` skips a module, `+:pattern` or `pattern`
-/// overrides bits/group_size/sym/desc_act for the modules it matches.
-fn gptq_config_for(base: &GptqConfig, dynamic: Option<&Value>, module: &str, path: &Path) -> Result<GptqConfig> {
-    let Some(map) = dynamic.and_then(Value::as_object) else { return Ok(base.clone()) };
-    for (pat, over) in map {
-        let (skip, p) = match pat.strip_prefix("-:") {
+/// One GPTQModel `dynamic` rule: `-:pattern` skips a module, `+:pattern` or `pattern`
+/// overrides bits/group_size/sym/desc_act for the modules it matches (`re.match`).
+struct DynamicRule<'a> {
+    key: &'a str,
+    skip: bool,
+    pattern: PyMatch,
+    overrides: &'a Value,
+}
+
+/// The `dynamic` rules of a gptq config, each pattern compiled once; an invalid one is an
+/// error naming the file, the key and the pattern.
+fn gptq_dynamic_rules<'a>(dynamic: Option<&'a Value>, path: &Path) -> Result<Vec<DynamicRule<'a>>> {
+    let Some(map) = dynamic.and_then(Value::as_object) else { return Ok(vec![]) };
+    let mut rules = Vec::with_capacity(map.len());
+    for (key, overrides) in map {
+        let (skip, p) = match key.strip_prefix("-:") {
             Some(p) => (true, p),
-            None => (false, pat.strip_prefix("+:").unwrap_or(pat)),
+            None => (false, key.strip_prefix("+:").unwrap_or(key)),
         };
-        if !target_matches(&format!("re:{p}"), module) {
-            continue;
-        }
-        if skip {
-            return Err(Error::tensor(
-                module,
-                format!("holds gptq tensors but quantization_config.dynamic skips it ({pat:?})"),
-            ));
-        }
-        let mut merged = base.quantization_config();
-        for (k, v) in over.as_object().into_iter().flatten() {
-            merged[k] = v.clone();
-        }
-        return GptqConfig::from_json(&merged, path);
+        let pattern = PyMatch::parse(p, path, &format!("quantization_config.dynamic[{key:?}]"))?;
+        rules.push(DynamicRule { key, skip, pattern, overrides });
     }
-    Ok(base.clone())
+    Ok(rules)
+}
+
+/// The gptq config of `module`: the first `dynamic` rule matching it, over `base`.
+fn gptq_config_for(base: &GptqConfig, rules: &[DynamicRule<'_>], module: &str, path: &Path) -> Result<GptqConfig> {
+    let Some(rule) = rules.iter().find(|r| r.pattern.matches(module)) else { return Ok(base.clone()) };
+    if rule.skip {
+        return Err(Error::tensor(
+            module,
+            format!("holds gptq tensors but quantization_config.dynamic skips it ({:?})", rule.key),
+        ));
+    }
+    let mut merged = base.quantization_config();
+    for (k, v) in rule.overrides.as_object().into_iter().flatten() {
+        merged[k] = v.clone();
+    }
+    GptqConfig::from_json(&merged, path)
 }
 
 /// Read a quantized checkpoint: detect its format from config.json's `quantization_config`
@@ -529,8 +525,9 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
         let format = match method {
             "gptq" => {
                 let base = GptqConfig::from_json(&qc, &qc_path)?;
+                let rules = gptq_dynamic_rules(qc.get("dynamic"), &qc_path)?;
                 for m in names.iter().filter_map(|n| n.strip_suffix(".qweight")) {
-                    let cfg = gptq_config_for(&base, qc.get("dynamic"), m, &qc_path)?;
+                    let cfg = gptq_config_for(&base, &rules, m, &qc_path)?;
                     quantized.insert(m.to_string(), gptq::from_tensors(m, &get, &cfg)?);
                 }
                 CheckpointFormat::Gptq
@@ -587,7 +584,7 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::compressed_tensors::{CtFormat, CtGroup, CtWeights};
+    use crate::format::compressed_tensors::{CtFormat, CtGroup, CtWeights, Target};
     use crate::format::QuantScheme;
 
     #[test]
@@ -597,13 +594,14 @@ mod tests {
         assert!("marlin".parse::<CheckpointFormat>().unwrap_err().to_string().contains("marlin"));
         let r = exact_regex("model.layers.0.mlp.down_proj");
         assert_eq!(r, r"^model\.layers\.0\.mlp\.down_proj$");
-        assert!(target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj"));
-        assert!(!target_matches(&format!("re:{r}"), "model.layers.0.mlp.down_proj2"));
+        let t = Target::new(format!("re:{r}")).unwrap();
+        assert!(t.matches("model.layers.0.mlp.down_proj"));
+        assert!(!t.matches("model.layers.0.mlp.down_proj2"));
     }
 
     #[test]
-    fn regex_subset_follows_python_re_match() {
-        let m = |p: &str, s: &str| target_matches(&format!("re:{p}"), s);
+    fn regex_follows_python_re_match() {
+        let m = |p: &str, s: &str| Target::new(format!("re:{p}")).unwrap().matches(s);
         assert!(m(".*lm_head", "lm_head"));
         assert!(m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.k_proj"));
         assert!(!m(".*self_attn.(q|k|v)_proj$", "model.layers.0.self_attn.o_proj"));
@@ -611,14 +609,40 @@ mod tests {
         assert!(!m("mlp", "model.layers.0.mlp"), "anchored at the start");
         assert!(m("^model\\.layers\\.[0-9]+\\.mlp\\.(?:gate|up)_proj$", "model.layers.3.mlp.up_proj"));
         assert!(m("a?b*c+$", "bbc") && !m("a?b*c+$", "ab"));
-        for bad in ["re:a{2}", "re:(a", "re:\\p"] {
-            let cfg = json!({"format": "pack-quantized", "config_groups": {}, "ignore": [bad]});
-            assert!(CtConfig::from_json(&cfg, Path::new("c")).is_err(), "{bad}");
+        assert!(m("a{2}", "aab") && !m("a{2}", "ab"), "counted repetition, as Python has it");
+        for bad in ["re:(a", "re:\\p"] {
+            let cfg = json!({"format": "pack-quantized", "config_groups": {}, "ignore": ["lm_head", bad]});
+            let e = CtConfig::from_json(&cfg, Path::new("c.json")).unwrap_err().to_string();
+            assert!(e.contains("c.json") && e.contains("quantization_config.ignore[1]"), "{e}");
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
-        assert!(
-            target_matches("lm_head", "lm_head") && !target_matches("lm_head", "model.lm_head"),
-            "plain names match exactly"
-        );
+        let t = Target::new("lm_head").unwrap();
+        assert!(t.matches("lm_head") && !t.matches("model.lm_head"), "plain names match exactly");
+    }
+
+    #[test]
+    fn invalid_target_pattern_names_file_key_and_pattern() {
+        let cfg = json!({
+            "format": "pack-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear", "re:.*(q|k_proj"], "weights": {"num_bits": 4}}},
+        });
+        let e = CtConfig::from_json(&cfg, Path::new("/m/config.json")).unwrap_err().to_string();
+        assert!(e.starts_with("/m/config.json: quantization_config.config_groups.group_0.targets[1]: "), "{e}");
+        assert!(e.contains(r#""re:.*(q|k_proj""#), "{e}");
+    }
+
+    #[test]
+    fn gptq_dynamic_patterns_compile_once_and_refuse_invalid_ones() {
+        let base = GptqConfig::from_json(&json!({"bits": 4, "group_size": 128}), Path::new("c")).unwrap();
+        let dynamic = json!({"-:.*lm_head$": {}, r"+:.*layers\.0\..*": {"bits": 8}});
+        let rules = gptq_dynamic_rules(Some(&dynamic), Path::new("c")).unwrap();
+        let bits = |m: &str| gptq_config_for(&base, &rules, m, Path::new("c")).map(|c| c.bits);
+        assert_eq!(bits("model.layers.0.mlp.up_proj").unwrap(), 8);
+        assert_eq!(bits("model.layers.1.mlp.up_proj").unwrap(), 4);
+        assert!(bits("lm_head").unwrap_err().to_string().contains("skips it"));
+        let bad = json!({"-:(a*)*b)": {}});
+        let e = gptq_dynamic_rules(Some(&bad), Path::new("q.json")).err().unwrap().to_string();
+        assert!(e.contains("q.json") && e.contains(r#"quantization_config.dynamic["-:(a*)*b)"]"#), "{e}");
     }
 
     #[test]
@@ -638,15 +662,15 @@ mod tests {
             format: CtFormat::PackQuantized,
             groups: vec![
                 CtGroup {
-                    targets: vec!["Linear".into()],
+                    targets: vec![Target::new("Linear").unwrap()],
                     weights: CtWeights::new("m", QuantScheme::int(4).unwrap(), false).unwrap(),
                 },
                 CtGroup {
-                    targets: vec!["re:.*down_proj$".into()],
+                    targets: vec![Target::new("re:.*down_proj$").unwrap()],
                     weights: CtWeights::new("m", QuantScheme::int(8).unwrap(), false).unwrap(),
                 },
             ],
-            ignore: vec!["lm_head".into()],
+            ignore: vec![Target::new("lm_head").unwrap()],
         };
         let back = CtConfig::from_json(&cfg.to_json(), path).unwrap();
         assert_eq!(back, cfg);

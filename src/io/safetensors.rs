@@ -1,5 +1,9 @@
 //! Memory-mapped safetensors, single file or sharded with `model.safetensors.index.json`.
 //! Tensors are read lazily: nothing is copied until a caller asks for one tensor.
+//!
+//! [`write_file`] is the one safetensors writer of the tool (checkpoints, converted models,
+//! calibration statistics): deterministic bytes (metadata keys sorted; no `HashMap` order,
+//! unlike the crate's serializer), the tensors' data in the order given.
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -172,6 +176,123 @@ pub fn bytes_to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> 
     })
 }
 
+/// Readers refuse larger headers (the safetensors crate's limit).
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// How [`write_file`] orders the keys of the JSON header. The data section always holds
+/// the tensors in the order given; the header is compact JSON, padded with spaces to a
+/// multiple of 8 bytes (so the data starts aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderLayout {
+    /// Every key sorted bytewise (`__metadata__` sorts among the tensor names), each
+    /// tensor's fields as `data_offsets, dtype, shape`: quantized checkpoints and
+    /// calibration statistics.
+    Sorted,
+    /// The safetensors crate's own layout: `__metadata__` first, then the tensors in data
+    /// order with fields `dtype, shape, data_offsets`: converted models.
+    DataOrder,
+}
+
+/// Sort tensors as the safetensors crate orders them: dtype alignment descending, then
+/// name (every tensor then starts aligned to its element size).
+pub fn sort_crate_order(tensors: &mut [RawTensor<'_>]) {
+    tensors.sort_by(|l, r| r.dtype.cmp(&l.dtype).then(l.name.cmp(r.name)));
+}
+
+#[derive(serde::Serialize)]
+struct SortedInfo<'a> {
+    data_offsets: [usize; 2],
+    dtype: Dtype,
+    shape: &'a [usize],
+}
+
+#[derive(serde::Serialize)]
+struct DataOrderInfo<'a> {
+    dtype: Dtype,
+    shape: &'a [usize],
+    data_offsets: [usize; 2],
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("strings, numbers and string maps serialize")
+}
+
+/// The header of [`write_file`] (padded); errors name the tensor that cannot be stored.
+pub fn header_bytes(
+    tensors: &[RawTensor<'_>],
+    meta: &BTreeMap<String, String>,
+    layout: HeaderLayout,
+) -> Result<Vec<u8>> {
+    // (key, value) in header order; a JSON object is `{k:v,k:v}` in compact form.
+    let mut entries: Vec<(&str, Vec<u8>)> = Vec::with_capacity(tensors.len() + 1);
+    if !meta.is_empty() {
+        entries.push(("__metadata__", json(meta)));
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        let elems = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems.and_then(|n| n.checked_mul(t.dtype.bitsize())) != t.bytes.len().checked_mul(8) {
+            return Err(Error::tensor(
+                t.name,
+                format!("{} bytes for {:?} {:?}: not one element per stored value", t.bytes.len(), t.dtype, t.shape),
+            ));
+        }
+        let data_offsets = [offset, offset + t.bytes.len()];
+        offset += t.bytes.len();
+        let info = match layout {
+            HeaderLayout::Sorted => json(&SortedInfo { data_offsets, dtype: t.dtype, shape: t.shape }),
+            HeaderLayout::DataOrder => json(&DataOrderInfo { dtype: t.dtype, shape: t.shape, data_offsets }),
+        };
+        entries.push((t.name, info));
+    }
+    let mut names: Vec<&str> = tensors.iter().map(|t| t.name).chain(["__metadata__"]).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::tensor(w[0], "appears twice among the tensors to write (or is the metadata key)"));
+    }
+    if layout == HeaderLayout::Sorted {
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    let mut h = vec![b'{'];
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            h.push(b',');
+        }
+        h.extend(json(*k));
+        h.push(b':');
+        h.extend(v);
+    }
+    h.push(b'}');
+    h.resize(h.len().next_multiple_of(8), b' ');
+    Ok(h)
+}
+
+/// Write one safetensors file at `path`: u64 header length, the header
+/// ([`HeaderLayout`]; `__metadata__` = `meta`, left out when empty), then the tensors'
+/// bytes in the given order. Callers write into an [`super::atomic::AtomicDir`] or
+/// [`super::atomic::AtomicFile`], so a failure leaves nothing behind.
+pub fn write_file(
+    path: &Path,
+    tensors: &[RawTensor<'_>],
+    meta: &BTreeMap<String, String>,
+    layout: HeaderLayout,
+) -> Result<()> {
+    use std::io::Write;
+    let h = header_bytes(tensors, meta, layout)?;
+    if h.len() > MAX_HEADER_BYTES {
+        return Err(Error::format(path, format!("safetensors header of {} bytes exceeds {MAX_HEADER_BYTES}", h.len())));
+    }
+    let io = |e| Error::io(path, e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&h).map_err(io)?;
+    for t in tensors {
+        w.write_all(t.bytes).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +326,92 @@ mod tests {
         assert_eq!(s.f32("a").unwrap().0, vec![1.0, 2.0]);
         assert_eq!(s.f32_shaped("b", &[1]).unwrap(), vec![3.0]);
         assert!(s.f32_shaped("b", &[2]).unwrap_err().to_string().contains("[2]"));
+    }
+
+    fn sample() -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        vec![
+            ("model.b", Dtype::F32, vec![2], f32s(&[1.0, 2.0])),
+            ("model.a", Dtype::I8, vec![3], vec![1, 2, 3]),
+            ("lm_head.x", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec()),
+            ("model.c", Dtype::F32, vec![1, 1], f32s(&[3.0])),
+            ("Upper", Dtype::U8, vec![0], vec![]),
+        ]
+    }
+
+    fn views<'a>(t: &'a [(&'static str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<RawTensor<'a>> {
+        t.iter().map(|(name, dtype, shape, bytes)| RawTensor { name, dtype: *dtype, shape, bytes }).collect()
+    }
+
+    #[test]
+    fn data_order_layout_is_the_crate_serializer() {
+        // The crate's bytes are deterministic with at most one metadata key (it iterates a
+        // HashMap); ours equal them then, and sort the keys otherwise.
+        let dir = tempfile::tempdir().unwrap();
+        let sample = sample();
+        for meta in [BTreeMap::new(), BTreeMap::from([("format".to_string(), "pt".to_string())])] {
+            let mut ours = views(&sample);
+            sort_crate_order(&mut ours);
+            let p = dir.path().join("ours.safetensors");
+            write_file(&p, &ours, &meta, HeaderLayout::DataOrder).unwrap();
+            let crate_views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = sample
+                .iter()
+                .map(|(n, d, s, b)| (*n, safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+                .collect();
+            let hm = (!meta.is_empty()).then(|| meta.clone().into_iter().collect());
+            let theirs = safetensors::serialize(crate_views, hm).unwrap();
+            assert_eq!(std::fs::read(&p).unwrap(), theirs, "meta {meta:?}");
+            std::fs::remove_file(&p).unwrap();
+        }
+        let meta = BTreeMap::from([("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())]);
+        let h = header_bytes(&views(&sample[..1]), &meta, HeaderLayout::DataOrder).unwrap();
+        let want = r#"{"__metadata__":{"a":"1","b":"2"},"model.b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        assert_eq!(String::from_utf8(h).unwrap(), format!("{want:<96}"));
+    }
+
+    #[test]
+    fn sorted_layout_bytes_are_pinned_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = sample();
+        let mut t = views(&sample);
+        sort_crate_order(&mut t);
+        let order: Vec<&str> = t.iter().map(|t| t.name).collect();
+        assert_eq!(order, ["lm_head.x", "model.b", "model.c", "model.a", "Upper"], "dtype descending, then name");
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string()), ("a".to_string(), "x".to_string())]);
+        let p = dir.path().join("s.safetensors");
+        write_file(&p, &t, &meta, HeaderLayout::Sorted).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let want = concat!(
+            r#"{"Upper":{"data_offsets":[23,23],"dtype":"U8","shape":[0]},"#,
+            r#""__metadata__":{"a":"x","format":"pt"},"#,
+            r#""lm_head.x":{"data_offsets":[0,8],"dtype":"I64","shape":[1]},"#,
+            r#""model.a":{"data_offsets":[20,23],"dtype":"I8","shape":[3]},"#,
+            r#""model.b":{"data_offsets":[8,16],"dtype":"F32","shape":[2]},"#,
+            r#""model.c":{"data_offsets":[16,20],"dtype":"F32","shape":[1,1]}}"#,
+        );
+        let n = want.len().next_multiple_of(8);
+        assert_eq!(bytes[..8], (n as u64).to_le_bytes());
+        assert_eq!(std::str::from_utf8(&bytes[8..8 + n]).unwrap(), format!("{want:<n$}"));
+        assert_eq!(bytes.len(), 8 + n + 23);
+        let s = SafetensorsStore::open(&p).unwrap();
+        assert_eq!(s.f32("model.b").unwrap().0, vec![1.0, 2.0]);
+        assert_eq!(s.raw("model.a").unwrap().bytes, [1, 2, 3]);
+        assert_eq!(s.user_metadata().get("format").map(String::as_str), Some("pt"));
+    }
+
+    #[test]
+    fn malformed_tensors_are_refused_by_name() {
+        let bytes = [0u8; 6];
+        let bad = [RawTensor { name: "w", dtype: Dtype::F32, shape: &[2], bytes: &bytes }];
+        let e = header_bytes(&bad, &BTreeMap::new(), HeaderLayout::Sorted).unwrap_err().to_string();
+        assert!(e.contains("tensor w") && e.contains("6 bytes"), "{e}");
+        let twice = [
+            RawTensor { name: "w", dtype: Dtype::U8, shape: &[1], bytes: &bytes[..1] },
+            RawTensor { name: "w", dtype: Dtype::U8, shape: &[1], bytes: &bytes[..1] },
+        ];
+        let e = header_bytes(&twice, &BTreeMap::new(), HeaderLayout::DataOrder).unwrap_err().to_string();
+        assert!(e.contains("tensor w") && e.contains("twice"), "{e}");
+        let meta_name = [RawTensor { name: "__metadata__", dtype: Dtype::U8, shape: &[1], bytes: &bytes[..1] }];
+        assert!(header_bytes(&meta_name, &BTreeMap::new(), HeaderLayout::Sorted).is_err());
     }
 }

@@ -24,6 +24,66 @@ pub enum InputSite {
     MlpAct,
 }
 
+/// One step of a block's forward. A block runs [`BLOCK_STAGES`] in order, each from the
+/// residual stream and the previous stage's output; a stage whose output is read by
+/// linears names that [`InputSite`]. Every block driver walks this list (calibration,
+/// AWQ's full-precision pass, W8A8 observers), so the order is written once, here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// `rms_norm(x)`: read by q, k, v.
+    AttnNorm,
+    /// q/k/v, RoPE, causal attention: heads concatenated, read by o.
+    Attention,
+    /// `x += o(attn)`; `rms_norm(x)`: read by gate, up.
+    AttnResidual,
+    /// `silu(gate) * up`: read by down.
+    MlpAct,
+    /// `x += down(act)`: the block output.
+    MlpResidual,
+}
+
+impl Stage {
+    /// The site whose linears read this stage's output.
+    pub fn site(self) -> Option<InputSite> {
+        match self {
+            Stage::AttnNorm => Some(InputSite::AttnIn),
+            Stage::Attention => Some(InputSite::AttnOut),
+            Stage::AttnResidual => Some(InputSite::MlpIn),
+            Stage::MlpAct => Some(InputSite::MlpAct),
+            Stage::MlpResidual => None,
+        }
+    }
+
+    /// Width of this stage's output (0 for the last).
+    pub fn out_width(self, cfg: &LlamaConfig) -> usize {
+        match self {
+            Stage::AttnNorm | Stage::AttnResidual => cfg.hidden_size,
+            Stage::Attention => cfg.q_dim(),
+            Stage::MlpAct => cfg.intermediate_size,
+            Stage::MlpResidual => 0,
+        }
+    }
+}
+
+/// The stages of a block, in order.
+pub const BLOCK_STAGES: [Stage; 5] =
+    [Stage::AttnNorm, Stage::Attention, Stage::AttnResidual, Stage::MlpAct, Stage::MlpResidual];
+
+/// The sites of a block, in stage order.
+pub fn block_sites() -> impl Iterator<Item = InputSite> {
+    BLOCK_STAGES.iter().filter_map(|s| s.site())
+}
+
+/// Indices into [`BLOCK_LINEARS`] of the linears reading `site`, in declared order.
+pub fn site_linears(site: InputSite) -> Vec<usize> {
+    (0..BLOCK_LINEARS.len()).filter(|&i| BLOCK_LINEARS[i].1 == site).collect()
+}
+
+/// Input width of `site`.
+pub fn site_width(cfg: &LlamaConfig, site: InputSite) -> usize {
+    linear_shape(cfg, BLOCK_LINEARS[site_linears(site)[0]].0).1
+}
+
 /// Linears of a block in the model's sequential order (the order GPTQ quantizes them),
 /// with the site whose activations they read.
 pub const BLOCK_LINEARS: [(&str, InputSite); 7] = [
@@ -35,6 +95,18 @@ pub const BLOCK_LINEARS: [(&str, InputSite); 7] = [
     ("mlp.up_proj", InputSite::MlpIn),
     ("mlp.down_proj", InputSite::MlpAct),
 ];
+
+/// Names (`model.layers.N.self_attn.q_proj`) and `[out, in]` of every block linear.
+pub fn block_linears(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
+    (0..cfg.num_layers)
+        .flat_map(|b| {
+            BLOCK_LINEARS.iter().map(move |(short, _)| {
+                let (o, i) = linear_shape(cfg, short);
+                (format!("model.layers.{b}.{short}"), o, i)
+            })
+        })
+        .collect()
+}
 
 /// `[out, in]` of a block linear, by its short name.
 pub fn linear_shape(cfg: &LlamaConfig, short: &str) -> (usize, usize) {
@@ -253,6 +325,32 @@ impl Block {
         add_assign(x, &d);
     }
 
+    /// Run one stage on `windows` windows of `seq` tokens: `x` is the residual stream
+    /// `[windows·seq, hidden]` (the residual stages add to it in place), `prev` the previous
+    /// stage's output. Returns the stage's output (the input of [`Stage::site`]'s linears;
+    /// empty for the last stage).
+    pub fn run_stage(
+        &self,
+        cfg: &LlamaConfig,
+        rope: &Rope,
+        stage: Stage,
+        x: &mut [f32],
+        prev: &[f32],
+        windows: usize,
+        seq: usize,
+    ) -> Vec<f32> {
+        match stage {
+            Stage::AttnNorm => self.attn_input(cfg, x),
+            Stage::Attention => self.attention(cfg, rope, prev, windows, seq),
+            Stage::AttnResidual => self.mlp_input(cfg, x, prev),
+            Stage::MlpAct => self.mlp_act(cfg, prev),
+            Stage::MlpResidual => {
+                self.mlp_output(cfg, x, prev);
+                Vec::new()
+            }
+        }
+    }
+
     /// Run the block in place on `x` (`[windows·seq, hidden]`), showing each linear
     /// site's input to `hook`.
     pub fn forward(
@@ -266,26 +364,13 @@ impl Block {
     ) -> Result<()> {
         let t = windows * seq;
         debug_assert_eq!(x.len(), t * cfg.hidden_size);
-        let h1 = self.attn_input(cfg, x);
-        if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::AttnIn, &h1, t)?;
+        let mut cur = Vec::new();
+        for stage in BLOCK_STAGES {
+            cur = self.run_stage(cfg, rope, stage, x, &cur, windows, seq);
+            if let (Some(site), Some(hk)) = (stage.site(), hook.as_deref_mut()) {
+                hk.on_input(site, &cur, t)?;
+            }
         }
-        let attn = self.attention(cfg, rope, &h1, windows, seq);
-        drop(h1);
-        if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::AttnOut, &attn, t)?;
-        }
-        let h2 = self.mlp_input(cfg, x, &attn);
-        drop(attn);
-        if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::MlpIn, &h2, t)?;
-        }
-        let act = self.mlp_act(cfg, &h2);
-        drop(h2);
-        if let Some(hk) = hook.as_deref_mut() {
-            hk.on_input(InputSite::MlpAct, &act, t)?;
-        }
-        self.mlp_output(cfg, x, &act);
         Ok(())
     }
 

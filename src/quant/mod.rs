@@ -2,7 +2,7 @@
 pub mod activation;
 pub mod awq;
 pub mod gptq;
+pub mod hqq;
 pub mod linalg;
-pub mod pipeline;
 pub mod refit;
 pub mod rtn;

@@ -7,28 +7,21 @@
 //! MSE), one scale shared by the linears reading a site. Sequential mode: each site sees the
 //! outputs of the already (weight-)quantized linears and blocks before it; activations stay
 //! in full precision while statistics are taken, so one set of statistics serves every
-//! activation choice ([`crate::calib::stats_file`]). RTN weights go through [`pass`]
-//! (with optional SmoothQuant, [`smooth`]); GPTQ weights through the shared runner
-//! ([`ActSiteQuantizer`]).
+//! activation choice ([`crate::calib::stats_file`]). The block driver runs it as the
+//! `activations` modifier ([`crate::pipeline::modifiers::activation`]), after any weight
+//! quantizer and optionally SmoothQuant ([`smooth`]).
 //!
 //! Three pure steps, as for the weights: range (histogram) -> parameters
 //! ([`ActScheme::params`]) -> quantize-dequantize ([`fake_quant`], the reference every
 //! inference path goes through).
 
 pub mod linear;
-pub mod pass;
 pub mod smooth;
 
 use crate::calib::histogram::HistogramObserver;
-use crate::calib::observers::{SiteStats, StatsRequest};
-use crate::calib::runner::{run_sequential, LinearWeight, RunnerOptions, RunnerTimings, SiteQuantizer};
 use crate::error::{Error, Result};
 use crate::format::activation::{ct_input_scheme, ActParams, ActScheme};
-use crate::format::QuantizedTensor;
 use crate::io::checkpoint::{CheckpointFormat, LoadedCheckpoint};
-use crate::io::safetensors::SafetensorsStore;
-use crate::model::llama::InputSite;
-use crate::model::LlamaConfig;
 use rayon::prelude::*;
 use safetensors::tensor::TensorView;
 use std::collections::BTreeMap;
@@ -117,60 +110,6 @@ impl ActCalib {
             Self::Mse => h.range_mse(scheme),
         }
     }
-}
-
-/// Static activation scales around a weight quantizer driven by the shared runner (GPTQ):
-/// the site's histogram gives one scale shared by the linears reading it (vLLM fuses
-/// q/k/v and gate/up and keeps the largest of their scales, so sharing loses nothing).
-pub struct ActSiteQuantizer<'a> {
-    pub weights: &'a mut dyn SiteQuantizer,
-    pub scheme: ActScheme,
-    pub calib: ActCalib,
-    /// Static parameters by module name.
-    pub params: BTreeMap<String, ActParams>,
-}
-
-impl SiteQuantizer for ActSiteQuantizer<'_> {
-    fn stats_request(&self) -> StatsRequest {
-        StatsRequest { histogram: true, ..self.weights.stats_request() }
-    }
-
-    fn quantize_site(
-        &mut self,
-        block: usize,
-        site: InputSite,
-        linears: &[LinearWeight],
-        stats: &SiteStats,
-    ) -> Result<Vec<QuantizedTensor>> {
-        let hist = stats.histogram.as_ref().ok_or_else(|| {
-            Error::other_msg(format!("block {block} {site:?}: no activation histogram to calibrate from"))
-        })?;
-        let p = self.scheme.params_from(self.calib.range(hist, &self.scheme));
-        for l in linears {
-            self.params.insert(l.name.clone(), p);
-        }
-        self.weights.quantize_site(block, site, linears, stats)
-    }
-}
-
-/// Weights by `weights` (e.g. GPTQ) through the shared sequential runner, with static
-/// input scales in `scheme` calibrated by `calib`: tensors and input parameters by module.
-pub fn quantize_static_runner(
-    cfg: &LlamaConfig,
-    store: &SafetensorsStore,
-    windows: &[Vec<u32>],
-    runner: RunnerOptions,
-    weights: &mut dyn SiteQuantizer,
-    scheme: ActScheme,
-    calib: ActCalib,
-) -> Result<(BTreeMap<String, QuantizedTensor>, BTreeMap<String, ActParams>, RunnerTimings, usize)> {
-    scheme.check()?;
-    if scheme.dynamic {
-        return Err(Error::option("--static", format!("{scheme} is dynamic: it takes no calibrated scales")));
-    }
-    let mut q = ActSiteQuantizer { weights, scheme, calib, params: BTreeMap::new() };
-    let out = run_sequential(cfg, store, windows, &mut q, runner)?;
-    Ok((out.tensors, q.params, out.timings, out.tokens))
 }
 
 #[cfg(test)]

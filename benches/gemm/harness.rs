@@ -1,21 +1,21 @@
-//! `bench_gemm`: time of the quantized kernels against the plain f32 shader on the same
-//! adapter (a ratio measured in the same run) and against the CPU path
-//! ([`matmul_xwt`] on the dequantized weights).
+//! The benchmark harness of `benches/gemm` (also included by `tests/gpu.rs`, which checks
+//! its rows): time of the quantized kernels against the plain f32 shader on the same
+//! adapter (a ratio measured in the same run) and against the CPU path ([`matmul_xwt`] on
+//! the dequantized weights).
 //!
 //! Kernel time is the GPU clock (timestamp queries at the start and end of one compute
-//! pass holding `reps` forwards) when the adapter has them, else the wall clock around
-//! submit + wait of the same batch; `reps` is chosen so one batch lasts `min_seconds`.
-//! Every figure is the median of `runs` batches. `weight GB/s` is the resident weight
-//! bytes (codes, scales, zeros) of one forward divided by its time; GEMM reads them once
-//! per 64 tokens, so above 64 tokens this understates the traffic. `GFLOP/s` counts
-//! `2 · tokens · out · in`.
+//! pass holding `reps` forwards, [`GpuLinear::time_forwards`]) when the adapter has them,
+//! else the wall clock around submit + wait of the same batch; `reps` is chosen so one
+//! batch lasts `min_seconds`. Every figure is the median of `runs` batches. `weight GB/s`
+//! is the resident weight bytes (codes, scales, zeros) of one forward divided by its time;
+//! GEMM reads them once per 64 tokens, so above 64 tokens this understates the traffic.
+//! `GFLOP/s` counts `2 · tokens · out · in`.
 
-use super::linear::{GpuLinear, KernelChoice, Precision};
-use super::{Dispatch, GpuContext};
-use crate::error::{Error, Result};
-use crate::format::QuantScheme;
-use crate::model::linear::{matmul_xwt, Linear};
-use crate::quant::rtn::quantize_rtn;
+use quantize::format::QuantScheme;
+use quantize::gpu::{GpuContext, GpuLinear, KernelChoice, Precision};
+use quantize::model::linear::{matmul_xwt, Linear};
+use quantize::quant::rtn::quantize_rtn;
+use quantize::Result;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,138 +100,24 @@ fn measure(runs: usize, min_seconds: f64, mut batch: impl FnMut(usize) -> Result
     Ok(median(v))
 }
 
-impl GpuContext {
-    /// Seconds for `reps` repetitions of `dispatches` in one pass (x and y are the scratch
-    /// buffers; their contents do not matter for timing), and whether the GPU clock
-    /// measured it.
-    fn time_batch(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        x_len: usize,
-        y_len: usize,
-        dispatches: &[Dispatch],
-        reps: usize,
-    ) -> Result<(f64, bool)> {
-        let mut scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        let s = &mut *scratch;
-        let (xn, yn) = ((x_len * 4).max(16) as u64, (y_len * 4).max(16) as u64);
-        let xb =
-            super::ensure(&self.device, &mut s.x, xn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "x");
-        let yb =
-            super::ensure(&self.device, &mut s.y, yn, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC, "y");
-        let groups: Vec<wgpu::BindGroup> =
-            dispatches.iter().map(|d| self.bind_group(&self.uniform(&d.params), (xb, xn), (yb, yn), d)).collect();
-        let queries = self.timestamps.then(|| {
-            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("bench"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            });
-            let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
-            let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("ts"),
-                size: 16,
-                usage,
-                mapped_at_creation: false,
-            });
-            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-            let read = self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("ts-read"),
-                size: 16,
-                usage,
-                mapped_at_creation: false,
-            });
-            (set, resolve, read)
-        });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
-        {
-            let timestamp_writes = queries.as_ref().map(|(set, _, _)| wgpu::ComputePassTimestampWrites {
-                query_set: set,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes });
-            pass.set_pipeline(pipeline);
-            for _ in 0..reps {
-                for (d, g) in dispatches.iter().zip(&groups) {
-                    pass.set_bind_group(0, g, &[]);
-                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
-                }
-            }
-        }
-        if let Some((set, resolve, read)) = &queries {
-            enc.resolve_query_set(set, 0..2, resolve, 0);
-            enc.copy_buffer_to_buffer(resolve, 0, read, 0, Some(16));
-        }
-        let t0 = Instant::now();
-        self.queue.submit([enc.finish()]);
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
-        let wall = t0.elapsed().as_secs_f64();
-        self.take_error()?;
-        if let Some((_, _, read)) = &queries {
-            let mut ticks = [0f32; 4];
-            self.read_back(read, 16, &mut ticks)?;
-            let t: [u64; 2] = bytemuck::cast(ticks);
-            let gpu = t[1].saturating_sub(t[0]) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9;
-            if gpu > 0.0 && gpu <= wall * 1.5 {
-                return Ok((gpu, true));
-            }
-        }
-        Ok((wall, false))
-    }
-
-    /// Median seconds per forward of `lin` on `tokens` tokens (one submission's worth).
-    fn time_linear(&self, lin: &GpuLinear, tokens: usize, runs: usize, min_seconds: f64) -> Result<(f64, bool)> {
-        let kernel = lin.kernel(tokens, KernelChoice::Auto);
-        if tokens > lin.max_tokens(kernel) {
-            return Err(Error::option(
-                "--tokens",
-                format!("{tokens} tokens do not fit one submission ({} at most)", lin.max_tokens(kernel)),
-            ));
-        }
-        let pipeline = self.pipeline(kernel)?;
-        let d = lin.dispatches(kernel, tokens);
-        let x_len = tokens * lin.padded_in();
-        let mut clock = true;
-        let t = measure(runs, min_seconds, |reps| {
-            let (t, gpu) = self.time_batch(&pipeline, x_len, tokens * lin.out_features(), &d, reps)?;
-            clock &= gpu;
-            Ok(t)
-        })?;
-        Ok((t, clock))
-    }
-}
-
 /// Device copy bandwidth in GB/s, counting bytes read plus bytes written, from
 /// buffer-to-buffer copies of `bytes` (capped at the adapter's buffer size limit).
 pub fn copy_bandwidth(ctx: &GpuContext, bytes: u64) -> Result<f64> {
-    let bytes = bytes.min(ctx.device.limits().max_buffer_size) / 4 * 4;
-    let mk = |usage| {
-        ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("copy"),
-            size: bytes,
-            usage,
-            mapped_at_creation: false,
-        })
-    };
-    let (a, b) = (mk(wgpu::BufferUsages::COPY_SRC), mk(wgpu::BufferUsages::COPY_DST));
-    let t = measure(5, 0.05, |reps| {
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
-        for _ in 0..reps {
-            enc.copy_buffer_to_buffer(&a, 0, &b, 0, Some(bytes));
-        }
-        let t0 = Instant::now();
-        ctx.queue.submit([enc.finish()]);
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Other(format!("gpu: waiting for the device: {e}")))?;
-        Ok(t0.elapsed().as_secs_f64())
+    let copies = ctx.copy_buffers(bytes);
+    let t = measure(5, 0.05, |reps| copies.time(reps))?;
+    Ok(2.0 * copies.bytes() as f64 / t / 1e9)
+}
+
+/// Median seconds per forward of `lin` on `tokens` tokens (one submission's worth), and
+/// whether every batch was timed on the GPU clock.
+fn time_linear(lin: &GpuLinear, tokens: usize, runs: usize, min_seconds: f64) -> Result<(f64, bool)> {
+    let mut clock = true;
+    let t = measure(runs, min_seconds, |reps| {
+        let (t, gpu) = lin.time_forwards(tokens, reps)?;
+        clock &= gpu;
+        Ok(t)
     })?;
-    ctx.take_error()?;
-    Ok(2.0 * bytes as f64 / t / 1e9)
+    Ok((t, clock))
 }
 
 /// Run the benchmark: for each shape and token count, the f32 shader, int4 g128 and int8
@@ -272,7 +158,7 @@ pub fn bench_gemm(ctx: &Arc<GpuContext>, opts: &BenchOptions) -> Result<Vec<Benc
             };
             let mut f32_seconds = None;
             for (format, lin) in &layers {
-                let (seconds, gpu_clock) = ctx.time_linear(lin, tokens, opts.runs, opts.min_seconds)?;
+                let (seconds, gpu_clock) = time_linear(lin, tokens, opts.runs, opts.min_seconds)?;
                 let f32_s = *f32_seconds.get_or_insert(seconds);
                 let weight_bytes = lin.weight_bytes() as u64;
                 rows.push(BenchRow {

@@ -1,13 +1,17 @@
 //! GPU GEMM/GEMV benchmark: int4 g128 and int8 kernels against the plain f32 WGSL kernel
 //! on the same adapter (ratio from the same run) and the CPU path, for SmolLM2's linears
-//! and 4096×4096 / 11008×4096 at 1, 16 and 128 tokens. See `quantize::gpu::bench_gemm`.
+//! and 4096×4096 / 11008×4096 at 1, 16 and 128 tokens. See [`harness::bench_gemm`].
 //!
-//! Needs `[[bench]] name = "gemm"` with `harness = false` in Cargo.toml; run with
-//! `cargo bench --bench gemm` (the adapter comes from `WGPU_BACKEND` / `QUANTIZE_ADAPTER`).
+//! Needs `[[bench]] name = "gemm"` with `harness = false` and `path = "benches/gemm/main.rs"`
+//! in Cargo.toml; run with `cargo bench --bench gemm` (the adapter comes from
+//! `WGPU_BACKEND` / `QUANTIZE_ADAPTER`).
 //! Options: `--small` (SmolLM2 shapes only), `--tokens 1,16`, `--runs N`, `--no-cpu`,
 //! `--json FILE` (rows as JSON).
 
-use quantize::gpu::{bench_gemm, format_bench, BenchOptions, GpuContext, SMOLLM2_SHAPES};
+mod harness;
+
+use harness::{bench_gemm, format_bench, BenchOptions, SMOLLM2_SHAPES};
+use quantize::gpu::GpuContext;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Byte-identity check of every method's checkpoint (issue 14): quantize the converted
+# SmolLM2 with each method on a small calibration and print one sha256 per output file.
+# For .safetensors files the hash covers the tensor data section only (the header's
+# __metadata__ holds the run record, which names options, not results); config.json is
+# hashed without its run record. Usage: scripts/pin_outputs.sh BIN MODEL_DIR OUT_DIR
+set -euo pipefail
+bin=$1 model=$2 out=$3
+calib=${QUANTIZE_ASSETS:-$(cd "$(dirname "$0")/.." && pwd)/.cache/assets}/brown/brown_calib.txt
+small=(--nsamples 4 --seqlen 128 --calib "$calib" --)
+mkdir -p "$out"
+run() { # name args...
+  local name=$1; shift
+  [ -d "$out/$name" ] || "$bin" "$model" -o "$out/$name" "$@" >/dev/null 2>"$out/$name.log"
+}
+run rtn-int4-g128 --method rtn --bits 4 --group-size 128
+run rtn-int4-g128-asym-mse --method rtn --bits 4 --group-size 128 --asym --mse
+run fp8 --method fp8
+run gptq-int4-g128-ao-sg-mse --method gptq --bits 4 --group-size 128 --asym --act-order --static-groups --mse "${small[@]}"
+run awq-int4-g64 --method awq --bits 4 --group-size 64 --asym --awq-grid 5 "${small[@]}"
+run awq-gptq-int4-g64 --method awq+gptq --bits 4 --group-size 64 --asym --awq-grid 5 --act-order "${small[@]}"
+run w8a8-int8-static --method rtn --scheme w8a8-int8 --static "${small[@]}"
+run w8a8-int8-dynamic --method rtn --scheme w8a8-int8 --dynamic --smooth 0 
+run w8a8-int8-dynamic-smooth --method rtn --scheme w8a8-int8 --dynamic "${small[@]}"
+run w8a8-int8-gptq-static --method gptq --scheme w8a8-int8 --static "${small[@]}"
+python3 - "$out" <<'PY'
+import hashlib, json, os, struct, sys
+root = sys.argv[1]
+for run in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+    for f in sorted(os.listdir(os.path.join(root, run))):
+        p = os.path.join(root, run, f)
+        b = open(p, 'rb').read()
+        if f.endswith('.safetensors'):
+            n = struct.unpack('<Q', b[:8])[0]
+            hdr = json.loads(b[8:8 + n]); hdr.pop('__metadata__', None)
+            h = hashlib.sha256(json.dumps(hdr, sort_keys=True).encode() + b[8 + n:]).hexdigest()
+        elif f == 'config.json':
+            c = json.loads(b); qc = c.get('quantization_config', {})
+            for k in ('quantize_options', 'recipe'):
+                qc.pop(k, None)
+            h = hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
+        elif f == 'recipe.toml':
+            continue
+        else:
+            h = hashlib.sha256(b).hexdigest()
+        print(f"{h}  {run}/{f}")
+PY

@@ -1,0 +1,414 @@
+//! The block driver: the one loop over a model's blocks that every method runs in.
+//!
+//! Block 0's inputs are the embedded calibration windows; block i's are the outputs of
+//! the already processed (transformed and quantized) blocks before it. For each block:
+//!
+//! 1. its weights are read from the memory-mapped store (one block in memory at a time);
+//! 2. if the run has [`BlockTransform`]s, the full-precision block runs through its
+//!    stages ([`BLOCK_STAGES`]) on a copy of the inputs; at each site the transforms see the
+//!    input and the statistics they asked for; then each transform changes the block;
+//! 3. the (transformed) block runs through its stages again on the inputs, in place: at each
+//!    site the statistics asked for by the weight and input quantizers are taken on the
+//!    input as it is after the earlier sites were quantized, the site's linears are
+//!    quantized and replaced (dequantized, exactly) for the stages after it; the last
+//!    stage's output is the next block's input.
+//!
+//! Every window is its own sequence: nothing (no cache, no state) crosses windows. Stages
+//! run on chunks of `chunk_windows` windows (bounding attention and MLP temporaries);
+//! statistics are taken over the same chunks, in order, so results do not depend on the
+//! thread count. Without windows ([`Source::None`]: calibration-free methods) nothing runs
+//! forward; from a statistics file ([`Source::Stats`]) each site's statistics are the stored
+//! ones.
+
+use super::{merge, BlockContext, LayerReport, LinearWeight, Modifiers};
+use crate::calib::observers::{AbsMeanObserver, MinMaxObserver, SiteStats, StatsRequest};
+use crate::calib::stats_file::{CalibStats, SiteRecord};
+use crate::error::{Error, Result};
+use crate::format::QuantizedTensor;
+use crate::io::safetensors::SafetensorsStore;
+use crate::model::layers::{first_non_finite, Rope};
+use crate::model::linear::{DenseLinear, Linear};
+use crate::model::llama::{
+    embed_tokens, linear_shape, site_linears, site_width, Block, InputSite, BLOCK_LINEARS, BLOCK_STAGES,
+};
+use crate::model::LlamaConfig;
+use crate::quant::awq::weights::BlockWeights;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Where the site statistics come from.
+pub enum Source<'a> {
+    /// None: calibration-free methods only.
+    None,
+    /// Calibration windows, all of one length.
+    Windows(&'a [Vec<u32>]),
+    /// A statistics file (and its path, for messages): no forward pass.
+    Stats(&'a CalibStats, &'a Path),
+}
+
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Windows per forward chunk.
+    pub chunk_windows: usize,
+    pub progress: bool,
+    /// Prefix of the progress bar and of messages (e.g. `gptq int4-g128`).
+    pub label: String,
+}
+
+/// Where the time went, in seconds.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub load: f64,
+    /// Block stages (both passes).
+    pub forward: f64,
+    /// Observers (Hessians, ranges, histograms).
+    pub statistics: f64,
+    /// Transforms: searches and folds (AWQ, SmoothQuant).
+    pub transform: f64,
+    pub quantize: f64,
+}
+
+pub struct DriverOutput {
+    /// Quantized tensors by module name (`model.layers.N.self_attn.q_proj`).
+    pub tensors: BTreeMap<String, QuantizedTensor>,
+    /// Dense tensors the transforms changed (norm weights, biases): name -> values.
+    pub dense: BTreeMap<String, Vec<f32>>,
+    pub layers: Vec<LayerReport>,
+    /// What was observed, without Hessians: per-channel ranges of the full-precision
+    /// blocks' sites and histograms of the quantized ones (empty from a file or without windows).
+    pub stats: CalibStats,
+    pub timings: Timings,
+    pub tokens: usize,
+}
+
+fn check_finite(b: usize, what: &str, x: &[f32], width: usize) -> Result<()> {
+    if let Some(i) = first_non_finite(x) {
+        return Err(Error::other_msg(format!(
+            "calibration: block {b}: {what} holds {} at token {}, channel {}; nothing was written",
+            x[i],
+            i / width.max(1),
+            i % width.max(1)
+        )));
+    }
+    Ok(())
+}
+
+/// `model.layers.3.self_attn.q_proj/k_proj/v_proj`: the readers of a site, for messages.
+pub fn site_readers(b: usize, site: InputSite) -> String {
+    let shorts: Vec<&str> = site_linears(site).iter().map(|&i| BLOCK_LINEARS[i].0).collect();
+    let (module, _) = shorts[0].split_once('.').expect("block linears are module.name");
+    let names: Vec<&str> = shorts.iter().map(|s| s.split_once('.').map_or(*s, |(_, n)| n)).collect();
+    format!("model.layers.{b}.{module}.{}", names.join("/"))
+}
+
+/// Run every stage of `block` on `x` (`[windows·seq, hidden]`, in place), chunk by chunk,
+/// handing each site's input to `on_site(block, site, input)`, which may replace the
+/// site's linears before the next stage runs.
+fn run_stages(
+    cfg: &LlamaConfig,
+    rope: &Rope,
+    block: &mut Block,
+    x: &mut [f32],
+    seq: usize,
+    chunk: usize,
+    t: &mut Timings,
+    mut on_site: impl FnMut(&mut Block, InputSite, &[f32], &mut Timings) -> Result<()>,
+) -> Result<()> {
+    let h = cfg.hidden_size;
+    let rows = chunk * seq;
+    let mut cur: Vec<f32> = Vec::new();
+    let mut width = 0;
+    for stage in BLOCK_STAGES {
+        let tf = Instant::now();
+        let out_width = stage.out_width(cfg);
+        let mut next = Vec::with_capacity(x.len() / h * out_width);
+        for (c, xc) in x.chunks_mut(rows * h).enumerate() {
+            let tokens = xc.len() / h;
+            let prev = if width == 0 { &[][..] } else { &cur[c * rows * width..][..tokens * width] };
+            next.extend_from_slice(&block.run_stage(cfg, rope, stage, xc, prev, tokens / seq, seq));
+        }
+        t.forward += tf.elapsed().as_secs_f64();
+        (cur, width) = (next, out_width);
+        if let Some(site) = stage.site() {
+            on_site(block, site, &cur, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Statistics of one site input, observed over the forward chunks.
+fn observe(x: &[f32], width: usize, rows: usize, req: StatsRequest) -> SiteStats {
+    let mut stats = SiteStats::new(width, req);
+    if req == StatsRequest::default() {
+        stats.tokens = x.len() / width;
+    } else {
+        for part in x.chunks(rows * width) {
+            stats.observe(part, part.len() / width);
+        }
+    }
+    stats
+}
+
+/// A site's statistics as a file stores them.
+fn stored(rec: &SiteRecord) -> SiteStats {
+    SiteStats {
+        width: rec.width,
+        tokens: rec.tokens,
+        hessian: None,
+        abs_mean: rec.abs_sum.clone().map(|s| AbsMeanObserver::from_parts(s, rec.tokens)),
+        min_max: rec.min_max.clone().map(|(min, max)| MinMaxObserver { min, max }),
+        histogram: rec.histogram.clone(),
+    }
+}
+
+/// Refuse a source that cannot give what the modifiers need, before any work.
+fn check_source(source: &Source, mods: &Modifiers) -> Result<()> {
+    let needs_windows = |what: &str, why: &str| {
+        Error::option(
+            "--calib",
+            format!("{what} needs calibration windows ({why}); give --calib or use a calibration-free method"),
+        )
+    };
+    match source {
+        Source::Windows(w) => {
+            let seqlen = w.first().map_or(0, Vec::len);
+            if seqlen == 0 || w.iter().any(|v| v.len() != seqlen) {
+                return Err(Error::option("--seqlen", "calibration windows must all have the same, non-zero length"));
+            }
+        }
+        Source::None => {
+            if let Some(t) = mods.transforms.first() {
+                return Err(needs_windows(t.name(), "it transforms blocks from their inputs"));
+            }
+            if mods.weights.stats_request() != StatsRequest::default() {
+                return Err(needs_windows(mods.weights.name(), "it quantizes from input statistics"));
+            }
+            if let Some(i) = &mods.inputs {
+                if i.stats_request() != StatsRequest::default() {
+                    return Err(needs_windows("static activation scales", "they are calibrated"));
+                }
+            }
+        }
+        Source::Stats(_, path) => {
+            let p = path.display();
+            if let Some(t) = mods.transforms.iter().find(|t| t.needs_activations()) {
+                return Err(Error::option(
+                    "--load-stats",
+                    format!("{p}: {} needs the activations, not stored statistics", t.name()),
+                ));
+            }
+            if mods.weights.stats_request().hessian {
+                return Err(Error::option(
+                    "--load-stats",
+                    format!("{p}: {} needs Hessians, which statistics files do not hold", mods.weights.name()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run `mods` over every block of the model in `store` (see the module doc).
+pub fn run(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    source: Source,
+    mods: &mut Modifiers,
+    opts: &DriverOptions,
+) -> Result<DriverOutput> {
+    check_source(&source, mods)?;
+    let mut t = Timings::default();
+    let t0 = Instant::now();
+    let (mut x, seqlen, tokens) = match &source {
+        Source::Windows(w) => {
+            let embed = store.f32_shaped("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+            let all: Vec<u32> = w.iter().flatten().copied().collect();
+            (embed_tokens(&embed, cfg.hidden_size, &all)?, w[0].len(), all.len())
+            // [n·seqlen, hidden]
+        }
+        Source::Stats(st, _) => (vec![], 1, st.tokens()),
+        Source::None => (vec![], 1, 0),
+    };
+    let rope = Rope::new(cfg.head_dim, seqlen, cfg.rope_theta);
+    let chunk = opts.chunk_windows.max(1);
+    let fp_req = mods.transforms.iter().fold(StatsRequest::default(), |r, m| merge(r, m.stats_request()));
+    let q_req = merge(
+        mods.weights.stats_request(),
+        mods.inputs.as_ref().map_or(StatsRequest::default(), |i| i.stats_request()),
+    );
+    let mut out = DriverOutput {
+        tensors: BTreeMap::new(),
+        dense: BTreeMap::new(),
+        layers: vec![],
+        stats: CalibStats::default(),
+        timings: Timings::default(),
+        tokens,
+    };
+    t.load += t0.elapsed().as_secs_f64();
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(cfg.num_layers as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{} block {{pos}}/{{len}} [{{bar:30}}] {{elapsed_precise}} eta {{eta}}",
+            opts.label
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+
+    for b in 0..cfg.num_layers {
+        let tl = Instant::now();
+        let mut bw = BlockWeights::load(cfg, store, b)?;
+        t.load += tl.elapsed().as_secs_f64();
+        let ctx = BlockContext { cfg, block: b, rope: &rope, seqlen, chunk_windows: chunk };
+
+        // (a) Transforms, from the full-precision block's site inputs.
+        if !mods.transforms.is_empty() {
+            let transforms = &mut mods.transforms;
+            let mut seen = |site: InputSite, input: Option<&[f32]>, stats: &SiteStats, t: &mut Timings| -> Result<()> {
+                let tt = Instant::now();
+                for m in transforms.iter_mut() {
+                    m.observe(&ctx, &bw, site, input, stats)?;
+                }
+                t.transform += tt.elapsed().as_secs_f64();
+                Ok(())
+            };
+            match &source {
+                Source::Windows(_) => {
+                    let mut fp = bw.to_block(cfg);
+                    let mut xr = x.clone();
+                    run_stages(cfg, &rope, &mut fp, &mut xr, seqlen, chunk, &mut t, |_, site, input, t| {
+                        let width = site_width(cfg, site);
+                        check_finite(b, &format!("the input of {}", site_readers(b, site)), input, width)?;
+                        let ts = Instant::now();
+                        let stats = observe(input, width, chunk * seqlen, fp_req);
+                        if let Some(mm) = &stats.min_max {
+                            let r = out.stats.site_mut(b, site, width);
+                            r.tokens = stats.tokens;
+                            r.min_max = Some((mm.min.clone(), mm.max.clone()));
+                        }
+                        t.statistics += ts.elapsed().as_secs_f64();
+                        seen(site, Some(input), &stats, t)
+                    })?;
+                }
+                Source::Stats(st, path) => {
+                    for site in crate::model::llama::block_sites() {
+                        seen(site, None, &stored(st.site(b, site, path)?), &mut t)?;
+                    }
+                }
+                Source::None => unreachable!("check_source refuses transforms without windows"),
+            }
+            let tt = Instant::now();
+            for m in mods.transforms.iter_mut() {
+                let (dense, line) = m.apply(&ctx, &mut bw)?;
+                out.dense.extend(dense);
+                if let Some(line) = line {
+                    if opts.progress && !pb.is_hidden() {
+                        pb.println(line);
+                    } else if opts.progress {
+                        eprintln!("{line}"); // indicatif drops println when it does not draw
+                    }
+                }
+            }
+            t.transform += tt.elapsed().as_secs_f64();
+        }
+
+        // (b) Quantize site by site, each site seeing the quantized sites before it.
+        let (tensors, layers) = (&mut out.tensors, &mut out.layers);
+        let mut quantize = |site: InputSite, stats: &SiteStats, t: &mut Timings| -> Result<Vec<(usize, Vec<f32>)>> {
+            let tq = Instant::now();
+            let idx = site_linears(site);
+            let names: Vec<String> = idx.iter().map(|&k| format!("model.layers.{b}.{}", BLOCK_LINEARS[k].0)).collect();
+            if let Some(i) = &mut mods.inputs {
+                i.observe_site(&ctx, site, &names, stats)?;
+            }
+            let linears: Vec<LinearWeight> = idx
+                .iter()
+                .zip(&names)
+                .map(|(&k, name)| {
+                    let (o, i) = linear_shape(cfg, BLOCK_LINEARS[k].0);
+                    LinearWeight { name: name.clone(), weight: &bw.linears[k], out_features: o, in_features: i }
+                })
+                .collect();
+            let quantized = mods.weights.quantize_site(&linears, stats)?;
+            assert_eq!(quantized.len(), linears.len(), "a quantizer returns one tensor per linear");
+            let mut replaced = Vec::new();
+            for ((&k, name), (q, report)) in idx.iter().zip(names).zip(quantized) {
+                replaced.push((k, q.dequantize()));
+                tensors.insert(name, q);
+                layers.push(report);
+            }
+            t.quantize += tq.elapsed().as_secs_f64();
+            Ok(replaced)
+        };
+        let mut histograms = Vec::new();
+        match &source {
+            Source::Windows(_) => {
+                let mut block = bw.to_block(cfg);
+                run_stages(cfg, &rope, &mut block, &mut x, seqlen, chunk, &mut t, |block, site, input, t| {
+                    let width = site_width(cfg, site);
+                    check_finite(b, &format!("the input of {}", site_readers(b, site)), input, width)?;
+                    let ts = Instant::now();
+                    let stats = observe(input, width, chunk * seqlen, q_req);
+                    if let Some(h) = &stats.histogram {
+                        histograms.push((site, width, stats.tokens, h.clone()));
+                    }
+                    t.statistics += ts.elapsed().as_secs_f64();
+                    for (k, w) in quantize(site, &stats, t)? {
+                        let (o, i) = linear_shape(cfg, BLOCK_LINEARS[k].0);
+                        block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
+                    }
+                    Ok(())
+                })?;
+                check_finite(b, "the block output", &x, cfg.hidden_size)?;
+            }
+            Source::Stats(st, path) => {
+                for site in crate::model::llama::block_sites() {
+                    quantize(site, &stored(st.site(b, site, path)?), &mut t)?;
+                }
+            }
+            Source::None => {
+                for site in crate::model::llama::block_sites() {
+                    quantize(site, &SiteStats::new(site_width(cfg, site), StatsRequest::default()), &mut t)?;
+                }
+            }
+        }
+        for (site, width, tokens, h) in histograms {
+            let r = out.stats.site_mut(b, site, width);
+            r.tokens = tokens;
+            r.histogram = Some(h);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    out.timings = t;
+    Ok(out)
+}
+
+/// Quantize one more linear outside the blocks (an untied LM head) with a
+/// calibration-free quantizer.
+pub fn quantize_extra(
+    store: &SafetensorsStore,
+    mods: &mut Modifiers,
+    name: &str,
+    shape: (usize, usize),
+    out: &mut DriverOutput,
+) -> Result<()> {
+    if mods.weights.stats_request() != StatsRequest::default() {
+        return Err(Error::option(
+            "--include-head",
+            format!("{} quantizes from calibration statistics; the head has none here", mods.weights.name()),
+        ));
+    }
+    let (o, i) = shape;
+    let w = store.f32_shaped(&format!("{name}.weight"), &[o, i])?;
+    let l = LinearWeight { name: name.to_string(), weight: &w, out_features: o, in_features: i };
+    let (q, report) = mods.weights.quantize_site(&[l], &SiteStats::new(i, StatsRequest::default()))?.remove(0);
+    out.tensors.insert(name.to_string(), q);
+    out.layers.push(report);
+    Ok(())
+}

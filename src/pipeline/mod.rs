@@ -1,0 +1,157 @@
+//! The quantization pipeline: one block driver ([`driver`]), methods as modifiers
+//! ([`modifiers`]), and recipes that list them ([`recipe`]).
+//!
+//! A run is a list of modifiers in three roles, applied block by block:
+//!
+//! - [`BlockTransform`] (AWQ, SmoothQuant; later rotations): sees the inputs of every
+//!   site of the *full-precision* block, then changes the block's f32 weights so that it
+//!   computes the same function in a form that quantizes better;
+//! - [`WeightQuantizer`] (RTN, FP8, HQQ, GPTQ): quantizes the linears of each site from
+//!   statistics of the inputs as they are after the earlier sites were quantized;
+//! - [`InputQuantizer`] (W8A8 activation scales): observes the same inputs and fixes the
+//!   activation quantization of the site's linears.
+//!
+//! The driver asks each modifier which statistics it needs ([`StatsRequest`]) and computes
+//! them once per site. Adding a method means one file in [`modifiers`] implementing one of
+//! these traits and one line in [`recipe::ModifierSpec`].
+
+pub mod driver;
+pub mod modifiers;
+pub mod recipe;
+pub mod run;
+
+use crate::calib::observers::{SiteStats, StatsRequest};
+use crate::error::Result;
+use crate::format::activation::ActParams;
+use crate::format::QuantizedTensor;
+use crate::model::layers::Rope;
+use crate::model::llama::InputSite;
+use crate::model::LlamaConfig;
+use crate::quant::awq::weights::BlockWeights;
+use crate::quant::refit::RefitStats;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What a modifier sees of the block being processed.
+pub struct BlockContext<'a> {
+    pub cfg: &'a LlamaConfig,
+    /// Block index.
+    pub block: usize,
+    /// RoPE tables for the calibration windows (transforms that rerun the block need them).
+    pub rope: &'a Rope,
+    /// Tokens per calibration window.
+    pub seqlen: usize,
+    /// Windows per forward chunk.
+    pub chunk_windows: usize,
+}
+
+/// One linear handed to a quantizer: its full name and f32 weight `[out, in]`.
+pub struct LinearWeight<'a> {
+    /// e.g. `model.layers.3.self_attn.q_proj`
+    pub name: String,
+    pub weight: &'a [f32],
+    pub out_features: usize,
+    pub in_features: usize,
+}
+
+/// Per-linear line of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub shape: [usize; 2],
+    /// GPTQ's loss `Σ (w-q)²/Hinv_ii² / 2`; for RTN-like quantizers, the plain `Σ (w-q)²`.
+    pub loss: f64,
+    pub damp: Option<f32>,
+    pub damp_retries: u32,
+    /// GPTQ's scale refit: the layer's calibration error before and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refit: Option<RefitStats>,
+    pub seconds: f64,
+}
+
+impl LayerReport {
+    /// The report of a quantizer without its own loss: `Σ (w - ŵ)²`.
+    pub fn plain(l: &LinearWeight, q: &QuantizedTensor, seconds: f64) -> Self {
+        let loss = q.dequantize().iter().zip(l.weight).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        Self {
+            name: l.name.clone(),
+            shape: [l.out_features, l.in_features],
+            loss,
+            damp: None,
+            damp_retries: 0,
+            refit: None,
+            seconds,
+        }
+    }
+}
+
+/// Phase (a): changes the full-precision block from statistics of its inputs.
+pub trait BlockTransform {
+    fn name(&self) -> &'static str;
+    /// Statistics wanted at each site of the full-precision block.
+    fn stats_request(&self) -> StatsRequest;
+    /// Whether it needs the site inputs themselves (not only statistics): such a
+    /// transform cannot run from a statistics file.
+    fn needs_activations(&self) -> bool;
+    /// The input of `site` on the full-precision (untransformed) block: `x` is
+    /// `[tokens, width]` when calibration windows run (None from a statistics file).
+    fn observe(
+        &mut self,
+        ctx: &BlockContext,
+        bw: &BlockWeights,
+        site: InputSite,
+        x: Option<&[f32]>,
+        stats: &SiteStats,
+    ) -> Result<()>;
+    /// Change the block once every site was observed. Returns the dense tensors (norm
+    /// weights, biases) that changed, by name, and a one-line summary for the log.
+    fn apply(&mut self, ctx: &BlockContext, bw: &mut BlockWeights)
+        -> Result<(Vec<(String, Vec<f32>)>, Option<String>)>;
+    /// Entries of the run's JSON report.
+    fn report(&self) -> serde_json::Map<String, serde_json::Value>;
+}
+
+/// Phase (b): quantizes the linears reading one input.
+pub trait WeightQuantizer {
+    fn name(&self) -> &'static str;
+    /// Statistics wanted of each site's input (none: calibration-free).
+    fn stats_request(&self) -> StatsRequest;
+    /// Quantize `linears` (in declared order; they share the input `stats` describes).
+    fn quantize_site(
+        &mut self,
+        linears: &[LinearWeight],
+        stats: &SiteStats,
+    ) -> Result<Vec<(QuantizedTensor, LayerReport)>>;
+}
+
+/// Phase (b), beside the weights: fixes the activation quantization of each site.
+pub trait InputQuantizer {
+    fn stats_request(&self) -> StatsRequest;
+    /// Observe site `site` of block `ctx.block` (its linears named `linears`).
+    fn observe_site(
+        &mut self,
+        ctx: &BlockContext,
+        site: InputSite,
+        linears: &[String],
+        stats: &SiteStats,
+    ) -> Result<()>;
+    /// Static input parameters by module name (empty when dynamic).
+    fn params(&self) -> &BTreeMap<String, ActParams>;
+}
+
+/// The modifiers of one run, by role, in the order they act.
+pub struct Modifiers {
+    pub transforms: Vec<Box<dyn BlockTransform>>,
+    pub weights: Box<dyn WeightQuantizer>,
+    pub inputs: Option<Box<dyn InputQuantizer>>,
+}
+
+/// Union of two statistics requests.
+pub fn merge(a: StatsRequest, b: StatsRequest) -> StatsRequest {
+    StatsRequest {
+        hessian: a.hessian || b.hessian,
+        abs_mean: a.abs_mean || b.abs_mean,
+        min_max: a.min_max || b.min_max,
+        histogram: a.histogram || b.histogram,
+    }
+}

@@ -1,0 +1,589 @@
+//! Recipes: a run as data. A TOML file names the weight scheme, the checkpoint layout,
+//! the calibration, and the modifiers in the order they act:
+//!
+//! ```toml
+//! format = "gptq"
+//! [scheme]
+//! type = "int4"          # int2 | int3 | int4 | int8 | fp8-e4m3 | fp8-e5m2
+//! group_size = 128       # omit: one scale per output channel
+//! symmetric = false
+//! [calibration]
+//! files = ["brown_calib.txt"]
+//! nsamples = 128
+//! seqlen = 2048
+//! [[modifier]]
+//! type = "awq"
+//! [[modifier]]
+//! type = "gptq"
+//! act_order = true
+//! ```
+//!
+//! Unknown keys and modifiers are errors naming the line; [`Recipe::resolve`] fills every
+//! default from the context (what follows what) and checks that the modifiers can follow
+//! each other: transforms (awq, smoothquant) first, then one weight quantizer (rtn, hqq,
+//! gptq), then optionally activations. The resolved recipe is written beside every
+//! checkpoint (`recipe.toml`), and running it again repeats the run byte for byte.
+
+use super::modifiers::{activation::Activations, awq, gptq::Gptq, hqq::Hqq, rtn::Rtn, smooth::SmoothQuant};
+use super::{BlockTransform, Modifiers};
+use crate::error::{Error, Result};
+use crate::format::activation::ActScheme;
+use crate::format::QuantScheme;
+use crate::io::checkpoint::CheckpointFormat;
+use crate::model::LlamaConfig;
+use crate::quant::activation::ActCalib;
+use crate::quant::awq::clip::AwqClip;
+use crate::quant::gptq::GptqOptions;
+use crate::quant::hqq::HqqOptions;
+use crate::quant::rtn::ClipSearch;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Checkpoint layout: gptq, awq or compressed-tensors (default: gptq for integer
+    /// weights, compressed-tensors for FP8 and for activation quantization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Also quantize an untied LM head (calibration-free quantizers only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_head: bool,
+    pub scheme: SchemeSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSpec>,
+    #[serde(rename = "modifier")]
+    pub modifiers: Vec<ModifierSpec>,
+}
+
+/// The weight scheme of every quantized linear.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemeSpec {
+    /// int2, int3, int4, int8, fp8-e4m3 or fp8-e5m2.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Input columns per scale group; none: one scale per output channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<usize>,
+    /// One scale for the whole matrix.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_tensor: bool,
+    #[serde(default = "yes")]
+    pub symmetric: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Calibration windows: `nsamples` windows of `seqlen` tokens drawn with `seed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    /// Text files (default: the Brown calibration split of the asset cache).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    #[serde(default = "default_nsamples")]
+    pub nsamples: usize,
+    #[serde(default = "default_seqlen")]
+    pub seqlen: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Windows per forward chunk (memory vs speed; results do not depend on it).
+    #[serde(default = "default_chunk")]
+    pub chunk_windows: usize,
+}
+
+fn default_nsamples() -> usize {
+    128
+}
+fn default_seqlen() -> usize {
+    2048
+}
+fn default_chunk() -> usize {
+    8
+}
+
+/// One modifier and its options. Options left out take their defaults; those that
+/// depend on the other modifiers (`Option` here) are filled by [`Recipe::resolve`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModifierSpec {
+    /// Round-to-nearest (also FP8 weights, by the scheme).
+    Rtn {
+        /// Clipping search of the group ranges (GPTQ's `mse`).
+        #[serde(default)]
+        mse: bool,
+    },
+    /// HQQ: calibration-free, proximal refinement of the zero points / scales.
+    Hqq {
+        #[serde(default = "hqq_lp")]
+        lp_norm: f32,
+        #[serde(default = "hqq_beta")]
+        beta: f32,
+        #[serde(default = "hqq_kappa")]
+        kappa: f32,
+        #[serde(default = "hqq_iters")]
+        iters: usize,
+    },
+    Gptq {
+        #[serde(default = "gptq_damp")]
+        damp: f32,
+        #[serde(default = "gptq_block")]
+        block_size: usize,
+        #[serde(default)]
+        act_order: bool,
+        #[serde(default)]
+        static_groups: bool,
+        #[serde(default)]
+        mse: bool,
+        #[serde(default)]
+        refit_scales: bool,
+    },
+    Awq {
+        #[serde(default = "awq_grid")]
+        grid: usize,
+        #[serde(default)]
+        duo_scaling: bool,
+        /// Clipping search (default: on before RTN, off before GPTQ).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clip: Option<bool>,
+        #[serde(default = "awq_clip_tokens")]
+        clip_tokens: usize,
+        /// Clip to `[-m, m]` only, as AutoAWQ (no proportional ranges for asymmetric schemes).
+        #[serde(default)]
+        clip_symmetric: bool,
+        /// Score the alphas with the weights of `rtn` or `gptq` (default: the quantizer that follows).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        search: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        search_windows: Option<usize>,
+    },
+    Smoothquant {
+        #[serde(default = "smooth_alpha")]
+        alpha: f32,
+    },
+    /// Activation quantization of every quantized linear's input (W8A8).
+    Activations {
+        /// int8 or fp8-e4m3.
+        format: String,
+        #[serde(default = "yes")]
+        dynamic: bool,
+        #[serde(default = "yes")]
+        symmetric: bool,
+        /// Static scales: minmax, percentile or mse.
+        #[serde(default = "minmax")]
+        observer: String,
+        #[serde(default = "percentile")]
+        percentile: f64,
+    },
+}
+
+fn hqq_lp() -> f32 {
+    HqqOptions::default().lp_norm
+}
+fn hqq_beta() -> f32 {
+    HqqOptions::default().beta
+}
+fn hqq_kappa() -> f32 {
+    HqqOptions::default().kappa
+}
+fn hqq_iters() -> usize {
+    HqqOptions::default().iters
+}
+fn gptq_damp() -> f32 {
+    GptqOptions::default().damp
+}
+fn gptq_block() -> usize {
+    GptqOptions::default().block_size
+}
+fn awq_grid() -> usize {
+    20
+}
+fn awq_clip_tokens() -> usize {
+    AwqClip::default().tokens
+}
+fn smooth_alpha() -> f32 {
+    0.8
+}
+fn minmax() -> String {
+    "minmax".into()
+}
+fn percentile() -> f64 {
+    99.99
+}
+
+/// What a modifier does, for the ordering rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    Transform,
+    Weights,
+    Inputs,
+}
+
+impl ModifierSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Rtn { .. } => "rtn",
+            Self::Hqq { .. } => "hqq",
+            Self::Gptq { .. } => "gptq",
+            Self::Awq { .. } => "awq",
+            Self::Smoothquant { .. } => "smoothquant",
+            Self::Activations { .. } => "activations",
+        }
+    }
+
+    fn role(&self) -> Role {
+        match self {
+            Self::Awq { .. } | Self::Smoothquant { .. } => Role::Transform,
+            Self::Rtn { .. } | Self::Hqq { .. } | Self::Gptq { .. } => Role::Weights,
+            Self::Activations { .. } => Role::Inputs,
+        }
+    }
+
+    /// GPTQ's options of a `gptq` modifier.
+    pub fn gptq_options(&self) -> Option<GptqOptions> {
+        match *self {
+            Self::Gptq { damp, block_size, act_order, static_groups, mse, refit_scales } => {
+                Some(GptqOptions { block_size, damp, act_order, static_groups, mse, refit_scales })
+            }
+            _ => None,
+        }
+    }
+}
+
+fn bad(option: &str, msg: String) -> Error {
+    Error::option(option, msg)
+}
+
+impl Recipe {
+    /// Read a recipe file; syntax errors and unknown keys name the line.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| Error::format(path, e))
+    }
+
+    /// Parse a recipe. An error inside a `[[modifier]]` table names that table's line
+    /// and position in the list (toml's own span points at the whole array).
+    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let table: Option<toml::Table> = toml::from_str(text).ok();
+            let mods = table.as_ref().and_then(|t| t.get("modifier")).and_then(|m| m.as_array());
+            for (n, m) in mods.into_iter().flatten().enumerate() {
+                if let Err(inner) = ModifierSpec::deserialize(m.clone()) {
+                    let line = text
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, l)| l.trim() == "[[modifier]]")
+                        .nth(n)
+                        .map_or(0, |(i, _)| i + 1);
+                    let kind = m.get("type").and_then(|t| t.as_str()).unwrap_or("?");
+                    return format!("line {line}: [[modifier]] {} (type = {kind:?}): {}", n + 1, inner.message());
+                }
+            }
+            e.to_string()
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a recipe serializes")
+    }
+
+    /// The weight scheme.
+    pub fn weight_scheme(&self) -> Result<QuantScheme> {
+        let s = &self.scheme;
+        let mut q = match s.kind.as_str() {
+            "fp8-e4m3" => QuantScheme::fp8_e4m3(),
+            "fp8-e5m2" => QuantScheme::fp8_e5m2(),
+            k => match k.strip_prefix("int").and_then(|b| b.parse::<u8>().ok()) {
+                Some(bits) => QuantScheme::int(bits).map_err(|e| bad("scheme.type", format!("{k}: {e}")))?,
+                None => {
+                    return Err(bad(
+                        "scheme.type",
+                        format!("{k:?} is not a scheme (int2, int3, int4, int8, fp8-e4m3, fp8-e5m2)"),
+                    ))
+                }
+            },
+        };
+        q = match (s.per_tensor, s.group_size) {
+            (true, Some(g)) => {
+                return Err(bad("scheme.group_size", format!("{g} with per_tensor: a per-tensor scheme has no groups")))
+            }
+            (true, None) => q.per_tensor(),
+            (false, Some(g)) => q.group(g)?,
+            (false, None) => q.per_channel(),
+        };
+        if !s.symmetric {
+            q = q.asymmetric()?;
+        }
+        Ok(q)
+    }
+
+    /// `rtn`, `gptq`, `awq+gptq`, `smoothquant+rtn+activations`: the modifiers joined.
+    pub fn method_name(&self) -> String {
+        let names: Vec<&str> = self.modifiers.iter().map(|m| m.name()).collect();
+        match names.as_slice() {
+            ["awq", "rtn"] => "awq".into(),
+            _ => names.join("+"),
+        }
+    }
+
+    /// The weight quantizer.
+    fn weights(&self) -> Result<&ModifierSpec> {
+        self.modifiers
+            .iter()
+            .find(|m| m.role() == Role::Weights)
+            .ok_or_else(|| bad("modifier", "the recipe has no weight quantizer (rtn, hqq or gptq)".into()))
+    }
+
+    pub fn activations(&self) -> Option<&ModifierSpec> {
+        self.modifiers.iter().find(|m| m.role() == Role::Inputs)
+    }
+
+    pub fn needs_calibration(&self) -> bool {
+        self.modifiers.iter().any(|m| match m {
+            ModifierSpec::Rtn { .. } | ModifierSpec::Hqq { .. } => false,
+            ModifierSpec::Activations { dynamic, .. } => !dynamic,
+            _ => true,
+        })
+    }
+
+    pub fn checkpoint_format(&self) -> Result<CheckpointFormat> {
+        match &self.format {
+            Some(f) => f.parse::<CheckpointFormat>(),
+            None => Ok(CheckpointFormat::CompressedTensors),
+        }
+    }
+
+    /// Check the order and the combinations, and fill every context-dependent default,
+    /// so that the result says everything the run does.
+    pub fn resolve(mut self) -> Result<Self> {
+        let pos = |i: usize, m: &ModifierSpec| format!("modifier {} ({})", i + 1, m.name());
+        let mut last: Option<(usize, Role)> = None;
+        for (i, m) in self.modifiers.iter().enumerate() {
+            let role = m.role();
+            if let Some((j, prev)) = last {
+                let p = &self.modifiers[j];
+                if role < prev || (role == prev && role != Role::Transform) {
+                    return Err(bad(
+                        "modifier",
+                        format!(
+                            "{} cannot follow {}: transforms (awq, smoothquant) come first, then one weight \
+                             quantizer (rtn, hqq, gptq), then activations",
+                            pos(i, m),
+                            pos(j, p)
+                        ),
+                    ));
+                }
+                if role == Role::Transform {
+                    return Err(bad(
+                        "modifier",
+                        format!("{} after {}: both fold scales into the same norms; keep one", pos(i, m), pos(j, p)),
+                    ));
+                }
+            }
+            last = Some((i, role));
+        }
+        let weights = self.weights()?.clone();
+        let scheme = self.weight_scheme()?;
+        let has_act = self.activations().is_some();
+        if self.format.is_none() {
+            self.format = Some(
+                if scheme.is_fp8() || has_act { CheckpointFormat::CompressedTensors } else { CheckpointFormat::Gptq }
+                    .as_str()
+                    .to_string(),
+            );
+        }
+        let format = self.checkpoint_format()?;
+        if format == CheckpointFormat::Gptq && scheme.is_fp8() {
+            return Err(bad("--format", "gptq cannot store FP8 weights; use --format compressed-tensors".into()));
+        }
+        if has_act && format != CheckpointFormat::CompressedTensors {
+            return Err(bad(
+                "--format",
+                format!("activation quantization is written as compressed-tensors only, not {}", format.as_str()),
+            ));
+        }
+        if self.include_head && weights.role() == Role::Weights && matches!(weights, ModifierSpec::Gptq { .. }) {
+            return Err(bad(
+                "--include-head",
+                "goes with the calibration-free quantizers (rtn, fp8, hqq), not gptq".into(),
+            ));
+        }
+        if scheme.is_fp8() && matches!(weights, ModifierSpec::Hqq { .. }) {
+            return Err(bad("--method", format!("hqq quantizes to integer schemes; {scheme} is FP8")));
+        }
+        let follows_gptq = matches!(weights, ModifierSpec::Gptq { .. });
+        for m in &mut self.modifiers {
+            match m {
+                ModifierSpec::Awq { clip, search, .. } => {
+                    if scheme.is_fp8() {
+                        return Err(bad("--method", format!("awq quantizes to integer schemes; {scheme} is FP8")));
+                    }
+                    clip.get_or_insert(!follows_gptq);
+                    let s = search.get_or_insert_with(|| if follows_gptq { "gptq" } else { "rtn" }.into());
+                    match (s.as_str(), follows_gptq) {
+                        ("rtn", _) | ("gptq", true) => {}
+                        ("gptq", false) => {
+                            return Err(bad(
+                                "awq.search",
+                                format!("gptq, but the weights are quantized by {}", weights.name()),
+                            ))
+                        }
+                        (other, _) => return Err(bad("awq.search", format!("{other:?} is not rtn or gptq"))),
+                    }
+                }
+                ModifierSpec::Smoothquant { alpha } => {
+                    SmoothQuant::new(*alpha)?;
+                }
+                ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
+                    let act = act_scheme(format, *dynamic, *symmetric)?;
+                    ActCalib::parse(observer, *percentile)?;
+                    let ok = match scheme.format {
+                        crate::format::NumberFormat::Int { bits: 8 } => {
+                            scheme.symmetric && !matches!(scheme.granularity, crate::format::Granularity::Group(_))
+                        }
+                        crate::format::NumberFormat::Fp8E4M3 => true,
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(bad("scheme", format!("{scheme} with {act} activations: vLLM runs W8A8 with symmetric per-channel or per-tensor INT8 weights, or FP8 E4M3 weights")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.needs_calibration() && self.calibration.is_none() {
+            return Err(bad("calibration", format!("{} needs a [calibration] section", self.method_name())));
+        }
+        Ok(self)
+    }
+
+    /// The modifiers of a resolved recipe, ready for the driver.
+    pub fn build(&self, cfg: &LlamaConfig, verbose: bool) -> Result<Modifiers> {
+        let scheme = self.weight_scheme()?;
+        let weights = self.weights()?;
+        let gptq_follows = weights.gptq_options();
+        let mut transforms: Vec<Box<dyn BlockTransform>> = Vec::new();
+        let mut inputs: Option<Box<dyn super::InputQuantizer>> = None;
+        let mut wq: Option<Box<dyn super::WeightQuantizer>> = None;
+        for m in &self.modifiers {
+            match m.clone() {
+                ModifierSpec::Rtn { mse } => wq = Some(Box::new(Rtn { scheme, clip: mse.then(ClipSearch::default) })),
+                ModifierSpec::Hqq { lp_norm, beta, kappa, iters } => {
+                    wq = Some(Box::new(Hqq { scheme, opts: HqqOptions { lp_norm, beta, kappa, iters } }))
+                }
+                ModifierSpec::Gptq { .. } => {
+                    wq = Some(Box::new(Gptq { scheme, opts: m.gptq_options().expect("gptq"), verbose }))
+                }
+                ModifierSpec::Awq { grid, duo_scaling, clip, clip_tokens, clip_symmetric, search, search_windows } => {
+                    let opts = awq::AwqOptions {
+                        grid,
+                        duo_scaling,
+                        clip: clip.unwrap_or(true).then_some(AwqClip {
+                            tokens: clip_tokens,
+                            proportional: !clip_symmetric,
+                            ..AwqClip::default()
+                        }),
+                        // Scoring with GPTQ without its MSE search (which would cost 7x).
+                        search_gptq: gptq_follows
+                            .filter(|_| search.as_deref() == Some("gptq"))
+                            .map(|g| GptqOptions { mse: false, ..g }),
+                        search_windows,
+                    };
+                    transforms.push(Box::new(awq::Awq::new(cfg, scheme, opts)?));
+                }
+                ModifierSpec::Smoothquant { alpha } => transforms.push(Box::new(SmoothQuant::new(alpha)?)),
+                ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
+                    let act = act_scheme(&format, dynamic, symmetric)?;
+                    inputs = Some(Box::new(Activations::new(act, ActCalib::parse(&observer, percentile)?)?));
+                }
+            }
+        }
+        Ok(Modifiers { transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
+    }
+
+    /// The activation scheme and observer of the `activations` modifier.
+    pub fn act_scheme(&self) -> Result<Option<(ActScheme, ActCalib)>> {
+        match self.activations() {
+            Some(ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile }) => {
+                Ok(Some((act_scheme(format, *dynamic, *symmetric)?, ActCalib::parse(observer, *percentile)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+fn act_scheme(format: &str, dynamic: bool, symmetric: bool) -> Result<ActScheme> {
+    match format {
+        "int8" => Ok(ActScheme::int8(symmetric, dynamic)),
+        "fp8-e4m3" if symmetric => Ok(ActScheme::fp8_e4m3(dynamic)),
+        "fp8-e4m3" => Err(bad("activations.symmetric", "FP8 activations are symmetric".into())),
+        other => Err(bad("activations.format", format!("{other:?} is not int8 or fp8-e4m3"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AWQ_GPTQ: &str = r#"
+[scheme]
+type = "int4"
+group_size = 128
+symmetric = false
+[calibration]
+nsamples = 4
+seqlen = 64
+[[modifier]]
+type = "awq"
+[[modifier]]
+type = "gptq"
+act_order = true
+"#;
+
+    #[test]
+    fn a_recipe_resolves_its_defaults_and_round_trips() {
+        let r = Recipe::from_toml(AWQ_GPTQ).unwrap().resolve().unwrap();
+        assert_eq!(r.method_name(), "awq+gptq");
+        assert_eq!(r.format.as_deref(), Some("gptq"));
+        match &r.modifiers[0] {
+            ModifierSpec::Awq { clip, search, .. } => {
+                assert_eq!((*clip, search.as_deref()), (Some(false), Some("gptq")))
+            }
+            m => panic!("{m:?}"),
+        }
+        let again = Recipe::from_toml(&r.to_toml()).unwrap();
+        assert_eq!(again, r);
+        assert_eq!(again.clone().resolve().unwrap(), r, "resolving is idempotent");
+    }
+
+    #[test]
+    fn unknown_keys_and_modifiers_name_the_line() {
+        let e = Recipe::from_toml(&AWQ_GPTQ.replace("act_order", "act_ordr")).unwrap_err().to_string();
+        assert!(e.contains("act_ordr") && e.contains("line 11: [[modifier]] 2 (type = \"gptq\")"), "{e}");
+        let e = Recipe::from_toml(&AWQ_GPTQ.replace("\"awq\"", "\"quip\"")).unwrap_err().to_string();
+        assert!(e.contains("quip") && e.contains("line 9: [[modifier]] 1"), "{e}");
+        let e = Recipe::from_toml(&AWQ_GPTQ.replace("seqlen", "seqln")).unwrap_err().to_string();
+        assert!(e.contains("seqln") && e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn modifiers_that_cannot_follow_each_other_are_refused() {
+        let swapped =
+            AWQ_GPTQ.replace("\"awq\"", "\"tmp\"").replace("\"gptq\"", "\"awq\"").replace("\"tmp\"", "\"gptq\"");
+        let swapped = swapped.replace("act_order = true", "");
+        let e = Recipe::from_toml(&swapped).unwrap().resolve().unwrap_err().to_string();
+        assert!(e.contains("modifier 2 (awq) cannot follow modifier 1 (gptq)"), "{e}");
+        let two = AWQ_GPTQ.replace("type = \"awq\"", "type = \"rtn\"");
+        let e = Recipe::from_toml(&two).unwrap().resolve().unwrap_err().to_string();
+        assert!(e.contains("modifier 2 (gptq) cannot follow modifier 1 (rtn)"), "{e}");
+        let none = "[scheme]\ntype = \"int4\"\n[[modifier]]\ntype = \"smoothquant\"\n";
+        assert!(Recipe::from_toml(none).unwrap().resolve().unwrap_err().to_string().contains("no weight quantizer"));
+        let uncal = "[scheme]\ntype = \"int4\"\n[[modifier]]\ntype = \"gptq\"\n";
+        assert!(Recipe::from_toml(uncal).unwrap().resolve().unwrap_err().to_string().contains("[calibration]"));
+        let bad_scheme = "[scheme]\ntype = \"int5\"\n[[modifier]]\ntype = \"rtn\"\n";
+        assert!(Recipe::from_toml(bad_scheme).unwrap().resolve().unwrap_err().to_string().contains("int5"));
+    }
+}

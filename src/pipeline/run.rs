@@ -1,0 +1,211 @@
+//! A whole run from a resolved [`Recipe`]: calibration windows (or a statistics file),
+//! the block driver, the checkpoint with its `recipe.toml`, and the report.
+
+use super::driver::{self, DriverOptions, Source};
+use super::recipe::{CalibrationSpec, ModifierSpec, Recipe};
+use crate::calib::dataset::sample_windows;
+use crate::calib::stats_file::CalibStats;
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{write_checkpoint_files, ActivationWrite, CheckpointFormat};
+use crate::io::safetensors::SafetensorsStore;
+use crate::io::tokenizer::{read_text, Tokenizer};
+use crate::model::LlamaConfig;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a run reports and which statistics files it reads or writes (nothing here
+/// changes the checkpoint's bytes).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub progress: bool,
+    pub verbose: bool,
+    /// Save the calibration statistics (ranges, histograms) here.
+    pub save_stats: Option<PathBuf>,
+    /// Take the statistics from a saved file instead of calibrating.
+    pub load_stats: Option<PathBuf>,
+}
+
+/// The Brown calibration split of the asset cache (`QUANTIZE_ASSETS`, default `.cache/assets`).
+pub fn default_calib() -> PathBuf {
+    let root = std::env::var_os("QUANTIZE_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".cache/assets"));
+    root.join("brown/brown_calib.txt")
+}
+
+/// The calibration windows of `spec`, tokenized with the model's tokenizer. A text too
+/// short for one window is an error naming the files.
+pub fn calibration_windows(spec: &CalibrationSpec, dir: &Path, label: &str) -> Result<Vec<Vec<u32>>> {
+    let names = spec.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let mut tokens = Vec::new();
+    for f in &spec.files {
+        tokens.extend(tok.encode(&read_text(f)?)?);
+    }
+    eprintln!("{label}: {} windows x {} tokens from {names}", spec.nsamples, spec.seqlen);
+    sample_windows(&tokens, spec.nsamples, spec.seqlen, spec.seed).map_err(|e| match e {
+        Error::InvalidOption { option, msg } if option == "--calib" => {
+            Error::option("--calib", format!("{names}: {msg}"))
+        }
+        e => e,
+    })
+}
+
+/// What the statistics depend on besides the text: a file is reused only when these match.
+fn stats_key(recipe: &Recipe) -> Result<BTreeMap<String, Value>> {
+    let clip = recipe.modifiers.iter().any(|m| matches!(m, ModifierSpec::Rtn { mse: true }));
+    let smooth = recipe.modifiers.iter().find_map(|m| match m {
+        ModifierSpec::Smoothquant { alpha } => Some(*alpha),
+        _ => None,
+    });
+    Ok(BTreeMap::from([
+        ("weights".to_string(), json!(recipe.weight_scheme()?.to_string())),
+        ("weights_clip".to_string(), json!(clip)),
+        ("smooth".to_string(), json!(smooth)),
+    ]))
+}
+
+/// Peak resident set size from `/proc/self/status`.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Run `recipe` (resolved) on the model in `dir`, writing the checkpoint to `out`.
+/// Returns the report (JSON: method, scheme, every layer's loss, timings, transforms' reports).
+pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) -> Result<Value> {
+    let t0 = Instant::now();
+    let mut recipe = recipe.clone();
+    if let Some(c) = recipe.calibration.as_mut().filter(|c| c.files.is_empty()) {
+        c.files = vec![default_calib()];
+    }
+    let recipe = recipe.resolve()?;
+    if out.exists() {
+        return Err(Error::OutputExists { path: out.to_path_buf() });
+    }
+    let scheme = recipe.weight_scheme()?;
+    let format = recipe.checkpoint_format()?;
+    let method = recipe.method_name();
+    let label = format!("{method} {scheme}");
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    if format == CheckpointFormat::Awq {
+        // Refuse an unstorable scheme before a long run, not after it.
+        for (name, o, i) in crate::model::llama::block_linears(&cfg) {
+            crate::format::awq::check_shape(&name, scheme, o, i)?;
+        }
+    }
+    if let Some(p) = opts.save_stats.as_ref().filter(|p| p.exists()) {
+        return Err(Error::OutputExists { path: p.clone() });
+    }
+    let store = SafetensorsStore::open(dir)?;
+    let mut mods = recipe.build(&cfg, opts.verbose)?;
+    let key = stats_key(&recipe)?;
+    let (loaded, windows);
+    let mut calibration = Value::Null;
+    let source = match (&opts.load_stats, &recipe.calibration) {
+        (Some(p), _) => {
+            loaded = CalibStats::load(p)?;
+            loaded.check_model(&cfg, p)?;
+            for (k, want) in &key {
+                let got = loaded.meta.get(k).cloned().unwrap_or(Value::Null);
+                if &got != want {
+                    return Err(Error::format(
+                        p,
+                        format!("statistics taken with {k} = {got}, but this run has {k} = {want}; calibrate again"),
+                    ));
+                }
+            }
+            calibration = serde_json::to_value(&loaded.meta).expect("JSON values");
+            eprintln!("{label}: statistics from {} ({calibration})", p.display());
+            Source::Stats(&loaded, p)
+        }
+        (None, Some(c)) if recipe.needs_calibration() || opts.save_stats.is_some() => {
+            windows = calibration_windows(c, dir, &label)?;
+            Source::Windows(&windows)
+        }
+        _ => Source::None,
+    };
+    let from_windows = matches!(source, Source::Windows(_));
+    let dopts = DriverOptions {
+        chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
+        progress: opts.progress,
+        label: label.clone(),
+    };
+    let mut res = driver::run(&cfg, &store, source, &mut mods, &dopts)?;
+    if recipe.include_head {
+        if store.contains("lm_head.weight") {
+            driver::quantize_extra(&store, &mut mods, "lm_head", (cfg.vocab_size, cfg.hidden_size), &mut res)?;
+        } else {
+            return Err(Error::option(
+                "--include-head",
+                "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)",
+            ));
+        }
+    }
+    if from_windows {
+        res.stats.meta = key;
+        if let Some(c) = &recipe.calibration {
+            let text = json!({"calib": c.files, "nsamples": c.nsamples, "seqlen": c.seqlen, "seed": c.seed});
+            res.stats.meta.extend(text.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        calibration = serde_json::to_value(&res.stats.meta).expect("JSON values");
+    }
+
+    let recipe_text = recipe.to_toml();
+    let mut meta = BTreeMap::new();
+    meta.insert("quantize_method".to_string(), method.clone());
+    meta.insert("quantize_recipe".to_string(), recipe_text.clone());
+    let act = recipe.act_scheme()?;
+    let params = mods.inputs.as_ref().map(|i| i.params().clone()).unwrap_or_default();
+    let scheme_text = match act {
+        Some((a, calib)) => {
+            if !a.dynamic || !res.stats.meta.is_empty() {
+                meta.insert(
+                    "quantize_calibration".to_string(),
+                    format!("activations {calib:?}; statistics {calibration}"),
+                );
+            }
+            format!("weights {scheme}, activations {a}")
+        }
+        None => scheme.to_string(),
+    };
+    meta.insert("quantize_scheme".to_string(), scheme_text.clone());
+    let observer = act.map(|(_, c)| c.name()).unwrap_or_default();
+    let act_write = act.map(|(a, _)| ActivationWrite { scheme: a, observer, params: &params });
+    write_checkpoint_files(
+        dir,
+        out,
+        &res.tensors,
+        &res.dense,
+        act_write.as_ref(),
+        format,
+        &meta,
+        &[("recipe.toml", recipe_text.as_bytes())],
+    )?;
+    if let Some(p) = &opts.save_stats {
+        res.stats.save(p)?;
+        eprintln!("{label}: statistics saved to {}", p.display());
+    }
+    let loss: f64 = res.layers.iter().map(|l| l.loss).sum();
+    let seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{label}: {} linears in {seconds:.1}s (total loss {loss:.3}); wrote {} ({})",
+        res.layers.len(),
+        out.display(),
+        format.as_str()
+    );
+    let mut report = json!({
+        "method": method,
+        "scheme": scheme_text,
+        "layers": res.layers,
+        "timings": res.timings,
+        "calibration_tokens": res.tokens,
+        "seconds": seconds,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    for t in &mods.transforms {
+        report.as_object_mut().expect("object").extend(t.report());
+    }
+    Ok(report)
+}
