@@ -11,7 +11,8 @@
 use faer::MatRef;
 use quantize::format::QuantScheme;
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::quant::linalg::{cholesky_inverse_upper, HessianAccumulator};
+use quantize::calib::hessian::HessianAccumulator;
+use quantize::quant::linalg::cholesky_inverse_upper;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 

@@ -14,7 +14,7 @@ use quantize::io::tokenizer::{read_text, Tokenizer};
 use quantize::model::linear::matmul_xwt;
 use quantize::model::{layers::Rope, llama::LlamaModel};
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::quant::linalg::HessianAccumulator;
+use quantize::calib::hessian::HessianAccumulator;
 use quantize::quant::rtn::quantize_rtn;
 
 const SEQ: usize = 256;

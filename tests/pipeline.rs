@@ -123,3 +123,128 @@ fn every_method_gives_the_pinned_checkpoint() {
     }
     assert!(wrong.is_empty(), "checkpoints changed:\n{}", wrong.join("\n"));
 }
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_run_repeats_byte_for_byte_from_its_recipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let calib = common::brown_calib();
+    let first = tmp.path().join("first");
+    let mut a = vec![m.to_str().unwrap(), "-o", first.to_str().unwrap(), "--method", "gptq", "--asym", "--act-order"];
+    a.extend(SMALL);
+    a.extend(["--calib", calib.to_str().unwrap()]);
+    let (ok, err) = quantize(&a);
+    assert!(ok, "{err}");
+    let recipe = first.join("recipe.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(
+        text.contains("type = \"gptq\"") && text.contains("act_order = true") && text.contains("nsamples = 2"),
+        "{text}"
+    );
+    let second = tmp.path().join("second");
+    let (ok, err) =
+        quantize(&[m.to_str().unwrap(), "-o", second.to_str().unwrap(), "--recipe", recipe.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (fa, fb) = (files_of(&first), files_of(&second));
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for (x, y) in fa.iter().zip(&fb) {
+        assert!(x.1 == y.1, "{} differs between the run and its recipe's rerun", x.0);
+    }
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, err) = quantize(args);
+    assert!(!ok, "quantize {args:?} should fail");
+    for n in needles {
+        assert!(err.contains(n), "quantize {args:?}: error should mention {n:?}: {err}");
+    }
+}
+
+#[test]
+fn options_and_recipes_that_do_not_fit_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let m = m.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let calib = common::brown_calib();
+    let c = calib.to_str().unwrap();
+    fails_with(&[m, "-o", o, "--method", "rtn", "--act-order"], &["--act-order", "does not apply to --method rtn"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--awq-grid", "5"], &["--awq-grid", "--method gptq"]);
+    fails_with(&[m, "-o", o, "--method", "awq", "--damp", "0.1"], &["--damp", "--method awq"]);
+    fails_with(&[m, "-o", o, "--method", "rtn", "--calib", c], &["--calib", "takes no calibration"]);
+    fails_with(&[m, "-o", o, "--method", "fp8", "--seqlen", "64"], &["--seqlen", "--method fp8"]);
+    fails_with(&[m, "-o", o, "--method", "rtn", "--static"], &["--static", "does not apply"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--include-head"], &["--include-head"]);
+    fails_with(&[m, "-o", o, "--per-channel", "--group-size", "64"], &["--per-channel", "--group-size"]);
+    fails_with(&[m, "-o", o, "--scheme", "w8a8-int8", "--dynamic", "--act-calib", "mse"], &["--act-calib", "--static"]);
+
+    let recipe = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let head = "[scheme]\ntype = \"int4\"\ngroup_size = 64\n[calibration]\nnsamples = 2\nseqlen = 64\n";
+    let unknown = recipe("unknown.toml", &format!("{head}[[modifier]]\ntype = \"quip\"\n"));
+    fails_with(&[m, "-o", o, "--recipe", &unknown], &["unknown.toml", "line 7", "quip"]);
+    let option = recipe("option.toml", &format!("{head}[[modifier]]\ntype = \"gptq\"\ndampening = 0.1\n"));
+    fails_with(&[m, "-o", o, "--recipe", &option], &["option.toml", "line 7", "dampening"]);
+    let order = recipe("order.toml", &format!("{head}[[modifier]]\ntype = \"gptq\"\n[[modifier]]\ntype = \"awq\"\n"));
+    fails_with(&[m, "-o", o, "--recipe", &order], &["modifier 2 (awq) cannot follow modifier 1 (gptq)"]);
+    let rtn = recipe("rtn.toml", "[scheme]\ntype = \"int4\"\n[[modifier]]\ntype = \"rtn\"\n");
+    fails_with(&[m, "-o", o, "--recipe", &rtn, "--bits", "3"], &["--bits", "given with --recipe"]);
+    assert!(!out.exists(), "nothing is written on a refused run");
+}
+
+#[test]
+fn every_shipped_recipe_resolves_and_the_calibration_free_ones_run() {
+    let dir = common::repo_root().join("recipes");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let r = quantize::pipeline::recipe::Recipe::from_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let r = r.resolve().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        n += 1;
+        if !r.needs_calibration() {
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join("out");
+            let m = common::smollm2_dir();
+            let (ok, err) =
+                quantize(&[m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--recipe", p.to_str().unwrap()]);
+            assert!(ok && out.join("recipe.toml").exists(), "{}: {err}", p.display());
+        }
+    }
+    assert!(n >= 4, "recipes/ holds the measured best recipes");
+}
+
+/// HQQ against RTN on real SmolLM2 weights (from the Q4_1 GGUF, so already on a 4-bit
+/// grid of 32): lower `Σ|w-ŵ|^0.7` (its objective) and no higher squared error.
+#[test]
+fn hqq_beats_rtn_on_real_weights() {
+    use quantize::format::QuantScheme;
+    use quantize::quant::{hqq, rtn};
+    let store = quantize::io::safetensors::SafetensorsStore::open(&common::smollm2_dir()).unwrap();
+    let err = |w: &[f32], q: &quantize::format::QuantizedTensor, p: f32| -> f64 {
+        q.dequantize().iter().zip(w).map(|(a, b)| ((a - b).abs() as f64).powf(p as f64)).sum()
+    };
+    for (name, cols) in [("model.layers.0.self_attn.q_proj", 576), ("model.layers.10.mlp.down_proj", 1536)] {
+        let w = store.f32_shaped(&format!("{name}.weight"), &[576, cols]).unwrap();
+        for (bits, g) in [(4, 128), (3, 64)] {
+            let s = QuantScheme::int(bits).unwrap().asymmetric().unwrap().group(g).unwrap();
+            let h = hqq::quantize_hqq(name, &w, 576, cols, s, hqq::HqqOptions::default()).unwrap();
+            let r = rtn::quantize_rtn(name, &w, 576, cols, s, None).unwrap();
+            assert!(err(&w, &h, 0.7) < err(&w, &r, 0.7), "{name} {s}: lp0.7");
+            assert!(err(&w, &h, 2.0) <= err(&w, &r, 2.0), "{name} {s}: squared");
+        }
+    }
+}

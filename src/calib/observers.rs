@@ -2,7 +2,7 @@
 //! Each sees `x`: `[tokens, width]` row-major, the input of a linear site.
 
 use super::histogram::HistogramObserver;
-use crate::quant::linalg::HessianAccumulator;
+use crate::calib::hessian::HessianAccumulator;
 
 /// Which statistics a quantizer asks the runner for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -580,7 +580,7 @@ fn set(scales: &mut [f32], zeros: &mut [u8], k: usize, p: IntParams) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::linalg::HessianAccumulator;
+    use crate::calib::hessian::HessianAccumulator;
     use rand::{Rng, SeedableRng};
 
     /// A layer `[rows, cols]` and the Hessian of `tokens` correlated inputs with an

@@ -257,7 +257,7 @@ fn solve_row(a: &[f64], b: &[f64], old: &[f64]) -> Option<Vec<f64>> {
 mod tests {
     use super::*;
     use crate::format::scheme::QuantScheme;
-    use crate::quant::linalg::HessianAccumulator;
+    use crate::calib::hessian::HessianAccumulator;
     use crate::quant::rtn::quantize_rtn;
     use rand::{Rng, SeedableRng};
 

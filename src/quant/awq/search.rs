@@ -16,7 +16,7 @@ use crate::model::layers::Rope;
 use crate::model::llama::{linear_shape, Block, ScaleGroup, ScaleTarget};
 use crate::model::LlamaConfig;
 use crate::quant::gptq::{gptq_quantize, GptqOptions};
-use crate::quant::linalg::HessianAccumulator;
+use crate::calib::hessian::HessianAccumulator;
 use crate::quant::rtn::quantize_rtn;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
