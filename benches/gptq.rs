@@ -9,9 +9,9 @@
 //! rank-1 updates, `rows·cols·block`).
 
 use faer::MatRef;
+use quantize::calib::hessian::HessianAccumulator;
 use quantize::format::QuantScheme;
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::calib::hessian::HessianAccumulator;
 use quantize::quant::linalg::cholesky_inverse_upper;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;

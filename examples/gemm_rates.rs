@@ -1,7 +1,7 @@
 //! GFLOP/s of the products behind the calibration forward and the GPTQ Hessians, at
 //! SmolLM2's shapes (a profiling aid): `cargo run --release --example gemm_rates [rows]`.
-use quantize::model::linear::matmul_xwt;
 use quantize::calib::hessian::HessianAccumulator;
+use quantize::model::linear::matmul_xwt;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -9,7 +9,7 @@ use quantize::model::linear::DenseLinear;
 use quantize::model::{llama::dense_from_store, LlamaConfig, LlamaModel};
 use quantize::pipeline::driver::{self, DriverOptions, Source};
 use quantize::pipeline::modifiers::{gptq::Gptq, rtn::Rtn};
-use quantize::pipeline::{Modifiers, WeightQuantizer};
+use quantize::pipeline::{Modifiers, SchemePolicy, WeightQuantizer};
 use quantize::quant::gptq::GptqOptions;
 use std::path::Path;
 
@@ -34,11 +34,11 @@ fn main() {
         let text = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
         calib = sample_windows(&text, nsamples, seqlen, 0).unwrap();
         let opts = GptqOptions { act_order, ..Default::default() };
-        (Source::Windows(&calib), Box::new(Gptq { scheme, opts, verbose: false }))
+        (Source::Windows(&calib), Box::new(Gptq { opts, verbose: false }))
     } else {
-        (Source::None, Box::new(Rtn { scheme, clip: None }))
+        (Source::None, Box::new(Rtn { clip: None }))
     };
-    let mut mods = Modifiers { transforms: vec![], weights, inputs: None };
+    let mut mods = Modifiers { schemes: SchemePolicy::uniform(scheme), transforms: vec![], weights, inputs: None };
     let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into() };
     let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
     let tensors = &report.tensors;

@@ -23,25 +23,4 @@ run w8a8-int8-static --method rtn --scheme w8a8-int8 --static "${small[@]}"
 run w8a8-int8-dynamic --method rtn --scheme w8a8-int8 --dynamic --smooth 0 
 run w8a8-int8-dynamic-smooth --method rtn --scheme w8a8-int8 --dynamic "${small[@]}"
 run w8a8-int8-gptq-static --method gptq --scheme w8a8-int8 --static "${small[@]}"
-python3 - "$out" <<'PY'
-import hashlib, json, os, struct, sys
-root = sys.argv[1]
-for run in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
-    for f in sorted(os.listdir(os.path.join(root, run))):
-        p = os.path.join(root, run, f)
-        b = open(p, 'rb').read()
-        if f.endswith('.safetensors'):
-            n = struct.unpack('<Q', b[:8])[0]
-            hdr = json.loads(b[8:8 + n]); hdr.pop('__metadata__', None)
-            h = hashlib.sha256(json.dumps(hdr, sort_keys=True).encode() + b[8 + n:]).hexdigest()
-        elif f == 'config.json':
-            c = json.loads(b); qc = c.get('quantization_config', {})
-            for k in ('quantize_options', 'recipe'):
-                qc.pop(k, None)
-            h = hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()
-        elif f == 'recipe.toml':
-            continue
-        else:
-            h = hashlib.sha256(b).hexdigest()
-        print(f"{h}  {run}/{f}")
-PY
+python3 "$(dirname "$0")/hash_outputs.py" "$out"

@@ -5,12 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The OS error is part of the message, not a `source`: `{:#}` would repeat it.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     /// A file whose bytes do not follow its format (GGUF, safetensors, JSON...).
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -34,7 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), cause: source }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Format { path: path.into(), msg: msg.into() }
@@ -53,5 +50,19 @@ impl Error {
 impl Error {
     pub fn other_msg(msg: impl Into<String>) -> Self {
         Error::Other(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 15.9: an I/O error reads once, with and without anyhow's chain format.
+    #[test]
+    fn io_errors_do_not_repeat_the_os_message() {
+        let e = Error::io("/x/y", std::io::Error::from_raw_os_error(28));
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(chain.matches("No space left on device").count(), 1, "{chain}");
+        assert!(chain.starts_with("/x/y: "), "{chain}");
     }
 }

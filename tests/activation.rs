@@ -7,14 +7,15 @@ mod common;
 
 use quantize::format::activation::ActScheme;
 use quantize::format::QuantScheme;
+use quantize::io::checkpoint::checkpoint_activations;
 use quantize::io::checkpoint::{read_quantized_checkpoint, write_activation_checkpoint, ActivationWrite};
 use quantize::io::safetensors::SafetensorsStore;
 use quantize::model::load::load_model;
 use quantize::model::LlamaConfig;
 use quantize::pipeline::driver::{self, DriverOptions, Source};
 use quantize::pipeline::modifiers::{activation::Activations, rtn::Rtn, smooth::SmoothQuant};
-use quantize::pipeline::Modifiers;
-use quantize::quant::activation::{checkpoint_activations, ActCalib};
+use quantize::pipeline::{Modifiers, SchemePolicy};
+use quantize::quant::activation::ActCalib;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -108,8 +109,9 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
         ("fp8-static", QuantScheme::fp8_e4m3(), ActScheme::fp8_e4m3(false)),
     ] {
         let mut mods = Modifiers {
+            schemes: SchemePolicy::uniform(weights),
             transforms: vec![Box::new(SmoothQuant::new(0.5).unwrap())],
-            weights: Box::new(Rtn { scheme: weights, clip: None }),
+            weights: Box::new(Rtn { clip: None }),
             inputs: Some(Box::new(Activations::new(act, ActCalib::Mse).unwrap())),
         };
         let dopts = DriverOptions { chunk_windows: 2, progress: false, label: name.into() };

@@ -19,7 +19,7 @@ use quantize::model::{LlamaConfig, LlamaModel};
 use quantize::pipeline::driver::{self, DriverOptions, DriverOutput, Source};
 use quantize::pipeline::modifiers::awq::{Awq, AwqGroupReport, AwqOptions};
 use quantize::pipeline::modifiers::{gptq::Gptq, rtn::Rtn};
-use quantize::pipeline::{Modifiers, WeightQuantizer};
+use quantize::pipeline::{Modifiers, SchemePolicy, WeightQuantizer};
 use quantize::quant::awq::weights::{awq_scales, BlockWeights};
 use quantize::quant::gptq::GptqOptions;
 use rand::{Rng, SeedableRng};
@@ -191,11 +191,15 @@ fn run_awq(
     gptq: Option<GptqOptions>,
 ) -> (DriverOutput, Vec<AwqGroupReport>, serde_json::Value) {
     let weights: Box<dyn WeightQuantizer> = match gptq {
-        Some(opts) => Box::new(Gptq { scheme, opts, verbose: false }),
-        None => Box::new(Rtn { scheme, clip: None }),
+        Some(opts) => Box::new(Gptq { opts, verbose: false }),
+        None => Box::new(Rtn { clip: None }),
     };
-    let mut mods =
-        Modifiers { transforms: vec![Box::new(Awq::new(cfg, scheme, opts).unwrap())], weights, inputs: None };
+    let mut mods = Modifiers {
+        schemes: SchemePolicy::uniform(scheme),
+        transforms: vec![Box::new(Awq::new(cfg, scheme, opts).unwrap())],
+        weights,
+        inputs: None,
+    };
     let dopts = DriverOptions { chunk_windows: 2, progress: false, label: "awq".into() };
     let out = driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts).unwrap();
     let report = serde_json::Value::Object(mods.transforms[0].report());

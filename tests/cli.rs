@@ -3,39 +3,9 @@
 
 mod common;
 
-use std::path::Path;
+use common::{fails_with, files_of, model_with_config};
+
 use std::process::Command;
-
-fn quantize(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_quantize")).args(args).output().expect("run quantize");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "quantize {args:?} panicked: {stderr}");
-    (out.status.success(), stderr)
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, err) = quantize(args);
-    assert!(!ok, "quantize {args:?} should fail");
-    for n in needles {
-        assert!(err.contains(n), "quantize {args:?}: error should mention {n:?}: {err}");
-    }
-}
-
-/// A copy of the real model's small files, with config.json edited by `edit`, and a
-/// link to the real weights.
-fn model_with_config(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
-    let src = common::smollm2_dir();
-    let dir = root.join(name);
-    std::fs::create_dir(&dir).unwrap();
-    for f in ["tokenizer.json", "model.safetensors"] {
-        std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
-    }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
-    dir
-}
 
 #[test]
 fn eval_refuses_bad_text_and_config() {
@@ -114,16 +84,6 @@ fn quantize_with_threads(threads: usize, args: &[&str]) {
         .output()
         .unwrap();
     assert!(out.status.success(), "quantize {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -289,6 +289,22 @@ fn unsupported_models_fail_before_writing() {
     assert!(!dir.path().join("o1").exists() && !dir.path().join("o2").exists() && !dir.path().join("o3").exists());
 }
 
+/// A merge whose result is not a token: tokenizers could not load the tokenizer.json
+/// (issue 15.3); convert must refuse it, naming the merge, and write nothing.
+#[test]
+fn merge_outside_the_vocabulary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (merges, culprit) in [(vec![s("h e"), s("he x")], "merges[1]"), (vec![s("q z")], "merges[0]")] {
+        let mut g = tiny_llama(false);
+        let i = g.kv.iter().position(|(k, _)| k == "tokenizer.ggml.merges").unwrap();
+        g.kv[i].1 = Value::Array(merges);
+        let out = dir.path().join("o");
+        let e = convert_gguf(&g.write(dir.path(), "m.gguf"), &out, OutDType::F32).unwrap_err().to_string();
+        assert!(e.contains(culprit) && e.contains("not in tokenizer.ggml.tokens"), "{e}");
+        assert!(!out.exists());
+    }
+}
+
 // ------------------------------------------------------------- real model
 
 fn smollm2_gguf() -> PathBuf {

@@ -6,10 +6,10 @@
 //! a calibration set, the error from a separate held-out set drawn the same way.
 
 use faer::{Mat, MatRef};
+use quantize::calib::hessian::HessianAccumulator;
 use quantize::format::{Granularity, IntParams, QuantScheme};
 use quantize::model::linear::matmul_xwt;
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::calib::hessian::HessianAccumulator;
 use quantize::quant::linalg::cholesky_inverse_upper;
 use quantize::quant::rtn::{group_params, quantize_rtn};
 use rand::{Rng, SeedableRng};

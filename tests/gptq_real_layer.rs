@@ -9,12 +9,12 @@
 mod common;
 
 use quantize::calib::dataset::sample_windows;
+use quantize::calib::hessian::HessianAccumulator;
 use quantize::format::QuantScheme;
 use quantize::io::tokenizer::{read_text, Tokenizer};
 use quantize::model::linear::matmul_xwt;
 use quantize::model::{layers::Rope, llama::LlamaModel};
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
-use quantize::calib::hessian::HessianAccumulator;
 use quantize::quant::rtn::quantize_rtn;
 
 const SEQ: usize = 256;

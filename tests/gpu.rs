@@ -426,8 +426,11 @@ fn eval_device_gpu_matches_cpu_and_no_adapter_is_clear() {
         .output()
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let calls = std::sync::atomic::AtomicUsize::new(0);
     let eval = |device: &str, env: Option<(&str, &str)>| {
-        let json = tmp.path().join(format!("{device}.json"));
+        // --json refuses an existing file: one report file per call.
+        let json =
+            tmp.path().join(format!("{device}-{}.json", calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         let mut c = Command::new(bin);
         c.args(["eval", "--ctx", "64", "--max-windows", "1", "--batch", "1", "--device", device])
             .arg("--model")

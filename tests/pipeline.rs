@@ -5,17 +5,10 @@
 
 mod common;
 
+use common::{fails_with, files_of, quantize};
+
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::process::Command;
-
-fn quantize(args: &[&str]) -> (bool, String) {
-    let bin = std::env::var("QUANTIZE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quantize").to_string());
-    let out = Command::new(bin).args(args).output().expect("run quantize");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "quantize {args:?} panicked: {stderr}");
-    (out.status.success(), stderr)
-}
 
 /// sha256 of what a checkpoint computes: every tensor (name, dtype, shape, bytes, in name
 /// order) and config.json's `quantization_config`; not the run record in `__metadata__`.
@@ -124,16 +117,6 @@ fn every_method_gives_the_pinned_checkpoint() {
     assert!(wrong.is_empty(), "checkpoints changed:\n{}", wrong.join("\n"));
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_run_repeats_byte_for_byte_from_its_recipe() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,14 +142,6 @@ fn a_run_repeats_byte_for_byte_from_its_recipe() {
     assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
     for (x, y) in fa.iter().zip(&fb) {
         assert!(x.1 == y.1, "{} differs between the run and its recipe's rerun", x.0);
-    }
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, err) = quantize(args);
-    assert!(!ok, "quantize {args:?} should fail");
-    for n in needles {
-        assert!(err.contains(n), "quantize {args:?}: error should mention {n:?}: {err}");
     }
 }
 
@@ -247,4 +222,56 @@ fn hqq_beats_rtn_on_real_weights() {
             assert!(err(&w, &h, 2.0) <= err(&w, &r, 2.0), "{name} {s}: squared");
         }
     }
+}
+
+/// Per-module overrides: `down_proj` at 8 bits and one linear left at full precision,
+/// written as compressed-tensors config groups and read back with those schemes.
+#[test]
+fn per_module_overrides_are_written_and_load_back() {
+    use quantize::io::checkpoint::read_quantized_checkpoint;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let m = m.to_str().unwrap();
+    let text = r#"
+format = "compressed-tensors"
+ignore = ["model.layers.0.self_attn.q_proj"]
+[scheme]
+type = "int4"
+group_size = 64
+symmetric = false
+[[modifier]]
+type = "rtn"
+[[override]]
+targets = ["re:.*down_proj$"]
+scheme = { type = "int8" }
+"#;
+    let recipe = tmp.path().join("mixed.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let out = tmp.path().join("mixed");
+    let (ok, err) = quantize(&[m, "-o", out.to_str().unwrap(), "--recipe", recipe.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let ck = read_quantized_checkpoint(&out).unwrap();
+    assert_eq!(ck.quantized.len(), 30 * 7 - 1);
+    assert!(!ck.quantized.contains_key("model.layers.0.self_attn.q_proj"));
+    for (name, q) in &ck.quantized {
+        let want = if name.ends_with("down_proj") { "int8-channel-sym" } else { "int4-g64-asym" };
+        assert_eq!(q.scheme.to_string(), want, "{name}");
+    }
+    let (model, info) = quantize::model::load::load_model(&out).unwrap();
+    assert_eq!(info.quantized_linears, 30 * 7 - 1);
+    let logits = model.forward(&[1, 2, 3, 4], 1, 4).unwrap();
+    assert!(logits.iter().all(|v| v.is_finite()));
+
+    let nothing = tmp.path().join("nothing.toml");
+    std::fs::write(&nothing, text.replace("re:.*down_proj$", "re:.*down_prj$")).unwrap();
+    fails_with(
+        &[m, "-o", tmp.path().join("x").to_str().unwrap(), "--recipe", nothing.to_str().unwrap()],
+        &["down_prj", "matches no linear"],
+    );
+    let gptq = tmp.path().join("gptq.toml");
+    std::fs::write(&gptq, text.replace("format = \"compressed-tensors\"", "format = \"gptq\"")).unwrap();
+    fails_with(
+        &[m, "-o", tmp.path().join("y").to_str().unwrap(), "--recipe", gptq.to_str().unwrap()],
+        &["override", "compressed-tensors"],
+    );
 }

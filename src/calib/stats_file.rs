@@ -251,7 +251,13 @@ impl CalibStats {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            let (tokens, width) = (tw[0].max(0) as usize, tw[1].max(0) as usize);
+            if tw[0] < 0 || tw[1] < 0 {
+                return Err(Error::tensor(
+                    name,
+                    format!("in {}: tokens {} and width {} must not be negative", path.display(), tw[0], tw[1]),
+                ));
+            }
+            let (tokens, width) = (tw[0] as usize, tw[1] as usize);
             let histogram = match (
                 bytes(&format!("{k}.hist.counts"), Dtype::U64, HIST_BINS)?,
                 bytes(&format!("{k}.hist.range"), Dtype::F32, 3)?,
@@ -260,7 +266,12 @@ impl CalibStats {
                     let counts: Vec<u64> =
                         c.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
                     let r = f32s(r);
-                    let values = counts.iter().sum();
+                    let values = counts.iter().try_fold(0u64, |a, &c| a.checked_add(c)).ok_or_else(|| {
+                        Error::tensor(
+                            format!("{k}.hist.counts"),
+                            format!("in {}: the counts overflow 64 bits (a corrupt file)", path.display()),
+                        )
+                    })?;
                     Some(
                         HistogramObserver::from_parts(counts, r[0], r[1], r[2], values)
                             .map_err(|e| Error::tensor(format!("{k}.hist"), format!("in {}: {e}", path.display())))?,
@@ -320,5 +331,48 @@ mod tests {
         assert_eq!(r.min_max.as_ref().unwrap().1, st.min_max.as_ref().unwrap().max);
         std::fs::write(&b, b"not a statistics file").unwrap();
         assert!(CalibStats::load(&b).is_err());
+    }
+
+    /// Rewrite tensor `name` of the statistics file `src` into `dst` with `bytes`.
+    fn patched(src: &Path, dst: &Path, name: &str, bytes: Vec<u8>) {
+        let data = std::fs::read(src).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&data).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let b: &[u8] = if n == name { &bytes } else { v.data() };
+                (n.clone(), safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), b).unwrap())
+            })
+            .collect();
+        let out = safetensors::serialize(views, meta.metadata().clone()).unwrap();
+        std::fs::write(dst, out).unwrap();
+    }
+
+    /// Issue 15.4: histogram counts whose sum wraps, and negative token counts, are
+    /// errors naming the tensor, not a silently different histogram.
+    #[test]
+    fn corrupt_counts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st =
+            SiteStats::new(2, StatsRequest { histogram: true, min_max: false, abs_mean: false, hessian: false });
+        st.observe(&[1.0, -2.0, 0.5, 3.0], 2);
+        let mut c = CalibStats::default();
+        c.record(0, InputSite::AttnIn, &st);
+        let good = dir.path().join("good.safetensors");
+        c.save(&good).unwrap();
+        let key = site_key(0, InputSite::AttnIn);
+        let mut counts = vec![0u64; HIST_BINS];
+        counts[0] = u64::MAX;
+        counts[1] = 5;
+        let bad = dir.path().join("wrap.safetensors");
+        patched(&good, &bad, &format!("{key}.hist.counts"), counts.iter().flat_map(|v| v.to_le_bytes()).collect());
+        let e = CalibStats::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("hist.counts") && e.contains("overflow") && e.contains("wrap.safetensors"), "{e}");
+        let neg = dir.path().join("neg.safetensors");
+        patched(&good, &neg, &format!("{key}.tokens"), [-4i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect());
+        let e = CalibStats::load(&neg).unwrap_err().to_string();
+        assert!(e.contains(".tokens") && e.contains("-4"), "{e}");
     }
 }

@@ -80,6 +80,12 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.batch == 0 {
         anyhow::bail!("invalid option --batch: 0; use 1 or more windows per forward");
     }
+    if a.max_windows == Some(0) {
+        anyhow::bail!("invalid option --max-windows: 0; evaluate at least one window (or leave it out for all)");
+    }
+    if let Some(j) = a.json.as_ref().filter(|j| j.exists()) {
+        anyhow::bail!("invalid option --json: {} already exists (choose another name or remove it)", j.display());
+    }
     let t0 = std::time::Instant::now();
     let text = read_text(&a.text)?;
     let tok = Tokenizer::from_file(&a.model[0].join("tokenizer.json"))?;
@@ -93,6 +99,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let mut models = Vec::new();
     for dir in &a.model {
         models.push(loader.load(dir)?);
+    }
+    for ((m, _), dir) in models.iter().zip(&a.model) {
+        let c = &m.config;
+        if a.ctx > c.max_position_embeddings {
+            anyhow::bail!(
+                "invalid option --ctx: {} is beyond {}'s max_position_embeddings = {}",
+                a.ctx,
+                dir.display(),
+                c.max_position_embeddings
+            );
+        }
+        if c.vocab_size != models[0].0.config.vocab_size {
+            anyhow::bail!(
+                "{} has vocab_size = {} but {} has {}: models compared on one text need one vocabulary",
+                dir.display(),
+                c.vocab_size,
+                a.model[0].display(),
+                models[0].0.config.vocab_size
+            );
+        }
     }
     eprintln!("loaded {} model(s) in {:.2}s", models.len(), t0.elapsed().as_secs_f64());
     let json = match &a.baseline {
@@ -113,6 +139,16 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         Some(b) => {
             // The reference stays on the CPU whatever --device says.
             let (base, base_info) = crate::model::load::load_model(b)?;
+            if base.config.vocab_size != models[0].0.config.vocab_size {
+                anyhow::bail!(
+                    "invalid option --baseline: {} has vocab_size = {} but {} has {}; a baseline must share the \
+                     model's vocabulary (KL and perplexity would compare different tokens)",
+                    b.display(),
+                    base.config.vocab_size,
+                    a.model[0].display(),
+                    models[0].0.config.vocab_size
+                );
+            }
             let refs: Vec<&LlamaModel> = models.iter().map(|(m, _)| m).collect();
             let comps = compare_many(&base, &refs, &tokens, &opts)?;
             let sizes: Vec<report::SizeReport> = models

@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
-    /// Round-to-nearest, no calibration (int4 g128 on SmolLM2: +32% ppl, seconds).
+    /// Round-to-nearest, no calibration (int4 g128 asym on SmolLM2: +32% ppl, 2 s).
     Rtn,
     /// FP8 weights, round-to-nearest-even (E4M3 per-channel on SmolLM2: within 1% ppl).
     Fp8,
-    /// HQQ: round-to-nearest with zero points refined by a proximal solver, no calibration.
+    /// HQQ: zero points and scales refined by a proximal solver, no calibration (int4 g128
+    /// on SmolLM2: +38% ppl against RTN's +32%, 19 s).
     Hqq,
-    /// GPTQ: Hessian-based column updates from calibration data.
+    /// GPTQ: Hessian-based column updates from calibration data (int4 g128 asym act-order
+    /// static-groups mse, 128x512 windows: about 5 minutes here).
     Gptq,
     /// AWQ: activation-aware channel scales folded into the norms/linears before, then RTN.
     Awq,
@@ -407,6 +409,8 @@ impl QuantizeArgs {
         Ok(Recipe {
             format: self.format.clone(),
             include_head: self.include_head,
+            ignore: vec![],
+            overrides: vec![],
             scheme,
             calibration: needs_calibration.then(|| CalibrationSpec {
                 files: self.calib.clone(),

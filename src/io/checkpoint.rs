@@ -14,7 +14,7 @@
 use super::atomic::AtomicDir;
 use super::safetensors::{self as st, sort_crate_order, write_file, HeaderLayout, SafetensorsStore};
 use crate::error::{Error, Result};
-use crate::format::activation::{ActParams, ActScheme};
+use crate::format::activation::{ActParams, ActScheme, CtInputSchemes};
 use crate::format::awq::{self, AwqConfig};
 use crate::format::compressed_tensors::{self as ct, CtConfig, CtFormat, PyMatch};
 use crate::format::gptq::{self, GptqConfig};
@@ -579,6 +579,31 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     };
     let metadata = store.user_metadata().into_iter().collect();
     Ok(LoadedCheckpoint { dir: dir.to_path_buf(), format, config, quantized, store, metadata })
+}
+
+/// The activation quantization of each quantized linear of a checkpoint, as its config
+/// says (compressed-tensors `input_activations`; other formats have none): module name ->
+/// scheme and, when static, the stored parameters.
+pub fn checkpoint_activations(ckpt: &LoadedCheckpoint) -> Result<BTreeMap<String, (ActScheme, Option<ActParams>)>> {
+    let mut out = BTreeMap::new();
+    if ckpt.format != CheckpointFormat::CompressedTensors {
+        return Ok(out);
+    }
+    let Some(qc) = ckpt.config.get("quantization_config") else { return Ok(out) };
+    let path = ckpt.dir.join("config.json");
+    let names: BTreeSet<&str> = ckpt.store.names().collect();
+    let get = |n: &str| -> Option<TensorView<'_>> {
+        let t = ckpt.store.raw(names.get(n)?).ok()?;
+        TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
+    };
+    let schemes = CtInputSchemes::from_json(qc, &path)?;
+    for m in ckpt.quantized.keys() {
+        if let Some(s) = schemes.for_module(m)? {
+            let p = if s.dynamic { None } else { Some(s.read_ct_tensors(m, &get)?) };
+            out.insert(m.clone(), (s, p));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -39,18 +39,35 @@ impl SafetensorsStore {
     /// `path` is a directory (with `model.safetensors` or `model.safetensors.index.json`)
     /// or a single `.safetensors` file.
     pub fn open(path: &Path) -> Result<Self> {
+        // tensor -> shard file, as `model.safetensors.index.json` declares it.
+        let mut weight_map: Vec<(String, String)> = Vec::new();
+        let index_path = path.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if path.is_dir() {
-            let index = path.join("model.safetensors.index.json");
             let single = path.join("model.safetensors");
-            if index.exists() {
-                let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            if index_path.exists() {
+                let index = &index_path;
+                let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
                 let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
+                    serde_json::from_str(&text).map_err(|e| Error::format(index, format!("not valid JSON: {e}")))?;
                 let map = v
                     .get("weight_map")
                     .and_then(|m| m.as_object())
-                    .ok_or_else(|| Error::format(&index, "missing \"weight_map\" object"))?;
-                let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+                    .ok_or_else(|| Error::format(index, "missing \"weight_map\" object"))?;
+                for (tensor, file) in map {
+                    let f = file.as_str().filter(|f| {
+                        let p = Path::new(f);
+                        p.components().count() == 1
+                            && matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+                    });
+                    let Some(f) = f else {
+                        return Err(Error::format(
+                            index,
+                            format!("weight_map[{tensor:?}] = {file} is not a file name in this directory"),
+                        ));
+                    };
+                    weight_map.push((tensor.clone(), f.to_string()));
+                }
+                let mut names: Vec<&str> = weight_map.iter().map(|(_, f)| f.as_str()).collect();
                 names.sort();
                 names.dedup();
                 names.iter().map(|n| path.join(n)).collect()
@@ -84,6 +101,16 @@ impl SafetensorsStore {
                 }
             }
             shards.push(shard);
+        }
+        for (tensor, file) in &weight_map {
+            let actual = index.get(tensor).map(|&i| &files[i]);
+            if actual != Some(&path.join(file)) {
+                let found = actual.map_or("in no shard".to_string(), |p| format!("in {}", p.display()));
+                return Err(Error::format(
+                    &index_path,
+                    format!("weight_map puts {tensor} in {file}, but it is {found}"),
+                ));
+            }
         }
         Ok(Self { shards, index })
     }
@@ -326,6 +353,26 @@ mod tests {
         assert_eq!(s.f32("a").unwrap().0, vec![1.0, 2.0]);
         assert_eq!(s.f32_shaped("b", &[1]).unwrap(), vec![3.0]);
         assert!(s.f32_shaped("b", &[2]).unwrap_err().to_string().contains("[2]"));
+
+        // Issue 15.10: an index naming a missing tensor, the wrong shard, or a path
+        // outside the directory is an error naming the tensor and the files.
+        let index = dir.path().join("model.safetensors.index.json");
+        for (map, needles) in [
+            (
+                r#"{"a":"m-1.safetensors","b":"m-2.safetensors","c":"m-2.safetensors"}"#,
+                &["puts c in m-2.safetensors", "in no shard"][..],
+            ),
+            (r#"{"a":"m-2.safetensors","b":"m-1.safetensors"}"#, &["puts a in m-2.safetensors", "m-1.safetensors"][..]),
+            (r#"{"a":"../m-1.safetensors","b":"m-2.safetensors"}"#, &["weight_map[\"a\"]", "not a file name"][..]),
+            (r#"{"a":"m-1.safetensors","b":7}"#, &["weight_map[\"b\"] = 7"][..]),
+        ] {
+            std::fs::write(&index, format!(r#"{{"weight_map":{map}}}"#)).unwrap();
+            let e = SafetensorsStore::open(dir.path()).err().expect("must fail").to_string();
+            assert!(e.contains("model.safetensors.index.json"), "{e}");
+            for n in needles {
+                assert!(e.contains(n), "{e} lacks {n}");
+            }
+        }
     }
 
     fn sample() -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {

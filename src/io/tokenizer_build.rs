@@ -115,7 +115,22 @@ impl GgufTokenizer {
                     None => Err(Error::format(path, format!("tokenizer.ggml.merges[{i}] = {m:?} has no space"))),
                 }
             })
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<(String, String)>>>()?;
+        // tokenizers refuses to load a BPE whose merge names a token not in the
+        // vocabulary (both sides and their concatenation must be tokens).
+        let vocab: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
+        for (i, (a, b)) in merges.iter().enumerate() {
+            let joined = format!("{a}{b}");
+            let missing = [a.as_str(), b.as_str(), joined.as_str()].into_iter().find(|t| !vocab.contains(t));
+            if let Some(missing) = missing {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tokenizer.ggml.merges[{i}] = \"{a} {b}\" names {missing:?}, which is not in tokenizer.ggml.tokens"
+                    ),
+                ));
+            }
+        }
         let flag = |k: &str, default: bool| g.metadata(k).and_then(|v| v.as_bool()).unwrap_or(default);
         Ok(Self {
             tokens,

@@ -70,8 +70,19 @@ impl LlamaConfig {
         } else {
             num_heads
         };
-        let head_dim =
-            if raw.get("head_dim").is_some_and(|v| !v.is_null()) { req("head_dim")? } else { hidden_size / num_heads };
+        let head_dim = if raw.get("head_dim").is_some_and(|v| !v.is_null()) {
+            req("head_dim")?
+        } else if hidden_size % num_heads != 0 {
+            return Err(Error::config(
+                path,
+                format!(
+                    "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no \
+                     head_dim is given"
+                ),
+            ));
+        } else {
+            hidden_size / num_heads
+        };
         if num_heads % num_kv_heads != 0 {
             return Err(Error::config(
                 path,
@@ -142,6 +153,15 @@ mod tests {
         v["model_type"] = json!("gpt2");
         let e = LlamaConfig::from_json(v, Path::new("c.json")).unwrap_err().to_string();
         assert!(e.contains("unsupported architecture") && e.contains("gpt2"), "{e}");
+        let mut v = base();
+        v["hidden_size"] = json!(66);
+        let e = LlamaConfig::from_json(v.clone(), Path::new("c.json")).unwrap_err().to_string();
+        assert!(
+            e.contains("hidden_size (66)") && e.contains("num_attention_heads (4)") && e.contains("head_dim"),
+            "{e}"
+        );
+        v["head_dim"] = json!(16);
+        assert_eq!(LlamaConfig::from_json(v, Path::new("c.json")).unwrap().head_dim, 16);
         let mut v = base();
         v["model_type"] = json!("qwen2");
         assert!(LlamaConfig::from_json(v, Path::new("c.json")).unwrap().qkv_bias);

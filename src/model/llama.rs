@@ -108,6 +108,48 @@ pub fn block_linears(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
+/// Check the weights in `store` against `cfg` before any work, naming the tensor and the
+/// config keys at fault: the embedding is `[vocab_size, hidden_size]`, no tensor belongs
+/// to a block beyond `num_hidden_layers`, every dense block linear and the LM head have
+/// the shape the config implies (quantized linears are checked by their loader).
+pub fn check_store(cfg: &LlamaConfig, store: &SafetensorsStore) -> Result<()> {
+    let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
+    let expect = |name: &str, want: [usize; 2], keys: &str| -> Result<()> {
+        let t = store.raw(name)?;
+        if t.shape != want {
+            return Err(Error::tensor(name, format!("shape {:?}, but config.json implies {want:?} ({keys})", t.shape)));
+        }
+        Ok(())
+    };
+    expect("model.embed_tokens.weight", [vocab, h], &format!("vocab_size = {vocab}, hidden_size = {h}"))?;
+    if store.contains("lm_head.weight") {
+        expect("lm_head.weight", [vocab, h], &format!("vocab_size = {vocab}, hidden_size = {h}"))?;
+    }
+    for name in store.names() {
+        let block = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+        if let Some(b) = block.filter(|&b| b >= cfg.num_layers) {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "belongs to block {b}, but config.json has num_hidden_layers = {} (a truncated config?)",
+                    cfg.num_layers
+                ),
+            ));
+        }
+    }
+    let keys = format!(
+        "hidden_size = {h}, intermediate_size = {}, {} heads, {} kv heads, head_dim = {}",
+        cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    );
+    for (name, o, i) in block_linears(cfg) {
+        let w = format!("{name}.weight");
+        if store.contains(&w) {
+            expect(&w, [o, i], &keys)?;
+        }
+    }
+    Ok(())
+}
+
 /// `[out, in]` of a block linear, by its short name.
 pub fn linear_shape(cfg: &LlamaConfig, short: &str) -> (usize, usize) {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
@@ -401,6 +443,7 @@ impl LlamaModel {
 
     /// Load with a custom linear factory (quantized, GPU...).
     pub fn load_with(cfg: LlamaConfig, store: &SafetensorsStore, make: &LinearFactory) -> Result<Self> {
+        check_store(&cfg, store)?;
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let embed = Arc::new(store.f32_shaped("model.embed_tokens.weight", &[vocab, h])?);
         let blocks = (0..cfg.num_layers).map(|i| Block::load(&cfg, store, i, make)).collect::<Result<Vec<_>>>()?;

@@ -6,11 +6,12 @@ use super::linear::Linear;
 use super::llama::{dense_from_store, LlamaModel};
 use super::qlinear::QuantizedLinear;
 use super::LlamaConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::QuantizedTensor;
+use crate::io::checkpoint::checkpoint_activations;
 use crate::io::checkpoint::read_quantized_checkpoint;
 use crate::io::safetensors::SafetensorsStore;
-use crate::quant::activation::{checkpoint_activations, ActQuantLinear};
+use crate::model::act_linear::ActQuantLinear;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -76,7 +77,15 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
         // Each tensor is packed and its unpacked codes freed as soon as it is used.
         let pending: RefCell<BTreeMap<String, QuantizedTensor>> = RefCell::new(ckpt.quantized);
         let store = &ckpt.store;
-        LlamaModel::load_with(cfg, store, &|name, o, i| match pending.borrow_mut().remove(name) {
+        let model = LlamaModel::load_with(cfg, store, &|name, o, i| match pending.borrow_mut().remove(name) {
+            Some(q) if (q.rows, q.cols) != (o, i) => Err(Error::format(
+                dir,
+                format!(
+                    "quantized linear {name} is {} x {} but config.json implies {o} x {i} \
+                     (check hidden_size, intermediate_size, the head counts and head_dim)",
+                    q.rows, q.cols
+                ),
+            )),
             Some(q) => match acts.get(name) {
                 Some(&(s, p)) => {
                     Ok(Box::new(ActQuantLinear::new(name, make_quantized(name, &q)?, s, p)?) as Box<dyn Linear>)
@@ -84,7 +93,14 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
                 None => make_quantized(name, &q),
             },
             None => dense_from_store(store, name, o, i),
-        })?
+        })?;
+        if let Some(name) = pending.borrow().keys().next() {
+            return Err(Error::format(
+                dir,
+                format!("quantized linear {name} is not part of the model config.json describes (num_hidden_layers?)"),
+            ));
+        }
+        model
     } else {
         let store = SafetensorsStore::open(dir)?;
         LlamaModel::load_with(cfg, &store, &|name, o, i| dense_from_store(&store, name, o, i))?

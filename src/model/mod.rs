@@ -1,4 +1,5 @@
 //! LLaMA-family model: config, weights, forward pass over [`linear::Linear`].
+pub mod act_linear;
 pub mod config;
 pub mod fastexp;
 pub mod layers;

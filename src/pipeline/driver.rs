@@ -326,21 +326,30 @@ pub fn run(
             if let Some(i) = &mut mods.inputs {
                 i.observe_site(&ctx, site, &names, stats)?;
             }
-            let linears: Vec<LinearWeight> = idx
-                .iter()
-                .zip(&names)
-                .map(|(&k, name)| {
+            // Ignored linears stay dense; the others go to the quantizer in their scheme.
+            let (mut linears, mut kept) = (Vec::new(), Vec::new());
+            for (&k, name) in idx.iter().zip(&names) {
+                if let Some(scheme) = mods.schemes.scheme_for(name) {
                     let (o, i) = linear_shape(cfg, BLOCK_LINEARS[k].0);
-                    LinearWeight { name: name.clone(), weight: &bw.linears[k], out_features: o, in_features: i }
-                })
-                .collect();
-            let quantized = mods.weights.quantize_site(&linears, stats)?;
-            assert_eq!(quantized.len(), linears.len(), "a quantizer returns one tensor per linear");
+                    linears.push(LinearWeight {
+                        name: name.clone(),
+                        scheme,
+                        weight: &bw.linears[k],
+                        out_features: o,
+                        in_features: i,
+                    });
+                    kept.push(k);
+                }
+            }
             let mut replaced = Vec::new();
-            for ((&k, name), (q, report)) in idx.iter().zip(names).zip(quantized) {
-                replaced.push((k, q.dequantize()));
-                tensors.insert(name, q);
-                layers.push(report);
+            if !linears.is_empty() {
+                let quantized = mods.weights.quantize_site(&linears, stats)?;
+                assert_eq!(quantized.len(), linears.len(), "a quantizer returns one tensor per linear");
+                for ((k, l), (q, report)) in kept.into_iter().zip(&linears).zip(quantized) {
+                    replaced.push((k, q.dequantize()));
+                    tensors.insert(l.name.clone(), q);
+                    layers.push(report);
+                }
             }
             t.quantize += tq.elapsed().as_secs_f64();
             Ok(replaced)
@@ -404,9 +413,10 @@ pub fn quantize_extra(
             format!("{} quantizes from calibration statistics; the head has none here", mods.weights.name()),
         ));
     }
+    let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let (o, i) = shape;
     let w = store.f32_shaped(&format!("{name}.weight"), &[o, i])?;
-    let l = LinearWeight { name: name.to_string(), weight: &w, out_features: o, in_features: i };
+    let l = LinearWeight { name: name.to_string(), scheme, weight: &w, out_features: o, in_features: i };
     let (q, report) = mods.weights.quantize_site(&[l], &SiteStats::new(i, StatsRequest::default()))?.remove(0);
     out.tensors.insert(name.to_string(), q);
     out.layers.push(report);

@@ -23,7 +23,8 @@ pub mod run;
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::Result;
 use crate::format::activation::ActParams;
-use crate::format::QuantizedTensor;
+use crate::format::compressed_tensors::Target;
+use crate::format::{QuantScheme, QuantizedTensor};
 use crate::model::layers::Rope;
 use crate::model::llama::InputSite;
 use crate::model::LlamaConfig;
@@ -49,6 +50,8 @@ pub struct BlockContext<'a> {
 pub struct LinearWeight<'a> {
     /// e.g. `model.layers.3.self_attn.q_proj`
     pub name: String,
+    /// The scheme to quantize it into (the recipe's, or a per-module override's).
+    pub scheme: QuantScheme,
     pub weight: &'a [f32],
     pub out_features: usize,
     pub in_features: usize,
@@ -83,6 +86,23 @@ impl LayerReport {
             seconds,
         }
     }
+}
+
+/// Quantize each linear on its own with `f` (the calibration-free quantizers), reporting
+/// the plain squared error and the time of each.
+pub fn quantize_each(
+    linears: &[LinearWeight],
+    f: impl Fn(&LinearWeight) -> Result<QuantizedTensor>,
+) -> Result<Vec<(QuantizedTensor, LayerReport)>> {
+    linears
+        .iter()
+        .map(|l| {
+            let t = std::time::Instant::now();
+            let q = f(l)?;
+            let report = LayerReport::plain(l, &q, t.elapsed().as_secs_f64());
+            Ok((q, report))
+        })
+        .collect()
 }
 
 /// Phase (a): changes the full-precision block from statistics of its inputs.
@@ -139,8 +159,39 @@ pub trait InputQuantizer {
     fn params(&self) -> &BTreeMap<String, ActParams>;
 }
 
+/// Which scheme each linear is quantized into: the recipe's, an override's (first
+/// matching override wins), or none (ignored: left at full precision). Patterns are
+/// compressed-tensors targets: exact module names or `re:` regular expressions.
+#[derive(Clone, Debug)]
+pub struct SchemePolicy {
+    pub default: QuantScheme,
+    pub ignore: Vec<Target>,
+    pub overrides: Vec<(Vec<Target>, QuantScheme)>,
+}
+
+impl SchemePolicy {
+    /// Every linear in `scheme`.
+    pub fn uniform(scheme: QuantScheme) -> Self {
+        Self { default: scheme, ignore: vec![], overrides: vec![] }
+    }
+
+    /// The scheme of module `name` (`model.layers.3.mlp.down_proj`), None when ignored.
+    pub fn scheme_for(&self, name: &str) -> Option<QuantScheme> {
+        if self.ignore.iter().any(|t| t.matches(name)) {
+            return None;
+        }
+        let over = self.overrides.iter().find(|(targets, _)| targets.iter().any(|t| t.matches(name)));
+        Some(over.map_or(self.default, |(_, s)| *s))
+    }
+
+    pub fn is_uniform(&self) -> bool {
+        self.ignore.is_empty() && self.overrides.is_empty()
+    }
+}
+
 /// The modifiers of one run, by role, in the order they act.
 pub struct Modifiers {
+    pub schemes: SchemePolicy,
     pub transforms: Vec<Box<dyn BlockTransform>>,
     pub weights: Box<dyn WeightQuantizer>,
     pub inputs: Option<Box<dyn InputQuantizer>>,

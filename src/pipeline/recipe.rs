@@ -25,9 +25,10 @@
 //! checkpoint (`recipe.toml`), and running it again repeats the run byte for byte.
 
 use super::modifiers::{activation::Activations, awq, gptq::Gptq, hqq::Hqq, rtn::Rtn, smooth::SmoothQuant};
-use super::{BlockTransform, Modifiers};
+use super::{BlockTransform, Modifiers, SchemePolicy};
 use crate::error::{Error, Result};
 use crate::format::activation::ActScheme;
+use crate::format::compressed_tensors::Target;
 use crate::format::QuantScheme;
 use crate::io::checkpoint::CheckpointFormat;
 use crate::model::LlamaConfig;
@@ -49,11 +50,26 @@ pub struct Recipe {
     /// Also quantize an untied LM head (calibration-free quantizers only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_head: bool,
+    /// Linears left at full precision: module names or `re:` patterns (compressed-tensors
+    /// targets), e.g. `["re:.*layers\\.0\\..*"]`. Each must match some linear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<String>,
     pub scheme: SchemeSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationSpec>,
     #[serde(rename = "modifier")]
     pub modifiers: Vec<ModifierSpec>,
+    /// A different scheme for the linears matching `targets` (first match wins), e.g.
+    /// `down_proj` at 8 bits. Written as compressed-tensors `config_groups`.
+    #[serde(default, rename = "override", skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<OverrideSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    pub targets: Vec<String>,
+    pub scheme: SchemeSpec,
 }
 
 /// The weight scheme of every quantized linear.
@@ -71,6 +87,38 @@ pub struct SchemeSpec {
     pub per_tensor: bool,
     #[serde(default = "yes")]
     pub symmetric: bool,
+}
+
+impl SchemeSpec {
+    /// The [`QuantScheme`] this describes.
+    pub fn to_scheme(&self) -> Result<QuantScheme> {
+        let s = self;
+        let mut q = match s.kind.as_str() {
+            "fp8-e4m3" => QuantScheme::fp8_e4m3(),
+            "fp8-e5m2" => QuantScheme::fp8_e5m2(),
+            k => match k.strip_prefix("int").and_then(|b| b.parse::<u8>().ok()) {
+                Some(bits) => QuantScheme::int(bits).map_err(|e| bad("scheme.type", format!("{k}: {e}")))?,
+                None => {
+                    return Err(bad(
+                        "scheme.type",
+                        format!("{k:?} is not a scheme (int2, int3, int4, int8, fp8-e4m3, fp8-e5m2)"),
+                    ))
+                }
+            },
+        };
+        q = match (s.per_tensor, s.group_size) {
+            (true, Some(g)) => {
+                return Err(bad("scheme.group_size", format!("{g} with per_tensor: a per-tensor scheme has no groups")))
+            }
+            (true, None) => q.per_tensor(),
+            (false, Some(g)) => q.group(g)?,
+            (false, None) => q.per_channel(),
+        };
+        if !s.symmetric {
+            q = q.asymmetric()?;
+        }
+        Ok(q)
+    }
 }
 
 fn yes() -> bool {
@@ -292,32 +340,32 @@ impl Recipe {
 
     /// The weight scheme.
     pub fn weight_scheme(&self) -> Result<QuantScheme> {
-        let s = &self.scheme;
-        let mut q = match s.kind.as_str() {
-            "fp8-e4m3" => QuantScheme::fp8_e4m3(),
-            "fp8-e5m2" => QuantScheme::fp8_e5m2(),
-            k => match k.strip_prefix("int").and_then(|b| b.parse::<u8>().ok()) {
-                Some(bits) => QuantScheme::int(bits).map_err(|e| bad("scheme.type", format!("{k}: {e}")))?,
-                None => {
-                    return Err(bad(
-                        "scheme.type",
-                        format!("{k:?} is not a scheme (int2, int3, int4, int8, fp8-e4m3, fp8-e5m2)"),
-                    ))
+        self.scheme.to_scheme()
+    }
+
+    /// Which scheme each linear gets ([`SchemePolicy`]); every ignore and override
+    /// pattern must match one of `names` (the model's linears).
+    pub fn scheme_policy(&self, names: &[String]) -> Result<SchemePolicy> {
+        let here = Path::new("recipe");
+        let check = |targets: &[Target], key: &str| -> Result<()> {
+            for t in targets {
+                if !names.iter().any(|n| t.matches(n)) {
+                    return Err(bad(key, format!("{:?} matches no linear of this model", t.as_str())));
                 }
-            },
-        };
-        q = match (s.per_tensor, s.group_size) {
-            (true, Some(g)) => {
-                return Err(bad("scheme.group_size", format!("{g} with per_tensor: a per-tensor scheme has no groups")))
             }
-            (true, None) => q.per_tensor(),
-            (false, Some(g)) => q.group(g)?,
-            (false, None) => q.per_channel(),
+            Ok(())
         };
-        if !s.symmetric {
-            q = q.asymmetric()?;
+        let ignore = Target::parse_all(&self.ignore, here, "ignore")?;
+        check(&ignore, "ignore")?;
+        let mut overrides = Vec::new();
+        for (i, o) in self.overrides.iter().enumerate() {
+            let key = format!("override[{i}].targets");
+            let targets = Target::parse_all(&o.targets, here, &key)?;
+            check(&targets, &key)?;
+            let scheme = o.scheme.to_scheme().map_err(|e| bad(&format!("override[{i}].scheme"), e.to_string()))?;
+            overrides.push((targets, scheme));
         }
-        Ok(q)
+        Ok(SchemePolicy { default: self.weight_scheme()?, ignore, overrides })
     }
 
     /// `rtn`, `gptq`, `awq+gptq`, `smoothquant+rtn+activations`: the modifiers joined.
@@ -399,6 +447,12 @@ impl Recipe {
         if format == CheckpointFormat::Gptq && scheme.is_fp8() {
             return Err(bad("--format", "gptq cannot store FP8 weights; use --format compressed-tensors".into()));
         }
+        if !self.overrides.is_empty() && format != CheckpointFormat::CompressedTensors {
+            return Err(bad(
+                "override",
+                format!("per-module schemes are written as compressed-tensors config_groups; {} stores one scheme (set format = \"compressed-tensors\")", format.as_str()),
+            ));
+        }
         if has_act && format != CheckpointFormat::CompressedTensors {
             return Err(bad(
                 "--format",
@@ -470,12 +524,12 @@ impl Recipe {
         let mut wq: Option<Box<dyn super::WeightQuantizer>> = None;
         for m in &self.modifiers {
             match m.clone() {
-                ModifierSpec::Rtn { mse } => wq = Some(Box::new(Rtn { scheme, clip: mse.then(ClipSearch::default) })),
+                ModifierSpec::Rtn { mse } => wq = Some(Box::new(Rtn { clip: mse.then(ClipSearch::default) })),
                 ModifierSpec::Hqq { lp_norm, beta, kappa, iters } => {
-                    wq = Some(Box::new(Hqq { scheme, opts: HqqOptions { lp_norm, beta, kappa, iters } }))
+                    wq = Some(Box::new(Hqq { opts: HqqOptions { lp_norm, beta, kappa, iters } }))
                 }
                 ModifierSpec::Gptq { .. } => {
-                    wq = Some(Box::new(Gptq { scheme, opts: m.gptq_options().expect("gptq"), verbose }))
+                    wq = Some(Box::new(Gptq { opts: m.gptq_options().expect("gptq"), verbose }))
                 }
                 ModifierSpec::Awq { grid, duo_scaling, clip, clip_tokens, clip_symmetric, search, search_windows } => {
                     let opts = awq::AwqOptions {
@@ -501,7 +555,9 @@ impl Recipe {
                 }
             }
         }
-        Ok(Modifiers { transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
+        let names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
+        let schemes = self.scheme_policy(&names)?;
+        Ok(Modifiers { schemes, transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
     }
 
     /// The activation scheme and observer of the `activations` modifier.

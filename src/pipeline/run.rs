@@ -65,6 +65,38 @@ fn stats_key(recipe: &Recipe) -> Result<BTreeMap<String, Value>> {
     ]))
 }
 
+/// Every scheme's group against the input widths of the linears it quantizes: a group
+/// wider than a linear is an error; a group that leaves a partial last group is stored
+/// here, but compressed-tensors, vLLM and the Marlin kernels refuse such checkpoints, so
+/// it is said, with the group sizes that would fit.
+fn check_groups_fit(cfg: &LlamaConfig, schemes: &super::SchemePolicy) -> Result<()> {
+    let mut partial: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    for (name, _, cols) in crate::model::llama::block_linears(cfg) {
+        let Some(scheme) = schemes.scheme_for(&name) else { continue };
+        let crate::format::Granularity::Group(g) = scheme.granularity else { continue };
+        if g > cols {
+            return Err(Error::option(
+                "--group-size",
+                format!("{g} is wider than the {cols} input columns of {name} (scheme.group_size in a recipe)"),
+            ));
+        }
+        if cols % g != 0 {
+            *partial.entry((g, cols)).or_default() += 1;
+        }
+    }
+    for ((g, cols), n) in partial {
+        let fits: Vec<String> = [32, 64, 128, 256].iter().filter(|&&d| cols % d == 0).map(|d| d.to_string()).collect();
+        eprintln!(
+            "warning: group size {g} does not divide {cols} columns ({n} linears): their last group holds {} \
+             columns; this tool reads such checkpoints, compressed-tensors, vLLM and Marlin refuse them \
+             (group sizes that divide {cols}: {})",
+            cols % g,
+            if fits.is_empty() { "none of 32, 64, 128, 256".to_string() } else { fits.join(", ") }
+        );
+    }
+    Ok(())
+}
+
 /// Peak resident set size from `/proc/self/status`.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -81,9 +113,8 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         c.files = vec![default_calib()];
     }
     let recipe = recipe.resolve()?;
-    if out.exists() {
-        return Err(Error::OutputExists { path: out.to_path_buf() });
-    }
+    // The output location is checked before any work (a run can take many minutes).
+    crate::io::atomic::probe_output(out)?;
     let scheme = recipe.weight_scheme()?;
     let format = recipe.checkpoint_format()?;
     let method = recipe.method_name();
@@ -95,11 +126,22 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             crate::format::awq::check_shape(&name, scheme, o, i)?;
         }
     }
-    if let Some(p) = opts.save_stats.as_ref().filter(|p| p.exists()) {
-        return Err(Error::OutputExists { path: p.clone() });
+    if let Some(p) = &opts.save_stats {
+        crate::io::atomic::probe_output(p)?;
+    }
+    if let Some(c) = recipe.calibration.as_ref().filter(|c| c.seqlen > cfg.max_position_embeddings) {
+        return Err(Error::option(
+            "--seqlen",
+            format!(
+                "{} is beyond the model's max_position_embeddings = {} (calibration.seqlen in a recipe)",
+                c.seqlen, cfg.max_position_embeddings
+            ),
+        ));
     }
     let store = SafetensorsStore::open(dir)?;
+    crate::model::llama::check_store(&cfg, &store)?;
     let mut mods = recipe.build(&cfg, opts.verbose)?;
+    check_groups_fit(&cfg, &mods.schemes)?;
     let key = stats_key(&recipe)?;
     let (loaded, windows);
     let mut calibration = Value::Null;

@@ -256,8 +256,8 @@ fn solve_row(a: &[f64], b: &[f64], old: &[f64]) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::scheme::QuantScheme;
     use crate::calib::hessian::HessianAccumulator;
+    use crate::format::scheme::QuantScheme;
     use crate::quant::rtn::quantize_rtn;
     use rand::{Rng, SeedableRng};
 

@@ -61,3 +61,57 @@ pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
 pub fn tmp_out(root: &Path, name: &str) -> PathBuf {
     root.join(name)
 }
+
+/// Run the `quantize` binary (`QUANTIZE_BIN` overrides it, e.g. to pin an older build's
+/// outputs): success and stderr; a panic is a test failure.
+pub fn quantize(args: &[&str]) -> (bool, String) {
+    let bin = std::env::var("QUANTIZE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quantize").to_string());
+    let out = std::process::Command::new(bin).args(args).output().expect("run quantize");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "quantize {args:?} panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+/// `quantize args` fails, and its message names every one of `needles`.
+pub fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, err) = quantize(args);
+    assert!(!ok, "quantize {args:?} should fail");
+    for n in needles {
+        assert!(err.contains(n), "quantize {args:?}: error should mention {n:?}: {err}");
+    }
+}
+
+/// The files of a directory (name, bytes), sorted by name.
+pub fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A copy of the real model's directory with config.json edited by `edit` and links to
+/// its other files.
+pub fn model_with_config(root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    dir_with_config(&smollm2_dir(), root, name, edit)
+}
+
+/// A copy of model directory `src` whose config.json is edited by `edit`; every other
+/// file is a symlink to the original.
+pub fn dir_with_config(src: &Path, root: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "config.json" {
+            std::os::unix::fs::symlink(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}

@@ -3,12 +3,11 @@
 
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::{Error, Result};
-use crate::format::{QuantScheme, QuantizedTensor};
+use crate::format::QuantizedTensor;
 use crate::pipeline::{LayerReport, LinearWeight, WeightQuantizer};
 use crate::quant::gptq::{gptq_quantize, GptqOptions};
 
 pub struct Gptq {
-    pub scheme: QuantScheme,
     pub opts: GptqOptions,
     /// Print every layer's loss.
     pub verbose: bool,
@@ -36,7 +35,7 @@ impl WeightQuantizer for Gptq {
         linears
             .iter()
             .map(|l| {
-                let r = gptq_quantize(&l.name, l.weight, l.out_features, l.in_features, &h, self.scheme, &self.opts)?;
+                let r = gptq_quantize(&l.name, l.weight, l.out_features, l.in_features, &h, l.scheme, &self.opts)?;
                 if r.damp_retries > 0 {
                     eprintln!(
                         "gptq: {}: Hessian not positive definite; damping raised {} time(s) to {}",

@@ -4,13 +4,11 @@
 
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::Result;
-use crate::format::{QuantScheme, QuantizedTensor};
-use crate::pipeline::{LayerReport, LinearWeight, WeightQuantizer};
+use crate::format::QuantizedTensor;
+use crate::pipeline::{quantize_each, LayerReport, LinearWeight, WeightQuantizer};
 use crate::quant::hqq::{quantize_hqq, HqqOptions};
-use std::time::Instant;
 
 pub struct Hqq {
-    pub scheme: QuantScheme,
     pub opts: HqqOptions,
 }
 
@@ -28,14 +26,6 @@ impl WeightQuantizer for Hqq {
         linears: &[LinearWeight],
         _: &SiteStats,
     ) -> Result<Vec<(QuantizedTensor, LayerReport)>> {
-        linears
-            .iter()
-            .map(|l| {
-                let t = Instant::now();
-                let q = quantize_hqq(&l.name, l.weight, l.out_features, l.in_features, self.scheme, self.opts)?;
-                let report = LayerReport::plain(l, &q, t.elapsed().as_secs_f64());
-                Ok((q, report))
-            })
-            .collect()
+        quantize_each(linears, |l| quantize_hqq(&l.name, l.weight, l.out_features, l.in_features, l.scheme, self.opts))
     }
 }

@@ -9,6 +9,7 @@
 //! inputs), so the scales are chosen for the quantizer that will run.
 
 use super::weights::{awq_scales, linear_index, weight_mean, BlockWeights};
+use crate::calib::hessian::HessianAccumulator;
 use crate::calib::observers::AbsMeanObserver;
 use crate::error::Result;
 use crate::format::QuantScheme;
@@ -16,7 +17,6 @@ use crate::model::layers::Rope;
 use crate::model::llama::{linear_shape, Block, ScaleGroup, ScaleTarget};
 use crate::model::LlamaConfig;
 use crate::quant::gptq::{gptq_quantize, GptqOptions};
-use crate::calib::hessian::HessianAccumulator;
 use crate::quant::rtn::quantize_rtn;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
