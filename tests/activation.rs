@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::quantize;
+
 use quantize::format::activation::ActScheme;
 use quantize::format::QuantScheme;
 use quantize::io::checkpoint::checkpoint_activations;
@@ -21,7 +23,6 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A tiny random LLaMA (2 blocks, hidden 32, GQA 4/2 heads) with SmolLM2's tokenizer, so
 /// the command line can calibrate on text. `nan_norm`: block whose post-attention norm
@@ -72,23 +73,6 @@ fn tiny_model(root: &Path, name: &str, nan_norm: Option<usize>) -> PathBuf {
         tensors.iter().map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     dir
-}
-
-fn quantize(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_quantize")).args(args).output().expect("run quantize");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "quantize {args:?} panicked: {stderr}");
-    (out.status.success(), stderr)
-}
-
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect();
-    v.sort();
-    v
 }
 
 fn windows(n: usize, len: usize) -> Vec<Vec<u32>> {
@@ -246,11 +230,7 @@ fn saved_statistics_reproduce_the_checkpoint_byte_for_byte() {
     };
     run(&["--save-stats", stats.to_str().unwrap(), "-o", a.to_str().unwrap()]);
     run(&["--load-stats", stats.to_str().unwrap(), "-o", b.to_str().unwrap()]);
-    let (fa, fb) = (files_of(&a), files_of(&b));
-    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
-    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{name} differs between the calibrated and the reloaded run");
-    }
+    common::assert_same_files(&a, &b, "between the calibrated and the reloaded run");
     // The same statistics serve another activation calibration (only input scales change) ...
     let c = tmp.path().join("c");
     let args = [

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{fails_with, files_of, model_with_config};
+use common::{fails_with, model_with_config};
 
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -125,10 +126,37 @@ fn checkpoints_are_byte_identical_with_1_and_2_threads() {
                 out
             })
             .collect();
-        let (a, b) = (files_of(&outs[0]), files_of(&outs[1]));
-        assert_eq!(a.iter().map(|f| &f.0).collect::<Vec<_>>(), b.iter().map(|f| &f.0).collect::<Vec<_>>());
-        for (fa, fb) in a.iter().zip(&b) {
-            assert!(fa.1 == fb.1, "{name}: {} differs between 1 and 2 threads", fa.0);
-        }
+        common::assert_same_files(&outs[0], &outs[1], &format!("({name}) between 1 and 2 threads"));
     }
+}
+
+/// Issue 16: the default calibration text is looked for in QUANTIZE_ASSETS, then the
+/// per-user cache (XDG), from any working directory, and the one used is said.
+#[test]
+fn default_calibration_text_is_found_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let out = tmp.path().join("q");
+    let run = |envs: &[(&str, &Path)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quantize"));
+        c.current_dir(tmp.path()).env_remove("QUANTIZE_ASSETS").env_remove("XDG_CACHE_HOME");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let o = c.args(["--method", "gptq", m.to_str().unwrap(), "-o", out.to_str().unwrap()]).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    for (var, sub) in [("QUANTIZE_ASSETS", "assets"), ("XDG_CACHE_HOME", "xdg")] {
+        let root = tmp.path().join(sub);
+        let text = if var == "XDG_CACHE_HOME" { root.join("quantize/assets/brown") } else { root.join("brown") };
+        std::fs::create_dir_all(&text).unwrap();
+        std::fs::write(text.join("brown_calib.txt"), "Too short to calibrate on.").unwrap();
+        let (ok, err) = run(&[(var, &root)]);
+        let used = text.join("brown_calib.txt");
+        assert!(!ok, "{err}");
+        assert!(err.contains(&format!("calibration text: {}", used.display())), "{err}");
+        assert!(err.contains("too short"), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    assert!(!out.exists());
 }

@@ -182,3 +182,20 @@ fn interrupted_convert_leaves_nothing_and_outputs_are_world_readable() {
         assert_eq!(mode & 0o044, 0o044, "{} has mode {mode:o}", f.path().display());
     }
 }
+
+/// Issue 16: naming `dir/other.safetensors` used to quantize `dir/model.safetensors`; a
+/// GGUF given as MODEL gets the convert hint.
+#[test]
+fn model_argument_names_what_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = model_with_config(tmp.path(), "m", |_| {});
+    std::os::unix::fs::symlink(dir.join("model.safetensors"), dir.join("other.safetensors")).unwrap();
+    let out = tmp.path().join("out");
+    fails_with(
+        &["--method", "rtn", s(&dir.join("other.safetensors")), "-o", s(&out)],
+        &["other.safetensors", "name the directory"],
+    );
+    fails_with(&["--method", "rtn", s(&common::smollm2_gguf()), "-o", s(&out)], &["GGUF", "quantize convert"]);
+    let (ok, err) = quantize(&["--method", "rtn", s(&dir.join("model.safetensors")), "-o", s(&out)]);
+    assert!(ok, "{err}");
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fails_with, files_of, quantize};
+use common::{fails_with, quantize};
 
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -138,11 +138,7 @@ fn a_run_repeats_byte_for_byte_from_its_recipe() {
     let (ok, err) =
         quantize(&[m.to_str().unwrap(), "-o", second.to_str().unwrap(), "--recipe", recipe.to_str().unwrap()]);
     assert!(ok, "{err}");
-    let (fa, fb) = (files_of(&first), files_of(&second));
-    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>());
-    for (x, y) in fa.iter().zip(&fb) {
-        assert!(x.1 == y.1, "{} differs between the run and its recipe's rerun", x.0);
-    }
+    common::assert_same_files(&first, &second, "between the run and its recipe's rerun");
 }
 
 #[test]

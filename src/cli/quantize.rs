@@ -429,8 +429,32 @@ fn model_dir(model: &Path) -> crate::Result<PathBuf> {
     if model.is_dir() {
         return Ok(model.to_path_buf());
     }
+    if model.extension().is_some_and(|e| e == "gguf") {
+        return Err(Error::option(
+            "MODEL",
+            format!(
+                "{} is a GGUF file; convert it first: quantize convert {} -o DIR, then quantize DIR",
+                model.display(),
+                model.display()
+            ),
+        ));
+    }
     if model.extension().is_some_and(|e| e == "safetensors") && model.exists() {
-        return Ok(model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf());
+        let dir = model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        // The directory's weights are what is read: a file of another name would be ignored.
+        let sharded = dir.join("model.safetensors.index.json").exists();
+        if model.file_name().is_some_and(|n| n != "model.safetensors") || sharded {
+            return Err(Error::option(
+                "MODEL",
+                format!(
+                    "{}: a model is read as a directory (model.safetensors or its index, with config.json); \
+                     name the directory {} instead, or put this file alone in a directory as model.safetensors",
+                    model.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        return Ok(dir);
     }
     Err(Error::option(
         "MODEL",

@@ -54,7 +54,10 @@ pub fn install_signal_cleanup() {
 /// dangling symlink), its parent can be created, and a directory can be made there.
 pub fn probe_output(dest: &Path) -> Result<()> {
     let (tmp, _) = temp_beside(dest)?;
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir(&tmp).map_err(|e| {
+        let parent = tmp.parent().unwrap_or(Path::new("."));
+        Error::option("output", format!("{} cannot be written: {}: {e}", dest.display(), parent.display()))
+    })?;
     let _ = std::fs::remove_dir(&tmp);
     Ok(())
 }
@@ -68,14 +71,15 @@ fn process_alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
-/// Remove `.NAME.tmp-PID-N` beside `dest` left by processes that no longer run.
-fn remove_stale_temps(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
+/// Remove every `.NAME.tmp-PID-N` in `parent` left by a process that no longer runs
+/// (whatever output it was writing: a killed run's temporary is garbage either way).
+fn remove_stale_temps(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for e in entries.flatten() {
         let file = e.file_name();
-        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else { continue };
-        let Some(pid) = rest.split_once('-').and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok())) else {
+        let Some(name) = file.to_str().filter(|f| f.starts_with('.')) else { continue };
+        let Some((_, tail)) = name.rsplit_once(".tmp-") else { continue };
+        let Some(pid) = tail.split_once('-').and_then(|(p, n)| n.parse::<u64>().ok().and(p.parse::<u32>().ok())) else {
             continue;
         };
         if pid != std::process::id() && !process_alive(pid) {
@@ -152,7 +156,7 @@ fn temp_beside(dest: &Path) -> Result<(PathBuf, PathBuf)> {
     // Unique per process and per call: two writers (threads or processes) never share it.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    remove_stale_temps(&parent, &name.to_string_lossy());
+    remove_stale_temps(&parent);
     let tmp = parent.join(format!(".{}.tmp-{}-{call}", name.to_string_lossy(), std::process::id()));
     Ok((tmp, dest))
 }
@@ -248,14 +252,15 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dead = root.path().join(".out.tmp-999999999-0");
         let live = root.path().join(format!(".out.tmp-{}-77", std::process::id()));
-        let other = root.path().join(".other.tmp-999999999-0");
-        for p in [&dead, &live, &other] {
+        let other = root.path().join(".other.tmp-999999999-3");
+        let unrelated = root.path().join(".cache.tmp-notapid-0");
+        for p in [&dead, &live, &other, &unrelated] {
             std::fs::create_dir(p).unwrap();
             std::fs::write(p.join("model.safetensors"), b"partial").unwrap();
         }
         let d = AtomicDir::create(root.path().join("out")).unwrap();
-        assert!(!dead.exists(), "a dead process's temporary is removed");
-        assert!(live.exists() && other.exists(), "a live process's, or another output's, is kept");
+        assert!(!dead.exists() && !other.exists(), "a dead process's temporaries are removed");
+        assert!(live.exists() && unrelated.exists(), "a live process's, or a name not ours, is kept");
         drop(d);
 
         let link = root.path().join("link");

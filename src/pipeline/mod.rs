@@ -135,7 +135,9 @@ pub trait BlockTransform {
 pub trait WeightQuantizer {
     fn name(&self) -> &'static str;
     /// Statistics wanted of each site's input (none: calibration-free).
-    fn stats_request(&self) -> StatsRequest;
+    fn stats_request(&self) -> StatsRequest {
+        StatsRequest::default()
+    }
     /// Quantize `linears` (in declared order; they share the input `stats` describes).
     fn quantize_site(
         &mut self,

@@ -115,3 +115,13 @@ pub fn dir_with_config(src: &Path, root: &Path, name: &str, edit: impl FnOnce(&m
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     dir
 }
+
+/// Directories `a` and `b` hold the same files with the same bytes (`what` names the
+/// two runs in the message).
+pub fn assert_same_files(a: &Path, b: &Path, what: &str) {
+    let (fa, fb) = (files_of(a), files_of(b));
+    assert_eq!(fa.iter().map(|f| &f.0).collect::<Vec<_>>(), fb.iter().map(|f| &f.0).collect::<Vec<_>>(), "{what}");
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{name} differs {what}");
+    }
+}

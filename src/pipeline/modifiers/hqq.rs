@@ -2,7 +2,7 @@
 //! calibration-free, like RTN, with the zero points (or scales) refined by a proximal
 //! solver of an lp-norm error ([`crate::quant::hqq`]).
 
-use crate::calib::observers::{SiteStats, StatsRequest};
+use crate::calib::observers::SiteStats;
 use crate::error::Result;
 use crate::format::QuantizedTensor;
 use crate::pipeline::{quantize_each, LayerReport, LinearWeight, WeightQuantizer};
@@ -15,10 +15,6 @@ pub struct Hqq {
 impl WeightQuantizer for Hqq {
     fn name(&self) -> &'static str {
         "hqq"
-    }
-
-    fn stats_request(&self) -> StatsRequest {
-        StatsRequest::default()
     }
 
     fn quantize_site(

@@ -1,7 +1,7 @@
 //! Round-to-nearest (integer or FP8, by each linear's scheme) as a weight quantizer: calibration-free, the
 //! reference every other quantizer is compared with ([`crate::quant::rtn`]).
 
-use crate::calib::observers::{SiteStats, StatsRequest};
+use crate::calib::observers::SiteStats;
 use crate::error::Result;
 use crate::format::QuantizedTensor;
 use crate::pipeline::{quantize_each, LayerReport, LinearWeight, WeightQuantizer};
@@ -15,10 +15,6 @@ pub struct Rtn {
 impl WeightQuantizer for Rtn {
     fn name(&self) -> &'static str {
         "rtn"
-    }
-
-    fn stats_request(&self) -> StatsRequest {
-        StatsRequest::default()
     }
 
     fn quantize_site(
