@@ -2,7 +2,6 @@
 //! `cargo run --release --example forward_profile -- DIR [windows] [seq]`
 //! Prints three whole runs, then one run split by stage over all blocks: norm, q/k/v
 //! projections + RoPE + attention core, o + residual + norm, gate/up + SwiGLU, down.
-use quantize::model::layers::Rope;
 use quantize::model::LlamaModel;
 use std::time::Instant;
 
@@ -14,7 +13,7 @@ fn main() {
     let seq: usize = args.get(3).map_or(512, |s| s.parse().unwrap());
     let tokens: Vec<u32> = (0..windows * seq).map(|i| (i * 7919 % 49152) as u32).collect();
     for _ in 0..3 {
-        let rope = Rope::new(model.config.head_dim, seq, model.config.rope_theta);
+        let rope = model.config.rope_tables(seq);
         let t0 = Instant::now();
         let mut x = model.embed_tokens(&tokens).unwrap();
         for b in &model.blocks {
@@ -33,7 +32,7 @@ fn main() {
         );
     }
     // One more run, timed per stage (sums over the blocks).
-    let rope = Rope::new(model.config.head_dim, seq, model.config.rope_theta);
+    let rope = model.config.rope_tables(seq);
     let cfg = &model.config;
     let mut x = model.embed_tokens(&tokens).unwrap();
     let mut secs = [0.0f64; 5];

@@ -260,7 +260,7 @@ fn awq_beats_rtn_on_outlier_channels_and_round_trips_through_awq_checkpoint() {
     for (b, block) in mem.blocks.iter_mut().enumerate() {
         block.input_norm = out.dense[&format!("model.layers.{b}.input_layernorm.weight")].clone();
         block.post_norm = out.dense[&format!("model.layers.{b}.post_attention_layernorm.weight")].clone();
-        block.qkv_bias.as_mut().unwrap()[2] = out.dense[&format!("model.layers.{b}.self_attn.v_proj.bias")].clone();
+        block.biases[2] = Some(out.dense[&format!("model.layers.{b}.self_attn.v_proj.bias")].clone());
     }
     let tokens: Vec<u32> = (0..12).map(|i| (i * 5 % VOCAB) as u32).collect();
     let (a, b) = (loaded.forward(&tokens, 1, 12).unwrap(), mem.forward(&tokens, 1, 12).unwrap());

@@ -13,7 +13,7 @@ use quantize::calib::hessian::HessianAccumulator;
 use quantize::format::QuantScheme;
 use quantize::io::tokenizer::{read_text, Tokenizer};
 use quantize::model::linear::matmul_xwt;
-use quantize::model::{layers::Rope, llama::LlamaModel};
+use quantize::model::llama::LlamaModel;
 use quantize::quant::gptq::{gptq_quantize, GptqOptions};
 use quantize::quant::rtn::quantize_rtn;
 
@@ -37,7 +37,7 @@ fn site_inputs(model: &LlamaModel, windows: &[Vec<u32>]) -> (Vec<f32>, Vec<f32>)
     let cfg = &model.config;
     let flat: Vec<u32> = windows.concat();
     let n = windows.len();
-    let rope = Rope::new(cfg.head_dim, SEQ, cfg.rope_theta);
+    let rope = cfg.rope_tables(SEQ);
     let mut x = model.embed_tokens(&flat).unwrap();
     let q_in = model.blocks[0].attn_input(cfg, &x);
     for b in &model.blocks[..10] {

@@ -28,7 +28,7 @@ use super::observers::SiteStats;
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicFile;
 use crate::io::safetensors::{write_file, HeaderLayout, RawTensor, SafetensorsStore};
-use crate::model::llama::{linear_shape, InputSite, BLOCK_LINEARS};
+use crate::model::llama::{site_width, InputSite};
 use crate::model::LlamaConfig;
 use safetensors::Dtype;
 use serde_json::Value;
@@ -106,8 +106,7 @@ impl CalibStats {
     pub fn check_model(&self, cfg: &LlamaConfig, path: &Path) -> Result<()> {
         for b in 0..cfg.num_layers {
             for (site, _) in SITES {
-                let short = BLOCK_LINEARS.iter().find(|(_, s)| *s == site).expect("every site has a linear").0;
-                let width = linear_shape(cfg, short).1;
+                let width = site_width(cfg, site);
                 match self.sites.get(&(b, site)) {
                     Some(r) if r.width == width => {}
                     Some(r) => {

@@ -1,12 +1,41 @@
-//! `config.json` of the LLaMA family (llama, mistral, qwen2), with a clear error for
-//! anything else. Keys and defaults follow transformers' `LlamaConfig`/`Qwen2Config`.
+//! `config.json` of the decoder families this tool runs (llama, mistral, qwen2, qwen3,
+//! phi3), with a clear error for anything else. Keys and defaults follow transformers 5.24's
+//! `LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config` and `Phi3Config`; a key that
+//! would change the computation and is not implemented is refused, never ignored.
 
+use super::rope::RopeConfig;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
 
+/// The decoder family (`model_type`): which linears a block has and what they compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    /// Per-head RMSNorm of q and k before RoPE (`q_norm`, `k_norm`).
+    Qwen3,
+    /// Fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
+}
+
+impl Family {
+    pub fn from_model_type(s: &str) -> Option<Self> {
+        Some(match s {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "phi3" => Family::Phi3,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    pub family: Family,
     pub model_type: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -16,16 +45,76 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub rms_norm_eps: f32,
-    pub rope_theta: f32,
+    pub rope: RopeConfig,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    /// q/k/v projections carry a bias (always for qwen2; `attention_bias` for llama).
+    /// q, k, v and o carry a bias (`attention_bias`: llama, qwen3).
+    pub attention_bias: bool,
+    /// q, k, v (not o) carry a bias (always for qwen2).
     pub qkv_bias: bool,
+    /// gate, up and down carry a bias (`mlp_bias`: llama).
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm of q and k before RoPE (qwen3).
+    pub qk_norm: bool,
+    /// The sliding attention window of each block (keys `q - window < k <= q`), or `None`
+    /// for full causal attention (mistral `sliding_window`; qwen2/3 `use_sliding_window`,
+    /// `max_window_layers`, `layer_types`; phi3 `sliding_window`).
+    pub sliding_window: Vec<Option<usize>>,
     /// Raw JSON, kept so writers can copy it through with additions.
     pub raw: Value,
 }
 
-const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
+const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+
+/// Keys that describe the run, not the computation (token ids, dropout, training settings,
+/// provenance), or whose only supported value is checked elsewhere.
+const INERT_KEYS: &[&str] = &[
+    "architectures",
+    "_name_or_path",
+    "auto_map",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "use_cache",
+    "initializer_range",
+    "attention_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "pretraining_tp",
+    "quantization_config",
+    "tokenizer_class",
+    "_attn_implementation_autoset",
+];
+
+/// Keys this module reads.
+const READ_KEYS: &[&str] = &[
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "original_max_position_embeddings",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "attention_bias",
+    "mlp_bias",
+    "hidden_act",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+];
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -41,11 +130,24 @@ impl LlamaConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| Error::config(path, "missing required key \"model_type\""))?
             .to_string();
-        if !SUPPORTED.contains(&model_type.as_str()) {
-            return Err(Error::config(
+        let family = Family::from_model_type(&model_type).ok_or_else(|| {
+            Error::config(
                 path,
                 format!("unsupported architecture model_type = \"{model_type}\"; supported: {}", SUPPORTED.join(", ")),
-            ));
+            )
+        })?;
+        let obj = raw.as_object().ok_or_else(|| Error::config(path, "config.json is not a JSON object"))?;
+        for (k, v) in obj {
+            // A null value is transformers' "not set".
+            if !v.is_null() && !READ_KEYS.contains(&k.as_str()) && !INERT_KEYS.contains(&k.as_str()) {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "key \"{k}\" = {v} is not understood for model_type \"{model_type}\"; it may change the \
+                         computation, so the model is refused rather than run without it"
+                    ),
+                ));
+            }
         }
         let req = |key: &str| -> Result<usize> {
             let v = raw.get(key).ok_or_else(|| Error::config(path, format!("missing required key \"{key}\"")))?;
@@ -53,6 +155,12 @@ impl LlamaConfig {
                 .filter(|&n| n > 0)
                 .map(|n| n as usize)
                 .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a positive integer, found {v}")))
+        };
+        let opt_usize = |key: &str| -> Result<Option<usize>> {
+            match raw.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => req(key).map(Some),
+            }
         };
         let opt_f = |key: &str, default: f64| -> Result<f32> {
             match raw.get(key) {
@@ -63,25 +171,31 @@ impl LlamaConfig {
                     .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a number, found {v}"))),
             }
         };
+        let opt_bool = |key: &str, default: bool| -> Result<bool> {
+            match raw.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(Error::config(path, format!("key \"{key}\" must be true or false, found {v}"))),
+            }
+        };
         let hidden_size = req("hidden_size")?;
         let num_heads = req("num_attention_heads")?;
-        let num_kv_heads = if raw.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
-            req("num_key_value_heads")?
-        } else {
-            num_heads
-        };
-        let head_dim = if raw.get("head_dim").is_some_and(|v| !v.is_null()) {
-            req("head_dim")?
-        } else if hidden_size % num_heads != 0 {
-            return Err(Error::config(
-                path,
-                format!(
-                    "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no \
-                     head_dim is given"
-                ),
-            ));
-        } else {
-            hidden_size / num_heads
+        let num_layers = req("num_hidden_layers")?;
+        let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+        // Qwen3Config's head_dim defaults to 128; the others derive it.
+        let head_dim = match (opt_usize("head_dim")?, family) {
+            (Some(d), _) => d,
+            (None, Family::Qwen3) => 128,
+            (None, _) if hidden_size % num_heads != 0 => {
+                return Err(Error::config(
+                    path,
+                    format!(
+                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads}) and no \
+                         head_dim is given"
+                    ),
+                ))
+            }
+            (None, _) => hidden_size / num_heads,
         };
         if num_heads % num_kv_heads != 0 {
             return Err(Error::config(
@@ -92,42 +206,152 @@ impl LlamaConfig {
         if head_dim % 2 != 0 {
             return Err(Error::config(path, format!("head_dim {head_dim} must be even for rotary embeddings")));
         }
-        if let Some(rs) = raw.get("rope_scaling").filter(|v| !v.is_null()) {
+        let max_position_embeddings = opt_usize("max_position_embeddings")?.unwrap_or(match family {
+            Family::Mistral => 4096 * 32,
+            Family::Qwen2 | Family::Qwen3 => 32768,
+            Family::Phi3 => 4096,
+            Family::Llama => 2048,
+        });
+        let rope = RopeConfig::from_json(&raw, head_dim, max_position_embeddings, path)?;
+        if raw.get("original_max_position_embeddings").is_some_and(|v| !v.is_null())
+            && family != Family::Phi3
+            && !matches!(rope.scaling, super::rope::RopeScaling::Llama3 { .. } | super::rope::RopeScaling::Yarn { .. })
+        {
             return Err(Error::config(
                 path,
-                format!("rope_scaling {rs} is not supported yet (only plain RoPE with rope_theta)"),
+                "key \"original_max_position_embeddings\" is set, but no RoPE scaling reads it".to_string(),
             ));
         }
         let act = raw.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if act != "silu" {
             return Err(Error::config(path, format!("hidden_act \"{act}\" is not supported (only silu / SwiGLU)")));
         }
-        let qkv_bias = model_type == "qwen2" || raw.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+        let attention_bias = match family {
+            Family::Llama | Family::Qwen3 => opt_bool("attention_bias", false)?,
+            _ => false,
+        };
+        let mlp_bias = match family {
+            Family::Llama => opt_bool("mlp_bias", false)?,
+            _ => false,
+        };
+        for (key, fam_has) in
+            [("attention_bias", matches!(family, Family::Llama | Family::Qwen3)), ("mlp_bias", family == Family::Llama)]
+        {
+            if !fam_has && opt_bool(key, false)? {
+                return Err(Error::config(
+                    path,
+                    format!("key \"{key}\" = true is not part of model_type \"{model_type}\""),
+                ));
+            }
+        }
+        let sliding_window = sliding_windows(&raw, family, num_layers, path)?;
         Ok(Self {
+            family,
             hidden_size,
             intermediate_size: req("intermediate_size")?,
-            num_layers: req("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads,
             head_dim,
             vocab_size: req("vocab_size")?,
-            rms_norm_eps: opt_f("rms_norm_eps", 1e-6)?,
-            rope_theta: opt_f("rope_theta", 10000.0)?,
-            max_position_embeddings: raw.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(2048)
-                as usize,
-            tie_word_embeddings: raw.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            qkv_bias,
+            rms_norm_eps: opt_f("rms_norm_eps", if family == Family::Phi3 { 1e-5 } else { 1e-6 })?,
+            rope,
+            max_position_embeddings,
+            tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
+            attention_bias,
+            qkv_bias: family == Family::Qwen2,
+            mlp_bias,
+            qk_norm: family == Family::Qwen3,
+            sliding_window,
             model_type,
             raw,
         })
     }
 
-    /// Parameters of one block's linears plus norms (for bits-per-weight counts).
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// q/k/v and gate/up are stored fused (`qkv_proj`, `gate_up_proj`).
+    pub fn fused(&self) -> bool {
+        self.family == Family::Phi3
+    }
+
+    /// Whether the block linear `short` (e.g. `self_attn.o_proj`) has a bias.
+    pub fn linear_has_bias(&self, short: &str) -> bool {
+        match short {
+            "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj" => self.attention_bias || self.qkv_bias,
+            "self_attn.o_proj" => self.attention_bias,
+            "mlp.gate_proj" | "mlp.up_proj" | "mlp.down_proj" => self.mlp_bias,
+            _ => false,
+        }
+    }
+}
+
+/// The attention window of each block, as transformers derives it per family.
+fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> Result<Vec<Option<usize>>> {
+    let window = match raw.get("sliding_window") {
+        None => match family {
+            // MistralConfig's default is 4096 when the key is absent.
+            Family::Mistral => Some(4096),
+            _ => None,
+        },
+        Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| {
+            Error::config(path, format!("key \"sliding_window\" must be a positive integer or null, found {v}"))
+        })?),
+    };
+    let use_sliding = raw.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+    match family {
+        Family::Llama => {
+            if window.is_some() {
+                return Err(Error::config(
+                    path,
+                    "key \"sliding_window\" is not part of model_type \"llama\" (use mistral)",
+                ));
+            }
+            Ok(vec![None; layers])
+        }
+        Family::Mistral | Family::Phi3 => {
+            if raw.get("layer_types").is_some_and(|v| !v.is_null()) {
+                return Err(Error::config(
+                    path,
+                    "key \"layer_types\" (alternating attention) is not supported for this model_type",
+                ));
+            }
+            Ok(vec![window; layers])
+        }
+        Family::Qwen2 | Family::Qwen3 => {
+            // Qwen2Config: sliding_window only with use_sliding_window, on blocks >= max_window_layers.
+            let window = if use_sliding { window.or(Some(4096)) } else { None };
+            match raw.get("layer_types").filter(|v| !v.is_null()) {
+                Some(v) => {
+                    let types = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
+                        Error::config(path, format!("key \"layer_types\" must list {layers} layer types, found {v}"))
+                    })?;
+                    types
+                        .iter()
+                        .map(|t| match t.as_str() {
+                            Some("full_attention") => Ok(None),
+                            Some("sliding_attention") => Ok(window),
+                            _ => Err(Error::config(path, format!("key \"layer_types\": unknown layer type {t}"))),
+                        })
+                        .collect()
+                }
+                None => {
+                    let first = match raw.get("max_window_layers") {
+                        None | Some(Value::Null) => 28,
+                        Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                            Error::config(path, format!("key \"max_window_layers\" must be an integer, found {v}"))
+                        })?,
+                    };
+                    Ok((0..layers).map(|i| if i >= first { window } else { None }).collect())
+                }
+            }
+        }
     }
 }
 
@@ -144,7 +368,7 @@ mod tests {
     #[test]
     fn parses_defaults_and_refuses_bad_configs() {
         let c = LlamaConfig::from_json(base(), Path::new("c.json")).unwrap();
-        assert_eq!((c.head_dim, c.num_kv_heads, c.rope_theta, c.qkv_bias), (16, 2, 10000.0, false));
+        assert_eq!((c.head_dim, c.num_kv_heads, c.rope.theta, c.qkv_bias), (16, 2, 10000.0, false));
         let mut v = base();
         v.as_object_mut().unwrap().remove("hidden_size");
         let e = LlamaConfig::from_json(v, Path::new("c.json")).unwrap_err().to_string();

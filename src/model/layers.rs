@@ -2,6 +2,7 @@
 //! Shapes: activations are `[tokens, width]` row-major, tokens = windows × seq.
 
 use super::fastexp;
+use super::rope::RopeConfig;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -30,48 +31,58 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     });
 }
 
-/// Rotary embedding tables for rotate-half RoPE: `cos`, `sin` of shape `[seq, head_dim/2]`.
+/// Rotary embedding tables for rotate-half RoPE: `cos`, `sin` of shape `[seq, rotary_dim/2]`,
+/// already multiplied by the scaling's attention factor (transformers: `emb.cos() * attention_scaling`).
 pub struct Rope {
     pub half: usize,
+    pub head_dim: usize,
     pub seq: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
 }
 
 impl Rope {
-    /// inv_freq in f32 as transformers computes it: `1 / theta^(2i/d)`; angle = pos·inv_freq in f32.
+    /// Plain RoPE over all of `head_dim`: inv_freq in f32 as transformers computes it,
+    /// `1 / theta^(2i/d)`; angle = pos·inv_freq in f32.
     pub fn new(head_dim: usize, seq: usize, theta: f32) -> Self {
-        let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
+        Self::from_config(&RopeConfig::plain(theta, head_dim), head_dim, seq)
+    }
+
+    /// The tables of `rope` (any scaling) for heads of `head_dim` and sequences of `seq`.
+    pub fn from_config(rope: &RopeConfig, head_dim: usize, seq: usize) -> Self {
+        let (inv, scale) = rope.inv_freq(seq);
+        let half = inv.len();
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
         for p in 0..seq {
             for &f in &inv {
                 let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * scale);
+                sin.push(a.sin() * scale);
             }
         }
-        Self { half, seq, cos, sin }
+        Self { half, head_dim, seq, cos, sin }
     }
 
     /// Rotate every head of `x` (`[windows·seq, heads·head_dim]`) in place; position = row % seq.
+    /// Only the first `2·half` dimensions of each head rotate (partial rotary).
     pub fn apply(&self, x: &mut [f32], heads: usize) {
-        let hd = 2 * self.half;
+        let hd = self.head_dim;
         let width = heads * hd;
         x.par_chunks_mut(width).enumerate().for_each(|(row, r)| {
             let p = row % self.seq;
             let (c, s) = (&self.cos[p * self.half..(p + 1) * self.half], &self.sin[p * self.half..(p + 1) * self.half]);
-            rotate_row(r, hd, c, s);
+            rotate_row(r, hd, 2 * self.half, c, s);
         });
     }
 }
 
 simd_kernel! {
-    /// Rotate-half RoPE of every head of one row `r` (`[heads·hd]`) by `cos`, `sin` (`[hd/2]`).
-    fn rotate_row(r: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
+    /// Rotate-half RoPE of the first `rd` dimensions of every head of one row `r`
+    /// (`[heads·hd]`) by `cos`, `sin` (`[rd/2]`).
+    fn rotate_row(r: &mut [f32], hd: usize, rd: usize, cos: &[f32], sin: &[f32]) {
         for h in r.chunks_mut(hd) {
-            let (a, b) = h.split_at_mut(hd / 2);
+            let (a, b) = h[..rd].split_at_mut(rd / 2);
             for (((a, b), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
                 let (x0, x1) = (*a, *b);
                 *a = x0 * c - x1 * s;
@@ -99,7 +110,8 @@ const ATTN_BLOCK: usize = 128;
 
 /// Causal grouped-query attention over independent windows.
 /// q: `[windows·seq, heads·hd]`, k, v: `[windows·seq, kv_heads·hd]`, out: `[windows·seq, heads·hd]`.
-/// Each window attends only to itself: nothing crosses windows.
+/// Each window attends only to itself: nothing crosses windows. With `sliding = Some(w)`,
+/// query `i` sees keys `i-w < j <= i` (transformers' `sliding_window_overlay`).
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],
@@ -109,6 +121,7 @@ pub fn causal_attention(
     heads: usize,
     kv_heads: usize,
     hd: usize,
+    sliding: Option<usize>,
     out: &mut [f32],
 ) {
     let (qw, kvw) = (heads * hd, kv_heads * hd);
@@ -123,25 +136,27 @@ pub fn causal_attention(
         let qm = MatRef::from_row_major_slice_with_stride(&q[base * qw + h * hd..], seq, hd, qw);
         let km = MatRef::from_row_major_slice_with_stride(&k[base * kvw + kvh * hd..], seq, hd, kvw);
         let vm = MatRef::from_row_major_slice_with_stride(&v[base * kvw + kvh * hd..], seq, hd, kvw);
-        // Query rows in blocks of ATTN_BLOCK: block [r0, r1) only needs keys 0..r1,
-        // which skips most of the masked upper triangle.
+        // Query rows in blocks of ATTN_BLOCK: block [r0, r1) only needs keys k0..r1,
+        // which skips most of the masked upper triangle (and, with a sliding window,
+        // the keys before the first row's window).
         let mut scores = vec![0.0f32; ATTN_BLOCK.min(seq) * seq];
         for r0 in (0..seq).step_by(ATTN_BLOCK) {
             let r1 = (r0 + ATTN_BLOCK).min(seq);
-            let (rows, keys) = (r1 - r0, r1);
+            let k0 = sliding.map_or(0, |w| (r0 + 1).saturating_sub(w));
+            let (rows, keys) = (r1 - r0, r1 - k0);
             let sc = &mut scores[..rows * keys];
             matmul(
                 MatMut::from_row_major_slice_mut(sc, rows, keys),
                 Accum::Replace,
                 qm.subrows(r0, rows),
-                km.subrows(0, keys).transpose(),
+                km.subrows(k0, keys).transpose(),
                 scale,
                 Par::Seq,
             );
-            causal_softmax_rows(sc, keys, r0);
+            causal_softmax_rows(sc, keys, r0 - k0, sliding.unwrap_or(usize::MAX));
             let sm = MatRef::from_row_major_slice(sc, rows, keys);
             let om = MatMut::from_row_major_slice_mut(&mut o[r0 * hd..r1 * hd], rows, hd);
-            matmul(om, Accum::Replace, sm, vm.subrows(0, keys), 1.0f32, Par::Seq);
+            matmul(om, Accum::Replace, sm, vm.subrows(k0, keys), 1.0f32, Par::Seq);
         }
     });
     out.par_chunks_mut(qw).enumerate().for_each(|(row, o)| {
@@ -154,11 +169,14 @@ pub fn causal_attention(
 }
 
 simd_kernel! {
-    /// Softmax of each row `i` of `scores` (`[rows, keys]`) over its first `first + i + 1`
-    /// keys (the causal mask of query `first + i`); the masked rest is set to 0.
-    fn causal_softmax_rows(scores: &mut [f32], keys: usize, first: usize) {
+    /// Softmax of each row `i` of `scores` (`[rows, keys]`) over keys
+    /// `first + i + 1 - window .. first + i + 1` (the causal, sliding-window mask of query
+    /// `first + i`; `window = usize::MAX` for full causal); the masked rest is set to 0.
+    fn causal_softmax_rows(scores: &mut [f32], keys: usize, first: usize, window: usize) {
         for (i, row) in scores.chunks_mut(keys).enumerate() {
-            let (valid, masked) = row.split_at_mut(first + i + 1);
+            let (row, masked) = row.split_at_mut(first + i + 1);
+            let (before, valid) = row.split_at_mut((first + i + 1).saturating_sub(window));
+            before.iter_mut().for_each(|s| *s = 0.0);
             let m = lane_max(valid);
             // Separate passes: a running sum in the exp loop would keep it scalar.
             valid.iter_mut().for_each(|s| *s = fastexp::exp(*s - m));
@@ -248,6 +266,7 @@ mod tests {
         heads: usize,
         kv: usize,
         hd: usize,
+        window: usize,
     ) -> Vec<f32> {
         let (qw, kw) = (heads * hd, kv * hd);
         let mut out = vec![0.0f32; windows * seq * qw];
@@ -256,7 +275,8 @@ mod tests {
                 let kh = h / (heads / kv);
                 for i in 0..seq {
                     let qi = &q[(w * seq + i) * qw + h * hd..][..hd];
-                    let s: Vec<f64> = (0..=i)
+                    let lo = (i + 1).saturating_sub(window);
+                    let s: Vec<f64> = (lo..=i)
                         .map(|j| {
                             qi.iter()
                                 .zip(&k[(w * seq + j) * kw + kh * hd..][..hd])
@@ -268,8 +288,8 @@ mod tests {
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     for d in 0..hd {
-                        out[(w * seq + i) * qw + h * hd + d] = (0..=i)
-                            .map(|j| (s[j] - m).exp() / z * v[(w * seq + j) * kw + kh * hd + d] as f64)
+                        out[(w * seq + i) * qw + h * hd + d] = (lo..=i)
+                            .map(|j| (s[j - lo] - m).exp() / z * v[(w * seq + j) * kw + kh * hd + d] as f64)
                             .sum::<f64>() as f32;
                     }
                 }
@@ -281,15 +301,30 @@ mod tests {
     #[test]
     fn blocked_causal_attention_matches_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        for &(windows, seq, heads, kv, hd) in &[(2, 300, 6, 2, 8), (1, 1, 2, 1, 4), (3, 129, 4, 4, 6)] {
+        // Sliding windows: 1 (only itself), shorter than a query block, across block
+        // boundaries, and wider than the sequence (the same as full causal).
+        let cases = [
+            (2, 300, 6, 2, 8, None),
+            (1, 1, 2, 1, 4, None),
+            (3, 129, 4, 4, 6, None),
+            (2, 300, 4, 2, 8, Some(1)),
+            (1, 300, 2, 1, 4, Some(7)),
+            (2, 260, 2, 2, 4, Some(130)),
+            (1, 40, 2, 1, 4, Some(1000)),
+        ];
+        for &(windows, seq, heads, kv, hd, sliding) in &cases {
             let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
             let (q, k, v) =
                 (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
             let mut out = vec![0.0; q.len()];
-            causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, &mut out);
-            let r = reference(&q, &k, &v, windows, seq, heads, kv, hd);
+            causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, sliding, &mut out);
+            let r = reference(&q, &k, &v, windows, seq, heads, kv, hd, sliding.unwrap_or(usize::MAX));
             for (i, (a, b)) in out.iter().zip(&r).enumerate() {
-                assert!((a - b).abs() < 1e-4, "shape {:?} index {i}: {a} vs {b}", (windows, seq, heads, kv, hd));
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "shape {:?} index {i}: {a} vs {b}",
+                    (windows, seq, heads, kv, hd, sliding)
+                );
             }
         }
     }
@@ -345,16 +380,19 @@ mod tests {
     #[test]
     fn rope_dispatch_is_bit_identical_to_the_plain_rotation() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
-        for &(hd, heads, seq, windows) in &[(64usize, 9usize, 37usize, 2usize), (6, 1, 5, 1), (2, 3, 1, 4)] {
-            let rope = Rope::new(hd, seq, 10000.0);
+        for &(hd, rd, heads, seq, windows) in
+            &[(64usize, 64usize, 9usize, 37usize, 2usize), (6, 6, 1, 5, 1), (2, 2, 3, 1, 4), (12, 8, 3, 9, 2)]
+        {
+            let rope = Rope::from_config(&RopeConfig { rotary_dim: rd, ..RopeConfig::plain(10000.0, hd) }, hd, seq);
             let mut x: Vec<f32> = (0..windows * seq * heads * hd).map(|_| rng.random_range(-4.0f32..4.0)).collect();
             x[0] = 1e5; // an outlier
             let mut fast = x.clone();
             rope.apply(&mut fast, heads);
-            let half = hd / 2;
+            let half = rd / 2;
             for (row, (xr, fr)) in x.chunks(heads * hd).zip(fast.chunks(heads * hd)).enumerate() {
                 let p = row % seq;
                 for (xh, fh) in xr.chunks(hd).zip(fr.chunks(hd)) {
+                    assert_eq!(xh[rd..], fh[rd..], "dimensions past rotary_dim pass through");
                     for i in 0..half {
                         let (c, s) = (rope.cos[p * half + i], rope.sin[p * half + i]);
                         let (x0, x1) = (xh[i], xh[half + i]);

@@ -1,6 +1,7 @@
-//! The LLaMA family (llama, mistral, qwen2) over [`Linear`]: one model file whose
-//! linears may be dense, quantized or on the GPU. The structure is declared as data
-//! ([`BLOCK_LINEARS`]) so calibration, GPTQ and AWQ never test for types.
+//! The LLaMA family (llama, mistral, qwen2, qwen3, phi3) over [`Linear`]: one model file
+//! whose linears may be dense, quantized or on the GPU. The structure is declared as data
+//! ([`LlamaConfig::linears`]: the block's linears and the site each reads) so
+//! calibration, GPTQ and AWQ never test for types or families.
 
 use super::config::LlamaConfig;
 use super::layers::{add_assign, add_bias, causal_attention, rms_norm, swiglu, Rope};
@@ -74,18 +75,54 @@ pub fn block_sites() -> impl Iterator<Item = InputSite> {
     BLOCK_STAGES.iter().filter_map(|s| s.site())
 }
 
-/// Indices into [`BLOCK_LINEARS`] of the linears reading `site`, in declared order.
-pub fn site_linears(site: InputSite) -> Vec<usize> {
-    (0..BLOCK_LINEARS.len()).filter(|&i| BLOCK_LINEARS[i].1 == site).collect()
+/// Indices into [`LlamaConfig::linears`] of the linears reading `site`, in declared order.
+pub fn site_linears(cfg: &LlamaConfig, site: InputSite) -> Vec<usize> {
+    let l = cfg.linears();
+    (0..l.len()).filter(|&i| l[i].1 == site).collect()
 }
 
 /// Input width of `site`.
 pub fn site_width(cfg: &LlamaConfig, site: InputSite) -> usize {
-    linear_shape(cfg, BLOCK_LINEARS[site_linears(site)[0]].0).1
+    linear_shape(cfg, cfg.linears()[site_linears(cfg, site)[0]].0).1
 }
 
-/// Linears of a block in the model's sequential order (the order GPTQ quantizes them),
-/// with the site whose activations they read.
+/// Index of the block linear `short` in [`LlamaConfig::linears`] order.
+pub fn linear_index(cfg: &LlamaConfig, short: &str) -> usize {
+    cfg.linears()
+        .iter()
+        .position(|(s, _)| *s == short)
+        .unwrap_or_else(|| panic!("{short} is not a block linear of {}", cfg.model_type))
+}
+
+impl LlamaConfig {
+    /// The block's linears in the model's sequential order (the order GPTQ quantizes
+    /// them), with the site whose activations they read: [`BLOCK_LINEARS`], or
+    /// [`FUSED_BLOCK_LINEARS`] for phi3.
+    pub fn linears(&self) -> &'static [(&'static str, InputSite)] {
+        if self.fused() {
+            &FUSED_BLOCK_LINEARS
+        } else {
+            &BLOCK_LINEARS
+        }
+    }
+
+    /// RoPE tables for sequences of `seq` positions, with this config's scaling.
+    pub fn rope_tables(&self, seq: usize) -> Rope {
+        Rope::from_config(&self.rope, self.head_dim, seq)
+    }
+}
+
+/// Phi-3's block: q/k/v fused into one linear (rows `[q | k | v]`), gate/up into one
+/// (rows `[gate | up]`), as its checkpoints store them.
+pub const FUSED_BLOCK_LINEARS: [(&str, InputSite); 4] = [
+    ("self_attn.qkv_proj", InputSite::AttnIn),
+    ("self_attn.o_proj", InputSite::AttnOut),
+    ("mlp.gate_up_proj", InputSite::MlpIn),
+    ("mlp.down_proj", InputSite::MlpAct),
+];
+
+/// Linears of a llama block in the model's sequential order, with the site whose
+/// activations they read.
 pub const BLOCK_LINEARS: [(&str, InputSite); 7] = [
     ("self_attn.q_proj", InputSite::AttnIn),
     ("self_attn.k_proj", InputSite::AttnIn),
@@ -100,7 +137,7 @@ pub const BLOCK_LINEARS: [(&str, InputSite); 7] = [
 pub fn block_linears(cfg: &LlamaConfig) -> Vec<(String, usize, usize)> {
     (0..cfg.num_layers)
         .flat_map(|b| {
-            BLOCK_LINEARS.iter().map(move |(short, _)| {
+            cfg.linears().iter().map(move |(short, _)| {
                 let (o, i) = linear_shape(cfg, short);
                 (format!("model.layers.{b}.{short}"), o, i)
             })
@@ -147,6 +184,47 @@ pub fn check_store(cfg: &LlamaConfig, store: &SafetensorsStore) -> Result<()> {
             expect(&w, [o, i], &keys)?;
         }
     }
+    // Biases and q/k norms as the config declares them, before any work.
+    for b in 0..cfg.num_layers {
+        let p = format!("model.layers.{b}");
+        for (short, _) in cfg.linears() {
+            let bias = format!("{p}.{short}.bias");
+            match (linear_has_bias(cfg, short), store.contains(&bias)) {
+                (true, _) => check_vector(store, &bias, linear_shape(cfg, short).0, "attention_bias / mlp_bias")?,
+                (false, true) => {
+                    return Err(Error::tensor(
+                        &bias,
+                        "is in the model, but config.json gives this linear no bias (attention_bias / mlp_bias)",
+                    ))
+                }
+                (false, false) => {}
+            }
+        }
+        for norm in ["q_norm", "k_norm"] {
+            let name = format!("{p}.self_attn.{norm}.weight");
+            match (cfg.qk_norm, store.contains(&name)) {
+                (true, _) => check_vector(store, &name, cfg.head_dim, "head_dim")?,
+                (false, true) => {
+                    return Err(Error::tensor(
+                        &name,
+                        format!("is in the model, but model_type \"{}\" has no q/k norms", cfg.model_type),
+                    ))
+                }
+                (false, false) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `name` exists and is a vector of `len` values (`len` from the config `keys`).
+fn check_vector(store: &SafetensorsStore, name: &str, len: usize, keys: &str) -> Result<()> {
+    let t = store.raw(name).map_err(|_| {
+        Error::tensor(name, format!("not found in the model's safetensors, but config.json implies it ({keys})"))
+    })?;
+    if t.shape != [len] {
+        return Err(Error::tensor(name, format!("shape {:?}, but config.json implies [{len}] ({keys})", t.shape)));
+    }
     Ok(())
 }
 
@@ -159,6 +237,8 @@ pub fn linear_shape(cfg: &LlamaConfig, short: &str) -> (usize, usize) {
         "self_attn.o_proj" => (h, cfg.q_dim()),
         "mlp.gate_proj" | "mlp.up_proj" => (i, h),
         "mlp.down_proj" => (h, i),
+        "self_attn.qkv_proj" => (cfg.q_dim() + 2 * cfg.kv_dim(), h),
+        "mlp.gate_up_proj" => (2 * i, h),
         other => panic!("unknown block linear {other}"),
     }
 }
@@ -171,7 +251,9 @@ pub enum ScaleSource {
     InputNorm,
     /// `post_attention_layernorm`.
     PostNorm,
-    /// A block linear (short name): its rows (and bias) are divided.
+    /// A block linear (short name): its last rows (and bias entries), one per scaled
+    /// channel, are divided: all of `v_proj` or `up_proj`, the `v` rows of a fused
+    /// `qkv_proj`, the `up` half of a fused `gate_up_proj` (AutoAWQ's `scale_fc_fc`).
     Linear(&'static str),
 }
 
@@ -190,7 +272,7 @@ pub enum ScaleTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleGroup {
     pub source: ScaleSource,
-    /// Short names, in [`BLOCK_LINEARS`] order.
+    /// Short names, in [`LlamaConfig::linears`] order.
     pub linears: Vec<&'static str>,
     pub site: InputSite,
     pub target: ScaleTarget,
@@ -198,15 +280,16 @@ pub struct ScaleGroup {
 
 impl ScaleGroup {
     /// Declare a group, refusing one whose widths do not line up: `source`'s output width
-    /// must be every linear's input width, and the linears must share one input site.
+    /// (for a linear source, its last rows) must be every linear's input width, and the
+    /// linears must share one input site.
     pub fn new(cfg: &LlamaConfig, source: ScaleSource, linears: &[&'static str], target: ScaleTarget) -> Result<Self> {
-        let site_of = |l: &str| BLOCK_LINEARS.iter().find(|(s, _)| *s == l).map(|(_, site)| *site);
+        let site_of = |l: &str| cfg.linears().iter().find(|(s, _)| *s == l).map(|(_, site)| *site);
         let name = format!("{source:?} -> {linears:?}");
         let width = match source {
             ScaleSource::InputNorm | ScaleSource::PostNorm => cfg.hidden_size,
             ScaleSource::Linear(l) => {
                 site_of(l).ok_or_else(|| Error::other_msg(format!("scale group {name}: {l} is not a block linear")))?;
-                linear_shape(cfg, l).0
+                scaled_rows(cfg, l)
             }
         };
         let first = *linears.first().ok_or_else(|| Error::other_msg(format!("scale group {name}: no linears")))?;
@@ -234,11 +317,30 @@ impl ScaleGroup {
     }
 }
 
+/// How many of linear `short`'s last rows a scale group with it as source divides: the
+/// `v` rows of a fused `qkv_proj`, the `up` half of `gate_up_proj`, else all.
+pub fn scaled_rows(cfg: &LlamaConfig, short: &str) -> usize {
+    match short {
+        "self_attn.qkv_proj" => cfg.kv_dim(),
+        "mlp.gate_up_proj" => cfg.intermediate_size,
+        _ => linear_shape(cfg, short).0,
+    }
+}
+
 /// The AWQ scale groups of a block, in site order: input norm -> q/k/v; v -> o only when
 /// v's outputs are o's inputs one to one (no grouped-query attention, as AutoAWQ's
 /// `v_proj.weight.shape == o_proj.weight.shape`); post-attention norm -> gate/up; up -> down.
 pub fn scale_groups(cfg: &LlamaConfig) -> Result<Vec<ScaleGroup>> {
     use ScaleSource::*;
+    if cfg.fused() {
+        let mut g = vec![ScaleGroup::new(cfg, InputNorm, &["self_attn.qkv_proj"], ScaleTarget::AttentionOutput)?];
+        if cfg.num_kv_heads == cfg.num_heads {
+            g.push(ScaleGroup::new(cfg, Linear("self_attn.qkv_proj"), &["self_attn.o_proj"], ScaleTarget::Linears)?);
+        }
+        g.push(ScaleGroup::new(cfg, PostNorm, &["mlp.gate_up_proj"], ScaleTarget::MlpOutput)?);
+        g.push(ScaleGroup::new(cfg, Linear("mlp.gate_up_proj"), &["mlp.down_proj"], ScaleTarget::Linears)?);
+        return Ok(g);
+    }
     let mut g = vec![ScaleGroup::new(
         cfg,
         InputNorm,
@@ -255,7 +357,8 @@ pub fn scale_groups(cfg: &LlamaConfig) -> Result<Vec<ScaleGroup>> {
 
 /// Linears whose outputs meet in the attention scores `q·kᵀ`: the softmax magnifies
 /// their errors, so AWQ's clipping search leaves them alone.
-pub const SCORE_LINEARS: [&str; 2] = ["self_attn.q_proj", "self_attn.k_proj"];
+/// (AutoAWQ also skips a fused `qkv_proj`.)
+pub const SCORE_LINEARS: [&str; 3] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.qkv_proj"];
 
 /// Sees the input of each linear site as a block runs (calibration observers).
 pub trait BlockHook {
@@ -276,39 +379,91 @@ pub struct Block {
     pub index: usize,
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
-    /// In [`BLOCK_LINEARS`] order.
+    /// In [`LlamaConfig::linears`] order.
     pub linears: Vec<Box<dyn Linear>>,
-    /// q, k, v biases (qwen2).
-    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Each linear's bias, where the config gives it one ([`LlamaConfig::linear_has_bias`]).
+    pub biases: Vec<Option<Vec<f32>>>,
+    /// Per-head RMSNorm weights of q and k (`[head_dim]` each; qwen3).
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+}
+
+/// The dense tensors of a block besides its linear weights: norms, biases, q/k norms.
+pub struct BlockDense {
+    pub input_norm: Vec<f32>,
+    pub post_norm: Vec<f32>,
+    pub biases: Vec<Option<Vec<f32>>>,
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+}
+
+impl BlockDense {
+    /// Read block `index`'s dense tensors, each checked for shape.
+    pub fn load(cfg: &LlamaConfig, store: &SafetensorsStore, index: usize) -> Result<Self> {
+        let p = format!("model.layers.{index}");
+        let h = cfg.hidden_size;
+        let biases = cfg
+            .linears()
+            .iter()
+            .map(|(short, _)| {
+                // Presence and absence were checked by `check_store`.
+                let bias = format!("{p}.{short}.bias");
+                match linear_has_bias(cfg, short) {
+                    true => store.f32_shaped(&bias, &[linear_shape(cfg, short).0]).map(Some),
+                    false => Ok(None),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let qk_norm = if cfg.qk_norm {
+            Some([
+                store.f32_shaped(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim])?,
+                store.f32_shaped(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim])?,
+            ])
+        } else {
+            None
+        };
+        Ok(Self {
+            input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
+            post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            biases,
+            qk_norm,
+        })
+    }
+}
+
+/// Whether block linear `short` has a bias: fused linears have one when their parts do.
+fn linear_has_bias(cfg: &LlamaConfig, short: &str) -> bool {
+    match short {
+        "self_attn.qkv_proj" => cfg.linear_has_bias("self_attn.q_proj"),
+        "mlp.gate_up_proj" => cfg.linear_has_bias("mlp.gate_proj"),
+        s => cfg.linear_has_bias(s),
+    }
 }
 
 impl Block {
     pub fn load(cfg: &LlamaConfig, store: &SafetensorsStore, index: usize, make: &LinearFactory) -> Result<Self> {
         let p = format!("model.layers.{index}");
-        let h = cfg.hidden_size;
-        let linears = BLOCK_LINEARS
+        let linears = cfg
+            .linears()
             .iter()
             .map(|(short, _)| {
                 let (o, i) = linear_shape(cfg, short);
                 make(&format!("{p}.{short}"), o, i)
             })
             .collect::<Result<Vec<_>>>()?;
-        let qkv_bias = if cfg.qkv_bias {
-            Some([
-                store.f32_shaped(&format!("{p}.self_attn.q_proj.bias"), &[cfg.q_dim()])?,
-                store.f32_shaped(&format!("{p}.self_attn.k_proj.bias"), &[cfg.kv_dim()])?,
-                store.f32_shaped(&format!("{p}.self_attn.v_proj.bias"), &[cfg.kv_dim()])?,
-            ])
-        } else {
-            None
-        };
-        Ok(Self {
-            index,
-            input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
-            post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            linears,
-            qkv_bias,
-        })
+        Ok(Self::from_parts(index, linears, BlockDense::load(cfg, store, index)?))
+    }
+
+    pub fn from_parts(index: usize, linears: Vec<Box<dyn Linear>>, d: BlockDense) -> Self {
+        Self { index, input_norm: d.input_norm, post_norm: d.post_norm, linears, biases: d.biases, qk_norm: d.qk_norm }
+    }
+
+    /// `x · W_kᵀ + b_k` for the linear at index `k`: `[t, out]`.
+    fn project(&self, k: usize, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0.0f32; t * self.linears[k].out_features()];
+        self.linears[k].forward(x, t, &mut y);
+        if let Some(b) = &self.biases[k] {
+            add_bias(&mut y, b);
+        }
+        y
     }
 
     /// Stage 1: normalized input read by q, k, v. `x`: `[tokens, hidden]`.
@@ -318,31 +473,45 @@ impl Block {
         normed
     }
 
+    /// q, k, v (`[t, q_dim]`, `[t, kv_dim]`, `[t, kv_dim]`) from the normalized input,
+    /// biases added, split from the fused projection where there is one.
+    fn qkv(&self, cfg: &LlamaConfig, h1: &[f32], t: usize) -> [Vec<f32>; 3] {
+        if !cfg.fused() {
+            return [self.project(0, h1, t), self.project(1, h1, t), self.project(2, h1, t)];
+        }
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let fused = self.project(0, h1, t);
+        let mut parts = [Vec::with_capacity(t * qd), Vec::with_capacity(t * kvd), Vec::with_capacity(t * kvd)];
+        for row in fused.chunks_exact(qd + 2 * kvd) {
+            parts[0].extend_from_slice(&row[..qd]);
+            parts[1].extend_from_slice(&row[qd..qd + kvd]);
+            parts[2].extend_from_slice(&row[qd + kvd..]);
+        }
+        parts
+    }
+
     /// Stage 2: attention heads (input of o) from the normalized input `h1`.
     pub fn attention(&self, cfg: &LlamaConfig, rope: &Rope, h1: &[f32], windows: usize, seq: usize) -> Vec<f32> {
         let t = windows * seq;
-        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
-        let (mut q, mut k, mut v) = (vec![0.0f32; t * qd], vec![0.0f32; t * kvd], vec![0.0f32; t * kvd]);
-        self.linears[0].forward(h1, t, &mut q);
-        self.linears[1].forward(h1, t, &mut k);
-        self.linears[2].forward(h1, t, &mut v);
-        if let Some([bq, bk, bv]) = &self.qkv_bias {
-            add_bias(&mut q, bq);
-            add_bias(&mut k, bk);
-            add_bias(&mut v, bv);
+        let [mut q, mut k, v] = self.qkv(cfg, h1, t);
+        if let Some([qn, kn]) = &self.qk_norm {
+            // RMSNorm over each head's head_dim (transformers Qwen3Attention).
+            let (qc, kc) = (q.clone(), k.clone());
+            rms_norm(&qc, qn, cfg.rms_norm_eps, &mut q);
+            rms_norm(&kc, kn, cfg.rms_norm_eps, &mut k);
         }
         rope.apply(&mut q, cfg.num_heads);
         rope.apply(&mut k, cfg.num_kv_heads);
-        let mut attn = vec![0.0f32; t * qd];
-        causal_attention(&q, &k, &v, windows, seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, &mut attn);
+        let mut attn = vec![0.0f32; t * cfg.q_dim()];
+        let sliding = cfg.sliding_window[self.index];
+        causal_attention(&q, &k, &v, windows, seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, sliding, &mut attn);
         attn
     }
 
     /// Stage 3: `x += o(attn)` in place; returns the normalized residual read by gate, up.
     pub fn mlp_input(&self, cfg: &LlamaConfig, x: &mut [f32], attn: &[f32]) -> Vec<f32> {
         let t = x.len() / cfg.hidden_size;
-        let mut o = vec![0.0f32; x.len()];
-        self.linears[3].forward(attn, t, &mut o);
+        let mut o = self.project(linear_index(cfg, "self_attn.o_proj"), attn, t);
         add_assign(x, &o);
         rms_norm(x, &self.post_norm, cfg.rms_norm_eps, &mut o);
         o
@@ -352,9 +521,19 @@ impl Block {
     pub fn mlp_act(&self, cfg: &LlamaConfig, h2: &[f32]) -> Vec<f32> {
         let t = h2.len() / cfg.hidden_size;
         let id = cfg.intermediate_size;
-        let (mut gate, mut up) = (vec![0.0f32; t * id], vec![0.0f32; t * id]);
-        self.linears[4].forward(h2, t, &mut gate);
-        self.linears[5].forward(h2, t, &mut up);
+        if cfg.fused() {
+            // Rows of gate_up_proj are [gate | up] (transformers Phi3MLP: `chunk(2, dim=-1)`).
+            let fused = self.project(2, h2, t);
+            let (mut gate, mut up) = (Vec::with_capacity(t * id), Vec::with_capacity(t * id));
+            for row in fused.chunks_exact(2 * id) {
+                gate.extend_from_slice(&row[..id]);
+                up.extend_from_slice(&row[id..]);
+            }
+            swiglu(&mut gate, &up);
+            return gate;
+        }
+        let mut gate = self.project(4, h2, t);
+        let up = self.project(5, h2, t);
         swiglu(&mut gate, &up);
         gate
     }
@@ -362,8 +541,7 @@ impl Block {
     /// Stage 5: `x += down(act)` in place.
     pub fn mlp_output(&self, cfg: &LlamaConfig, x: &mut [f32], act: &[f32]) {
         let t = x.len() / cfg.hidden_size;
-        let mut d = vec![0.0f32; x.len()];
-        self.linears[6].forward(act, t, &mut d);
+        let d = self.project(linear_index(cfg, "mlp.down_proj"), act, t);
         add_assign(x, &d);
     }
 
@@ -417,8 +595,11 @@ impl Block {
     }
 
     pub fn weight_bytes(&self) -> usize {
-        self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>()
-            + (self.input_norm.len() + self.post_norm.len()) * 4
+        let dense = self.input_norm.len()
+            + self.post_norm.len()
+            + self.biases.iter().flatten().map(Vec::len).sum::<usize>()
+            + self.qk_norm.as_ref().map_or(0, |[q, k]| q.len() + k.len());
+        self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>() + dense * 4
     }
 }
 
@@ -483,7 +664,7 @@ impl LlamaModel {
     /// (`tokens.len() == windows·seq`): `[windows·seq, vocab]`.
     pub fn forward(&self, tokens: &[u32], windows: usize, seq: usize) -> Result<Vec<f32>> {
         assert_eq!(tokens.len(), windows * seq, "forward: tokens must be windows × seq");
-        let rope = Rope::new(self.config.head_dim, seq, self.config.rope_theta);
+        let rope = self.config.rope_tables(seq);
         let mut x = self.embed_tokens(tokens)?;
         for b in &self.blocks {
             b.forward(&self.config, &rope, &mut x, windows, seq, None)?;
@@ -498,7 +679,7 @@ impl LlamaModel {
         assert_eq!(tokens.len(), windows * seq, "forward_scored: tokens must be windows × seq");
         assert!(first < seq, "forward_scored: first scored row {first} outside a window of {seq}");
         let h = self.config.hidden_size;
-        let rope = Rope::new(self.config.head_dim, seq, self.config.rope_theta);
+        let rope = self.config.rope_tables(seq);
         let mut x = self.embed_tokens(tokens)?;
         for b in &self.blocks {
             b.forward(&self.config, &rope, &mut x, windows, seq, None)?;

@@ -7,6 +7,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod qlinear;
+pub mod rope;
 
 pub use config::LlamaConfig;
 pub use llama::{Block, BlockHook, InputSite, LlamaModel, BLOCK_LINEARS};

@@ -28,9 +28,7 @@ use crate::format::QuantizedTensor;
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::layers::{first_non_finite, Rope};
 use crate::model::linear::{DenseLinear, Linear};
-use crate::model::llama::{
-    embed_tokens, linear_shape, site_linears, site_width, Block, InputSite, BLOCK_LINEARS, BLOCK_STAGES,
-};
+use crate::model::llama::{embed_tokens, linear_shape, site_linears, site_width, Block, InputSite, BLOCK_STAGES};
 use crate::model::LlamaConfig;
 use crate::quant::awq::weights::BlockWeights;
 use std::collections::BTreeMap;
@@ -95,8 +93,8 @@ fn check_finite(b: usize, what: &str, x: &[f32], width: usize) -> Result<()> {
 }
 
 /// `model.layers.3.self_attn.q_proj/k_proj/v_proj`: the readers of a site, for messages.
-pub fn site_readers(b: usize, site: InputSite) -> String {
-    let shorts: Vec<&str> = site_linears(site).iter().map(|&i| BLOCK_LINEARS[i].0).collect();
+pub fn site_readers(cfg: &LlamaConfig, b: usize, site: InputSite) -> String {
+    let shorts: Vec<&str> = site_linears(cfg, site).iter().map(|&i| cfg.linears()[i].0).collect();
     let (module, _) = shorts[0].split_once('.').expect("block linears are module.name");
     let names: Vec<&str> = shorts.iter().map(|s| s.split_once('.').map_or(*s, |(_, n)| n)).collect();
     format!("model.layers.{b}.{module}.{}", names.join("/"))
@@ -230,7 +228,7 @@ pub fn run(
         Source::Stats(st, _) => (vec![], 1, st.tokens()),
         Source::None => (vec![], 1, 0),
     };
-    let rope = Rope::new(cfg.head_dim, seqlen, cfg.rope_theta);
+    let rope = cfg.rope_tables(seqlen);
     let chunk = opts.chunk_windows.max(1);
     let fp_req = mods.transforms.iter().fold(StatsRequest::default(), |r, m| merge(r, m.stats_request()));
     let q_req = merge(
@@ -283,7 +281,7 @@ pub fn run(
                     let mut xr = x.clone();
                     run_stages(cfg, &rope, &mut fp, &mut xr, seqlen, chunk, &mut t, |_, site, input, t| {
                         let width = site_width(cfg, site);
-                        check_finite(b, &format!("the input of {}", site_readers(b, site)), input, width)?;
+                        check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                         let ts = Instant::now();
                         let stats = observe(input, width, chunk * seqlen, fp_req);
                         if let Some(mm) = &stats.min_max {
@@ -321,8 +319,8 @@ pub fn run(
         let (tensors, layers) = (&mut out.tensors, &mut out.layers);
         let mut quantize = |site: InputSite, stats: &SiteStats, t: &mut Timings| -> Result<Vec<(usize, Vec<f32>)>> {
             let tq = Instant::now();
-            let idx = site_linears(site);
-            let names: Vec<String> = idx.iter().map(|&k| format!("model.layers.{b}.{}", BLOCK_LINEARS[k].0)).collect();
+            let idx = site_linears(cfg, site);
+            let names: Vec<String> = idx.iter().map(|&k| format!("model.layers.{b}.{}", cfg.linears()[k].0)).collect();
             if let Some(i) = &mut mods.inputs {
                 i.observe_site(&ctx, site, &names, stats)?;
             }
@@ -330,7 +328,7 @@ pub fn run(
             let (mut linears, mut kept) = (Vec::new(), Vec::new());
             for (&k, name) in idx.iter().zip(&names) {
                 if let Some(scheme) = mods.schemes.scheme_for(name) {
-                    let (o, i) = linear_shape(cfg, BLOCK_LINEARS[k].0);
+                    let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
                     linears.push(LinearWeight {
                         name: name.clone(),
                         scheme,
@@ -360,7 +358,7 @@ pub fn run(
                 let mut block = bw.to_block(cfg);
                 run_stages(cfg, &rope, &mut block, &mut x, seqlen, chunk, &mut t, |block, site, input, t| {
                     let width = site_width(cfg, site);
-                    check_finite(b, &format!("the input of {}", site_readers(b, site)), input, width)?;
+                    check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                     let ts = Instant::now();
                     let stats = observe(input, width, chunk * seqlen, q_req);
                     if let Some(h) = &stats.histogram {
@@ -368,7 +366,7 @@ pub fn run(
                     }
                     t.statistics += ts.elapsed().as_secs_f64();
                     for (k, w) in quantize(site, &stats, t)? {
-                        let (o, i) = linear_shape(cfg, BLOCK_LINEARS[k].0);
+                        let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
                         block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
                     }
                     Ok(())

@@ -44,7 +44,7 @@ impl InputQuantizer for Activations {
         let hist = stats.histogram.as_ref().filter(|h| h.values() > 0).ok_or_else(|| {
             Error::other_msg(format!(
                 "no activation histogram for {} (a statistics file saved with --dynamic?)",
-                site_readers(ctx.block, site)
+                site_readers(ctx.cfg, ctx.block, site)
             ))
         })?;
         let p = self.scheme.params_from(self.calib.range(hist, &self.scheme));

@@ -17,9 +17,7 @@
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::{Error, Result};
 use crate::format::QuantScheme;
-use crate::model::llama::{
-    linear_shape, scale_groups, site_width, InputSite, ScaleGroup, ScaleSource, BLOCK_LINEARS, SCORE_LINEARS,
-};
+use crate::model::llama::{linear_shape, scale_groups, site_width, InputSite, ScaleGroup, ScaleSource, SCORE_LINEARS};
 use crate::model::LlamaConfig;
 use crate::pipeline::{BlockContext, BlockTransform};
 use crate::quant::awq::clip::{clip_weights, AwqClip};
@@ -198,11 +196,11 @@ impl BlockTransform for Awq {
                 errors: r.errors.clone(),
             });
         }
-        let dense = found.iter().flat_map(|(gi, _)| bw.folded_dense(&self.groups[*gi])).collect();
+        let dense = found.iter().flat_map(|(gi, _)| bw.folded_dense(cfg, &self.groups[*gi])).collect();
         // Clipping of the scaled weights, on the scaled input samples.
         if let Some(c) = self.opts.clip {
             let tc = Instant::now();
-            for (k, (short, site)) in BLOCK_LINEARS.iter().enumerate() {
+            for (k, (short, site)) in cfg.linears().iter().enumerate() {
                 if SCORE_LINEARS.contains(short) {
                     continue;
                 }

@@ -5,7 +5,7 @@ use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::{Error, Result};
 use crate::format::QuantizedTensor;
 use crate::pipeline::{LayerReport, LinearWeight, WeightQuantizer};
-use crate::quant::gptq::{gptq_quantize, GptqOptions};
+use crate::quant::gptq::{gptq_quantize_factored, GptqOptions, HessianFactor};
 
 pub struct Gptq {
     pub opts: GptqOptions,
@@ -32,15 +32,28 @@ impl WeightQuantizer for Gptq {
             .as_ref()
             .ok_or_else(|| Error::other_msg("gptq: the driver gave no Hessian (a statistics file?)"))?
             .hessian();
+        // One factorization per site, shared by its linears (q/k/v, gate/up).
+        let Some(first) = linears.first() else { return Ok(vec![]) };
+        let cols = first.in_features;
+        let site = match linears.len() {
+            1 => first.name.clone(),
+            n => format!("{} (and the {} other linears reading its input)", first.name, n - 1),
+        };
+        let factor = HessianFactor::new(&site, &h, cols, &self.opts)?;
+        if factor.damp_retries > 0 {
+            eprintln!(
+                "gptq: {site}: Hessian not positive definite; damping raised {} time(s) to {}",
+                factor.damp_retries, factor.damp_used
+            );
+        }
         linears
             .iter()
-            .map(|l| {
-                let r = gptq_quantize(&l.name, l.weight, l.out_features, l.in_features, &h, l.scheme, &self.opts)?;
-                if r.damp_retries > 0 {
-                    eprintln!(
-                        "gptq: {}: Hessian not positive definite; damping raised {} time(s) to {}",
-                        l.name, r.damp_retries, r.damp_used
-                    );
+            .enumerate()
+            .map(|(k, l)| {
+                let mut r =
+                    gptq_quantize_factored(&l.name, l.weight, l.out_features, &h, &factor, l.scheme, &self.opts)?;
+                if k == 0 {
+                    r.seconds += factor.seconds;
                 }
                 if self.verbose {
                     eprintln!("gptq: {:<36} loss {:>12.4} damp {:.4} {:.2}s", l.name, r.loss, r.damp_used, r.seconds);

@@ -50,7 +50,7 @@ impl BlockTransform for SmoothQuant {
         let mm = stats.min_max.as_ref().ok_or_else(|| {
             Error::other_msg(format!(
                 "smoothquant: no per-channel ranges for {} (statistics saved without smoothing?)",
-                site_readers(ctx.block, site)
+                site_readers(ctx.cfg, ctx.block, site)
             ))
         })?;
         self.absmax.insert(site, mm.min.iter().zip(&mm.max).map(|(lo, hi)| (-lo).max(*hi)).collect());

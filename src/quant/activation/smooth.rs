@@ -8,9 +8,9 @@
 //! ordinary weights.
 
 use crate::error::Result;
-use crate::model::llama::{scale_groups, InputSite};
+use crate::model::llama::{linear_index, scale_groups, InputSite};
 use crate::model::LlamaConfig;
-use crate::quant::awq::weights::{linear_index, BlockWeights};
+use crate::quant::awq::weights::BlockWeights;
 
 /// Smallest scale (llm-compressor's SmoothQuant clamps the ratio at `1e-5`).
 pub const SMOOTH_SCALE_FLOOR: f32 = 1e-5;
@@ -55,10 +55,10 @@ pub fn smooth_block(
 ) -> Result<Vec<(String, Vec<f32>)>> {
     let mut dense = Vec::new();
     for g in scale_groups(cfg)? {
-        let ws: Vec<&[f32]> = g.linears.iter().map(|l| bw.linears[linear_index(l)].as_slice()).collect();
+        let ws: Vec<&[f32]> = g.linears.iter().map(|l| bw.linears[linear_index(cfg, l)].as_slice()).collect();
         let s = smooth_scales(&absmax(g.site), &ws, alpha);
         bw.fold(cfg, &g, &s)?;
-        dense.extend(bw.folded_dense(&g));
+        dense.extend(bw.folded_dense(cfg, &g));
     }
     Ok(dense)
 }

@@ -8,15 +8,15 @@
 //! weights of each alpha can come from GPTQ instead (with the Hessian of the scaled
 //! inputs), so the scales are chosen for the quantizer that will run.
 
-use super::weights::{awq_scales, linear_index, weight_mean, BlockWeights};
+use super::weights::{awq_scales, weight_mean, BlockWeights};
 use crate::calib::hessian::HessianAccumulator;
 use crate::calib::observers::AbsMeanObserver;
 use crate::error::Result;
 use crate::format::QuantScheme;
 use crate::model::layers::Rope;
-use crate::model::llama::{linear_shape, Block, ScaleGroup, ScaleTarget};
+use crate::model::llama::{linear_index, linear_shape, Block, ScaleGroup, ScaleTarget};
 use crate::model::LlamaConfig;
-use crate::quant::gptq::{gptq_quantize, GptqOptions};
+use crate::quant::gptq::{gptq_quantize_factored, GptqOptions, HessianFactor};
 use crate::quant::rtn::quantize_rtn;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
@@ -65,13 +65,13 @@ fn inspect(ctx: &SearchContext, block: &Block, target: ScaleTarget, x: &[f32], w
         ScaleTarget::AttentionOutput => {
             let attn = block.attention(cfg, ctx.rope, x, windows, ctx.seqlen);
             let mut o = vec![0.0f32; t * cfg.hidden_size];
-            block.linears[linear_index("self_attn.o_proj")].forward(&attn, t, &mut o);
+            block.linears[linear_index(cfg, "self_attn.o_proj")].forward(&attn, t, &mut o);
             o
         }
         ScaleTarget::MlpOutput => {
             let act = block.mlp_act(cfg, x);
             let mut d = vec![0.0f32; t * cfg.hidden_size];
-            block.linears[linear_index("mlp.down_proj")].forward(&act, t, &mut d);
+            block.linears[linear_index(cfg, "mlp.down_proj")].forward(&act, t, &mut d);
             d
         }
         ScaleTarget::Linears => unreachable!("linear targets are scored through the Gram matrix"),
@@ -83,7 +83,7 @@ fn inspect(ctx: &SearchContext, block: &Block, target: ScaleTarget, x: &[f32], w
 enum Quantizer<'a> {
     Rtn,
     /// GPTQ with the Hessian of the scaled inputs `x/s`, `diag(s)⁻¹ H diag(s)⁻¹`, `[cols, cols]`.
-    Gptq(&'a GptqOptions, &'a [f32]),
+    Gptq(&'a GptqOptions, &'a [f32], &'a HessianFactor),
 }
 
 /// `Q(W·diag(s))·diag(s)⁻¹` for `W`: `[rows, cols]`.
@@ -102,7 +102,9 @@ fn quantized_effective(
     }
     let mut q = match quantizer {
         Quantizer::Rtn => quantize_rtn(name, &ws, rows, cols, scheme, None)?.dequantize(),
-        Quantizer::Gptq(opts, hs) => gptq_quantize(name, &ws, rows, cols, hs, scheme, opts)?.tensor.dequantize(),
+        Quantizer::Gptq(opts, hs, factor) => {
+            gptq_quantize_factored(name, &ws, rows, hs, factor, scheme, opts)?.tensor.dequantize()
+        }
     };
     for row in q.chunks_mut(cols) {
         row.iter_mut().zip(s).for_each(|(v, s)| *v /= s);
@@ -136,7 +138,7 @@ pub fn search_group(
     search_windows: Option<usize>,
 ) -> Result<GroupSearch> {
     let cfg = ctx.cfg;
-    let idx: Vec<usize> = group.linears.iter().map(|l| linear_index(l)).collect();
+    let idx: Vec<usize> = group.linears.iter().map(|l| linear_index(cfg, l)).collect();
     let shapes_owned: Vec<(usize, usize)> = group.linears.iter().map(|l| linear_shape(cfg, l)).collect();
     let shapes = shapes_owned.as_slice();
     let width = shapes[0].1;
@@ -165,8 +167,13 @@ pub fn search_group(
             .gptq
             .and(hessian.as_ref())
             .map(|h| h.iter().enumerate().map(|(k, v)| v / (s[k / width] * s[k % width])).collect());
-        let quantizer = match (&ctx.gptq, &scaled) {
-            (Some(g), Some(hs)) => Quantizer::Gptq(g, hs),
+        // ... and its factorization, shared by them too.
+        let factor = match (&ctx.gptq, &scaled) {
+            (Some(g), Some(hs)) => Some(HessianFactor::new(&names[0], hs, width, g)?),
+            _ => None,
+        };
+        let quantizer = match (&ctx.gptq, &scaled, &factor) {
+            (Some(g), Some(hs), Some(f)) => Quantizer::Gptq(g, hs, f),
             _ => Quantizer::Rtn,
         };
         idx.iter()

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::linear::DenseLinear;
-use crate::model::llama::{linear_shape, Block, ScaleGroup, ScaleSource, BLOCK_LINEARS};
+use crate::model::llama::{linear_index, linear_shape, scaled_rows, Block, BlockDense, ScaleGroup, ScaleSource};
 use crate::model::LlamaConfig;
 
 /// Floor on a channel's mean |x| before the power, so a channel that never fires gets a
@@ -20,79 +20,78 @@ const DUO_EPS: f32 = 1e-4;
 /// Added to a group's max |w| when normalising it for `w_mean` (AutoAWQ: `+ 1e-6`).
 const W_MAX_EPS: f32 = 1e-6;
 
-/// Index of a block linear in [`BLOCK_LINEARS`] order.
-pub fn linear_index(short: &str) -> usize {
-    BLOCK_LINEARS.iter().position(|(s, _)| *s == short).unwrap_or_else(|| panic!("{short} is not a block linear"))
-}
-
 /// One block's weights, owned, in f32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockWeights {
     pub index: usize,
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
-    /// `[out, in]` row-major, in [`BLOCK_LINEARS`] order.
+    /// `[out, in]` row-major, in [`LlamaConfig::linears`] order.
     pub linears: Vec<Vec<f32>>,
-    /// q, k, v biases (qwen2).
-    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Each linear's bias, if it has one (same order).
+    pub biases: Vec<Option<Vec<f32>>>,
+    /// Per-head q/k RMSNorm weights (qwen3); never scaled.
+    pub qk_norm: Option<[Vec<f32>; 2]>,
 }
 
 impl BlockWeights {
     pub fn load(cfg: &LlamaConfig, store: &SafetensorsStore, index: usize) -> Result<Self> {
         let p = format!("model.layers.{index}");
-        let h = cfg.hidden_size;
-        let linears = BLOCK_LINEARS
+        let linears = cfg
+            .linears()
             .iter()
             .map(|(short, _)| {
                 let (o, i) = linear_shape(cfg, short);
                 store.f32_shaped(&format!("{p}.{short}.weight"), &[o, i])
             })
             .collect::<Result<Vec<_>>>()?;
-        let qkv_bias = if cfg.qkv_bias {
-            let b = |s: &str, n: usize| store.f32_shaped(&format!("{p}.self_attn.{s}_proj.bias"), &[n]);
-            Some([b("q", cfg.q_dim())?, b("k", cfg.kv_dim())?, b("v", cfg.kv_dim())?])
-        } else {
-            None
-        };
+        let d = BlockDense::load(cfg, store, index)?;
         Ok(Self {
             index,
-            input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
-            post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            input_norm: d.input_norm,
+            post_norm: d.post_norm,
             linears,
-            qkv_bias,
+            biases: d.biases,
+            qk_norm: d.qk_norm,
         })
     }
 
     /// A dense [`Block`] over copies of these weights, with `replace` (linear index ->
     /// weights) substituted.
     pub fn block_with(&self, cfg: &LlamaConfig, replace: &[(usize, Vec<f32>)]) -> Block {
-        let linears = (0..BLOCK_LINEARS.len())
+        let linears = (0..cfg.linears().len())
             .map(|i| {
-                let (o, n) = linear_shape(cfg, BLOCK_LINEARS[i].0);
+                let (o, n) = linear_shape(cfg, cfg.linears()[i].0);
                 let w =
                     replace.iter().find(|(k, _)| *k == i).map_or_else(|| self.linears[i].clone(), |(_, w)| w.clone());
                 Box::new(DenseLinear::new(w, o, n)) as Box<dyn crate::model::linear::Linear>
             })
             .collect();
-        Block {
-            index: self.index,
+        let dense = BlockDense {
             input_norm: self.input_norm.clone(),
             post_norm: self.post_norm.clone(),
-            linears,
-            qkv_bias: self.qkv_bias.clone(),
-        }
+            biases: self.biases.clone(),
+            qk_norm: self.qk_norm.clone(),
+        };
+        Block::from_parts(self.index, linears, dense)
     }
 
     pub fn to_block(&self, cfg: &LlamaConfig) -> Block {
         self.block_with(cfg, &[])
     }
 
+    /// Width of a group's scaled channels: the hidden size for a norm source, the
+    /// scaled (last) rows of a linear source.
+    fn scaled_width(cfg: &LlamaConfig, source: ScaleSource) -> usize {
+        match source {
+            ScaleSource::InputNorm | ScaleSource::PostNorm => cfg.hidden_size,
+            ScaleSource::Linear(l) => scaled_rows(cfg, l),
+        }
+    }
+
     /// Fold scales `s` (one per channel of the group's source output) into the block.
     pub fn fold(&mut self, cfg: &LlamaConfig, group: &ScaleGroup, s: &[f32]) -> Result<()> {
-        let width = match group.source {
-            ScaleSource::InputNorm | ScaleSource::PostNorm => cfg.hidden_size,
-            ScaleSource::Linear(l) => linear_shape(cfg, l).0,
-        };
+        let width = Self::scaled_width(cfg, group.source);
         if s.len() != width {
             return Err(Error::other_msg(format!(
                 "AWQ fold {:?}: {} scales for {width} channels",
@@ -110,18 +109,19 @@ impl BlockWeights {
             ScaleSource::InputNorm => self.input_norm.iter_mut().zip(s).for_each(|(w, s)| *w /= s),
             ScaleSource::PostNorm => self.post_norm.iter_mut().zip(s).for_each(|(w, s)| *w /= s),
             ScaleSource::Linear(l) => {
-                let k = linear_index(l);
-                let cols = linear_shape(cfg, l).1;
-                for (row, s) in self.linears[k].chunks_mut(cols).zip(s) {
+                let k = linear_index(cfg, l);
+                let (rows, cols) = linear_shape(cfg, l);
+                let first = rows - width;
+                for (row, s) in self.linears[k][first * cols..].chunks_mut(cols).zip(s) {
                     row.iter_mut().for_each(|w| *w /= s);
                 }
-                if let (Some(bias), true) = (&mut self.qkv_bias, k < 3) {
-                    bias[k].iter_mut().zip(s).for_each(|(b, s)| *b /= s);
+                if let Some(bias) = &mut self.biases[k] {
+                    bias[first..].iter_mut().zip(s).for_each(|(b, s)| *b /= s);
                 }
             }
         }
         for l in &group.linears {
-            let k = linear_index(l);
+            let k = linear_index(cfg, l);
             for row in self.linears[k].chunks_mut(width) {
                 row.iter_mut().zip(s).for_each(|(w, s)| *w *= s);
             }
@@ -131,18 +131,15 @@ impl BlockWeights {
 
     /// The dense tensors a fold of `group` changes that are not quantized linears:
     /// (name, values).
-    pub fn folded_dense(&self, group: &ScaleGroup) -> Vec<(String, Vec<f32>)> {
+    pub fn folded_dense(&self, cfg: &LlamaConfig, group: &ScaleGroup) -> Vec<(String, Vec<f32>)> {
         let p = format!("model.layers.{}", self.index);
         match group.source {
             ScaleSource::InputNorm => vec![(format!("{p}.input_layernorm.weight"), self.input_norm.clone())],
             ScaleSource::PostNorm => vec![(format!("{p}.post_attention_layernorm.weight"), self.post_norm.clone())],
-            ScaleSource::Linear(l) => {
-                let k = linear_index(l);
-                match (&self.qkv_bias, k < 3) {
-                    (Some(b), true) => vec![(format!("{p}.{l}.bias"), b[k].clone())],
-                    _ => vec![],
-                }
-            }
+            ScaleSource::Linear(l) => match &self.biases[linear_index(cfg, l)] {
+                Some(b) => vec![(format!("{p}.{l}.bias"), b.clone())],
+                None => vec![],
+            },
         }
     }
 }
