@@ -75,7 +75,7 @@ pub fn calibration_windows(spec: &CalibrationSpec, dir: &Path, label: &str) -> R
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let mut tokens = Vec::new();
     for f in &spec.files {
-        tokens.extend(tok.encode(&read_text(f)?)?);
+        tokens.extend(tok.encode_long(&read_text(f)?)?);
     }
     eprintln!("{label}: {} windows x {} tokens from {names}", spec.nsamples, spec.seqlen);
     sample_windows(&tokens, spec.nsamples, spec.seqlen, spec.seed).map_err(|e| match e {
