@@ -248,3 +248,45 @@ fn family_config_errors_name_the_key_and_write_nothing() {
     );
     assert!(!out.exists());
 }
+
+/// The output is written shard by shard as blocks finish: with a small `--max-shard-size`
+/// a sharded checkpoint with an index, holding exactly the tensors (same bytes) of the
+/// single-file output, and evaluating the same.
+#[test]
+fn sharded_output_holds_the_same_tensors_as_one_file() {
+    let root = tempfile::tempdir().unwrap();
+    let src = fixture("qwen3");
+    let text = family_text(root.path());
+    let (one, many) = (root.path().join("one"), root.path().join("many"));
+    for (out, extra) in [(&one, vec![]), (&many, vec!["--max-shard-size", "40KB"])] {
+        let mut args =
+            vec![src.to_str().unwrap(), "--method", "gptq", "--group-size", "32", "--calib", text.to_str().unwrap()];
+        args.extend(["--nsamples", "4", "--seqlen", "32", "-o", out.to_str().unwrap()]);
+        args.extend(extra);
+        let (ok, err) = common::quantize(&args);
+        assert!(ok, "{err}");
+    }
+    assert!(one.join("model.safetensors").exists() && !one.join("model.safetensors.index.json").exists());
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(many.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let files: std::collections::BTreeSet<&str> =
+        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    assert!(files.len() > 2, "{files:?}");
+    for f in &files {
+        let size = std::fs::metadata(many.join(f)).unwrap().len();
+        assert!(size < 60_000, "{f}: {size} bytes for a 40KB limit (a header and one tensor at most over)");
+    }
+    let (a, b) = (SafetensorsStore::open(&one).unwrap(), SafetensorsStore::open(&many).unwrap());
+    let mut names: Vec<&str> = a.names().collect();
+    names.sort();
+    let mut names_b: Vec<&str> = b.names().collect();
+    names_b.sort();
+    assert_eq!(names, names_b);
+    for n in names {
+        let (x, y) = (a.raw(n).unwrap(), b.raw(n).unwrap());
+        assert!(x.dtype == y.dtype && x.shape == y.shape && x.bytes == y.bytes, "{n} differs");
+    }
+    let (ta, tb) = (root.path().join("a.json"), root.path().join("b.json"));
+    let (ra, rb) = (eval_report(&one, &src, &text, &ta), eval_report(&many, &src, &text, &tb));
+    assert_eq!(ra["comparison"]["quantized"]["perplexity"], rb["comparison"]["quantized"]["perplexity"]);
+}

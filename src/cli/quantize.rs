@@ -29,6 +29,30 @@ pub enum Method {
     AwqGptq,
 }
 
+/// A size as transformers' `max_shard_size` takes it: bytes, or a number with KB, MB, GB
+/// (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use e.g. 5GB, 500MB, 2GiB or bytes)")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (use e.g. 5GB, 500MB, 2GiB or bytes)"))?;
+    let bytes = (n * mult).round();
+    if !(bytes >= 1.0 && bytes < usize::MAX as f64) {
+        return Err(format!("{s:?} is not a positive size"));
+    }
+    Ok(bytes as usize)
+}
+
 impl Method {
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +82,11 @@ pub struct QuantizeArgs {
     /// Checkpoint layout; default gptq for integers, compressed-tensors for FP8 and W8A8.
     #[arg(long, value_parser = ["gptq", "compressed-tensors", "awq"])]
     pub format: Option<String>,
+    /// Largest safetensors shard (transformers' `max_shard_size`: 5GB, 500MB, 2GiB or bytes).
+    /// The output is written shard by shard as blocks finish, so this also bounds the
+    /// memory the output takes.
+    #[arg(long, value_parser = parse_size, default_value = "5GB")]
+    pub max_shard_size: usize,
     /// Print every layer's loss as it is quantized.
     #[arg(long, short)]
     pub verbose: bool,
@@ -231,7 +260,7 @@ const AWQ_FLAGS: [&str; 6] =
 const W8A8_FLAGS: [&str; 7] =
     ["dynamic", "static_act", "act_calib", "act_percentile", "act_asym", "smooth", "load_stats"];
 /// Flags that never change what is computed.
-const RUN_FLAGS: [&str; 6] = ["model", "output", "verbose", "json", "format", "save_stats"];
+const RUN_FLAGS: [&str; 7] = ["model", "output", "verbose", "json", "format", "save_stats", "max_shard_size"];
 
 impl QuantizeArgs {
     /// The recipe these flags stand for; a given flag the run would not use is an error.
@@ -476,7 +505,8 @@ pub fn run(a: QuantizeArgs, given: &Given) -> anyhow::Result<()> {
     };
     let recipe = match &a.recipe {
         Some(path) => {
-            let allowed = ["model", "output", "verbose", "json", "recipe", "save_stats", "load_stats"];
+            let allowed =
+                ["model", "output", "verbose", "json", "recipe", "save_stats", "load_stats", "max_shard_size"];
             if let Some(id) = given.0.iter().find(|id| !allowed.contains(&id.as_str())) {
                 Err(Error::option(
                     &flag(id),
@@ -503,6 +533,7 @@ pub fn run(a: QuantizeArgs, given: &Given) -> anyhow::Result<()> {
         verbose: a.verbose,
         save_stats: a.save_stats.clone(),
         load_stats: a.load_stats.clone(),
+        max_shard_bytes: a.max_shard_size,
     };
     let report = run_recipe(&recipe, &dir, &out, &opts)?;
     if let Some(p) = &a.json {

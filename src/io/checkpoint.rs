@@ -171,46 +171,51 @@ pub fn write_activation_checkpoint(
     write_checkpoint_files(src_dir, out, quantized, dense, Some(act), CheckpointFormat::CompressedTensors, meta, &[])
 }
 
-/// The int-/float-quantized tensors of W8A8 linears (weights and static input parameters);
-/// switches `cfg` to `int-quantized` for integer weights.
+/// The tensors of one W8A8 linear (weights and, when static, its input parameters).
 fn activation_tensors(
-    cfg: &mut CtConfig,
-    quantized: &BTreeMap<String, QuantizedTensor>,
-    act: &ActivationWrite<'_>,
+    m: &str,
+    q: &QuantizedTensor,
+    act: &ActivationSpec,
+    params: Option<ActParams>,
 ) -> Result<Vec<RawTensor>> {
-    act.scheme.check()?;
-    let mut raws = vec![];
-    for (m, q) in quantized {
-        let s = q.scheme;
-        let ok = match s.format {
-            NumberFormat::Int { bits: 8 } => {
-                s.symmetric && !matches!(s.granularity, Granularity::Group(_)) && q.g_idx.is_none()
-            }
-            NumberFormat::Fp8E4M3 => true,
-            _ => false,
-        };
-        if !ok {
-            return Err(Error::tensor(m, format!("{s}: W8A8 (vLLM) needs symmetric 8-bit per-channel or per-tensor INT8 weights, or FP8 E4M3 weights")));
+    let s = q.scheme;
+    let ok = match s.format {
+        NumberFormat::Int { bits: 8 } => {
+            s.symmetric && !matches!(s.granularity, Granularity::Group(_)) && q.g_idx.is_none()
         }
-        raws.extend(if s.is_fp8() { ct::to_tensors(q, m)? } else { ct::to_int_quantized_tensors(q, m)? });
-        match (act.scheme.dynamic, act.params.get(m)) {
-            (true, None) => {}
-            (false, Some(&p)) => raws.extend(act.scheme.ct_tensors(m, p)),
-            (true, Some(_)) => {
-                return Err(Error::tensor(m, format!("{} is dynamic but a static input scale was given", act.scheme)))
-            }
-            (false, None) => {
-                return Err(Error::tensor(
-                    m,
-                    format!("{} is static but this linear has no calibrated input scale", act.scheme),
-                ))
-            }
-        }
+        NumberFormat::Fp8E4M3 => true,
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::tensor(
+            m,
+            format!(
+                "{s}: W8A8 (vLLM) needs symmetric 8-bit per-channel or per-tensor INT8 weights, or FP8 E4M3 weights"
+            ),
+        ));
     }
-    if cfg.format == CtFormat::PackQuantized {
-        cfg.format = CtFormat::IntQuantized;
+    let mut raws = if s.is_fp8() { ct::to_tensors(q, m)? } else { ct::to_int_quantized_tensors(q, m)? };
+    match (act.scheme.dynamic, params) {
+        (true, None) => {}
+        (false, Some(p)) => raws.extend(act.scheme.ct_tensors(m, p)),
+        (true, Some(_)) => {
+            return Err(Error::tensor(m, format!("{} is dynamic but a static input scale was given", act.scheme)))
+        }
+        (false, None) => {
+            return Err(Error::tensor(
+                m,
+                format!("{} is static but this linear has no calibrated input scale", act.scheme),
+            ))
+        }
     }
     Ok(raws)
+}
+
+/// The activation quantization a [`CheckpointWriter`] writes (owned form of [`ActivationWrite`]).
+#[derive(Clone, Debug)]
+pub struct ActivationSpec {
+    pub scheme: ActScheme,
+    pub observer: String,
 }
 
 /// The general writer: [`write_quantized_checkpoint_with`], with activation quantization
@@ -227,22 +232,127 @@ pub fn write_checkpoint_files(
     meta: &BTreeMap<String, String>,
     extra: &[(&str, &[u8])],
 ) -> Result<()> {
-    if act.is_some() && format != CheckpointFormat::CompressedTensors {
-        return Err(Error::option(
-            "--format",
-            format!("{format} cannot store activation quantization; use compressed-tensors"),
-        ));
-    }
-    let dir = AtomicDir::create(out)?;
-    let store = SafetensorsStore::open(src_dir)?;
-    let cfg_path = src_dir.join("config.json");
-    let mut config = read_json(&cfg_path)?;
-    if !config.is_object() {
-        return Err(Error::config(&cfg_path, "config.json is not a JSON object"));
+    let spec = act.map(|a| ActivationSpec { scheme: a.scheme, observer: a.observer.to_string() });
+    let mut w = CheckpointWriter::create(src_dir, out, format, spec, meta)?;
+    for (m, q) in quantized {
+        w.check_quantized(m, q)?;
     }
     for (m, q) in quantized {
+        w.add_quantized(m, q, act.and_then(|a| a.params.get(m).copied()))?;
+    }
+    for (name, values) in dense {
+        w.replace_dense(name, values)?;
+    }
+    w.finish(extra)
+}
+
+/// One tensor waiting for its shard: its own bytes, or a source tensor read from the
+/// memory-mapped store when the shard is written.
+enum Pending {
+    Owned(RawTensor),
+    Source(String),
+}
+
+/// Writes a quantized checkpoint as the quantization proceeds, so memory holds at most one
+/// shard's worth of output: the quantized tensors of each block are encoded in the
+/// checkpoint's layout as they come ([`CheckpointWriter::add_quantized`]), the block's
+/// dense tensors follow when the block is done ([`CheckpointWriter::block_done`]), and a
+/// shard file is written whenever the next tensor would take the waiting ones past
+/// [`MAX_SHARD_BYTES`] (or [`CheckpointWriter::set_max_shard_bytes`]). [`CheckpointWriter::finish`]
+/// adds the remaining source tensors (embeddings, final norm, head), names the shards
+/// (`model.safetensors` when there is one, else `model-0000i-of-0000n.safetensors` and
+/// the index), writes config.json with the `quantization_config` of every tensor written,
+/// and renames the directory into place. A model whose output fits one shard gets the
+/// same single file, byte for byte, as writing everything at once. On any error (or drop)
+/// nothing is left behind.
+pub struct CheckpointWriter {
+    src_dir: PathBuf,
+    dir: AtomicDir,
+    store: SafetensorsStore,
+    config: Value,
+    format: CheckpointFormat,
+    act: Option<ActivationSpec>,
+    meta: BTreeMap<String, String>,
+    /// Every quantized module with its codes dropped (the config needs schemes and shapes).
+    schemes: BTreeMap<String, QuantizedTensor>,
+    /// Names of every output tensor so far (written or pending).
+    names: BTreeSet<String>,
+    /// Source tensors replaced by quantized storage or by new dense values.
+    replaced: BTreeSet<String>,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    /// Shards written so far: temporary file name and the tensor names it holds.
+    shards: Vec<(String, Vec<String>)>,
+    total_bytes: usize,
+    max_shard_bytes: usize,
+}
+
+impl CheckpointWriter {
+    /// Start writing the checkpoint of the model in `src_dir` to the new directory `out`.
+    pub fn create(
+        src_dir: &Path,
+        out: &Path,
+        format: CheckpointFormat,
+        act: Option<ActivationSpec>,
+        meta: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        if act.is_some() && format != CheckpointFormat::CompressedTensors {
+            return Err(Error::option(
+                "--format",
+                format!("{format} cannot store activation quantization; use compressed-tensors"),
+            ));
+        }
+        if let Some(a) = &act {
+            a.scheme.check()?;
+        }
+        let mut metadata: BTreeMap<String, String> = BTreeMap::new();
+        metadata.insert("format".into(), "pt".into());
+        metadata.insert("quantize_tool".into(), env!("CARGO_PKG_NAME").into());
+        metadata.insert("quantize_version".into(), env!("CARGO_PKG_VERSION").into());
+        metadata.insert("quantize_checkpoint_format".into(), format.as_str().into());
+        for (k, v) in meta {
+            if RESERVED_META.contains(&k.as_str()) {
+                return Err(Error::option("metadata", format!("key {k:?} is reserved")));
+            }
+            metadata.insert(k.clone(), v.clone());
+        }
+        let store = SafetensorsStore::open(src_dir)?;
+        let cfg_path = src_dir.join("config.json");
+        let config = read_json(&cfg_path)?;
+        if !config.is_object() {
+            return Err(Error::config(&cfg_path, "config.json is not a JSON object"));
+        }
+        let dir = AtomicDir::create(out)?;
+        Ok(Self {
+            src_dir: src_dir.to_path_buf(),
+            dir,
+            store,
+            config,
+            format,
+            act,
+            meta: metadata,
+            schemes: BTreeMap::new(),
+            names: BTreeSet::new(),
+            replaced: BTreeSet::new(),
+            pending: vec![],
+            pending_bytes: 0,
+            shards: vec![],
+            total_bytes: 0,
+            max_shard_bytes: MAX_SHARD_BYTES,
+        })
+    }
+
+    /// Largest shard in bytes (default [`MAX_SHARD_BYTES`]; one tensor larger than it gets
+    /// a shard of its own).
+    pub fn set_max_shard_bytes(&mut self, n: usize) {
+        self.max_shard_bytes = n.max(1);
+    }
+
+    /// Refuse a quantized module the source model cannot hold (no weight, another shape).
+    pub fn check_quantized(&self, m: &str, q: &QuantizedTensor) -> Result<()> {
         let wname = format!("{m}.weight");
-        let src = store
+        let src = self
+            .store
             .raw(&wname)
             .map_err(|_| Error::tensor(&wname, "quantized module has no weight in the source model"))?;
         if src.shape != [q.rows, q.cols] {
@@ -251,168 +361,222 @@ pub fn write_checkpoint_files(
                 format!("source shape {:?} but the quantized tensor is [{}, {}]", src.shape, q.rows, q.cols),
             ));
         }
+        Ok(())
     }
-    let skipped = unquantized_linears(&store, quantized)?;
-    let mut raws: Vec<RawTensor> = vec![];
-    let mut extra_files: Vec<(&str, Value)> = vec![];
-    let qconfig = match format {
-        CheckpointFormat::Gptq => {
-            let cfg = GptqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
-            for (m, q) in quantized {
-                raws.extend(gptq::to_tensors(q, m)?);
+
+    /// Encode the quantized module `m` (e.g. `model.layers.0.self_attn.q_proj`) in the
+    /// checkpoint's layout, with its static input parameters when activations are quantized.
+    pub fn add_quantized(&mut self, m: &str, q: &QuantizedTensor, input: Option<ActParams>) -> Result<()> {
+        self.check_quantized(m, q)?;
+        let raws = match (self.format, &self.act) {
+            (CheckpointFormat::Gptq, _) => gptq::to_tensors(q, m)?,
+            (CheckpointFormat::Awq, _) => awq::to_tensors(q, m)?,
+            (CheckpointFormat::CompressedTensors, None) => ct::to_tensors(q, m)?,
+            (CheckpointFormat::CompressedTensors, Some(a)) => activation_tensors(m, q, a, input)?,
+        };
+        let skeleton = QuantizedTensor {
+            scheme: q.scheme,
+            rows: q.rows,
+            cols: q.cols,
+            codes: vec![],
+            scales: vec![],
+            zeros: q.zeros.as_ref().map(|_| vec![]),
+            g_idx: q.g_idx.as_ref().map(|_| vec![]),
+        };
+        self.schemes.insert(m.to_string(), skeleton);
+        self.replaced.insert(format!("{m}.weight"));
+        for r in raws {
+            if self.store.contains(&r.name) && !self.replaced.contains(&r.name) {
+                return Err(Error::tensor(&r.name, "already exists in the source model (is it already quantized?)"));
             }
-            let mut qc = cfg.quantization_config();
-            if !skipped.is_empty() {
-                // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
-                let dynamic: serde_json::Map<String, Value> =
-                    skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
-                qc["dynamic"] = Value::Object(dynamic);
-            }
-            let mut qcfg = cfg.quantize_config();
-            if let Some(d) = qc.get("dynamic") {
-                qcfg["dynamic"] = d.clone();
-            }
-            extra_files.push(("quantize_config.json", qcfg));
-            qc
+            self.push(Pending::Owned(r))?;
         }
-        CheckpointFormat::CompressedTensors => {
-            let mut ignore: BTreeSet<String> = skipped.into_iter().collect();
-            ignore.insert("lm_head".into());
-            let mut cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
-            match act {
-                None => {
-                    for (m, q) in quantized {
-                        raws.extend(ct::to_tensors(q, m)?);
-                    }
-                    cfg.to_json()
-                }
-                Some(act) => {
-                    raws.extend(activation_tensors(&mut cfg, quantized, act)?);
-                    let mut qc = cfg.to_json();
-                    for g in qc["config_groups"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-                        g["input_activations"] = act.scheme.to_ct_json(act.observer);
-                    }
-                    qc
-                }
-            }
-        }
-        CheckpointFormat::Awq => {
-            let cfg = AwqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
-            for (m, q) in quantized {
-                raws.extend(awq::to_tensors(q, m)?);
-            }
-            cfg.quantization_config(&skipped)
-        }
-    };
-    config["quantization_config"] = qconfig;
-    let mut replaced_dense: Vec<RawTensor> = vec![];
-    for (name, values) in dense {
-        if name.strip_suffix(".weight").is_some_and(|m| quantized.contains_key(m)) {
+        Ok(())
+    }
+
+    /// Replace the values of the dense source tensor `name` (written in its dtype and
+    /// shape), e.g. a norm weight AWQ divided by its scales.
+    pub fn replace_dense(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        if name.strip_suffix(".weight").is_some_and(|m| self.schemes.contains_key(m)) {
             return Err(Error::tensor(name, "is quantized; it cannot also be replaced by dense values"));
         }
-        let src = store
+        let src = self
+            .store
             .raw(name)
             .map_err(|_| Error::tensor(name, "replacement for a tensor the source model does not have"))?;
         let shape = src.shape.to_vec();
         if shape.iter().product::<usize>() != values.len() {
             return Err(Error::tensor(name, format!("{} replacement values for shape {shape:?}", values.len())));
         }
-        replaced_dense.push(match src.dtype {
-            Dtype::F32 => RawTensor::from_f32(name.clone(), &shape, values),
-            Dtype::F16 => RawTensor::from_f16(name.clone(), &shape, values),
+        let raw = match src.dtype {
+            Dtype::F32 => RawTensor::from_f32(name.to_string(), &shape, values),
+            Dtype::F16 => RawTensor::from_f16(name.to_string(), &shape, values),
             Dtype::BF16 => {
                 let bytes = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
-                RawTensor { name: name.clone(), dtype: Dtype::BF16, shape, data: bytes }
+                RawTensor { name: name.to_string(), dtype: Dtype::BF16, shape, data: bytes }
             }
             other => {
                 return Err(Error::tensor(name, format!("dtype {other:?}: only F32/F16/BF16 tensors can be replaced")))
             }
-        });
+        };
+        if !self.replaced.insert(name.to_string()) {
+            return Err(Error::tensor(name, "replaced twice"));
+        }
+        self.push(Pending::Owned(raw))
     }
 
-    // All output tensors: source tensors minus the replaced weights, plus the new ones.
-    let replaced: BTreeSet<String> = quantized.keys().map(|m| format!("{m}.weight")).collect();
-    let mut entries: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> = BTreeMap::new();
-    for name in store.names() {
-        if !replaced.contains(name) {
-            let t = store.raw(name)?;
-            entries.insert(name.to_string(), (t.dtype, t.shape.to_vec(), t.bytes));
+    /// Block `b` is done: its remaining source tensors (norms, biases, unquantized
+    /// linears) join the pending shard, which is written if it is full.
+    pub fn block_done(&mut self, b: usize) -> Result<()> {
+        let prefix = format!("model.layers.{b}.");
+        let names: Vec<String> = self.store.names().filter(|n| n.starts_with(&prefix)).map(str::to_string).collect();
+        for n in names {
+            self.push_source(n)?;
         }
+        Ok(())
     }
-    for r in &replaced_dense {
-        entries.insert(r.name.clone(), (r.dtype, r.shape.clone(), &r.data));
-    }
-    for r in &raws {
-        if entries.insert(r.name.clone(), (r.dtype, r.shape.clone(), &r.data)).is_some() {
-            return Err(Error::tensor(&r.name, "already exists in the source model (is it already quantized?)"));
-        }
-    }
-    let mut metadata: BTreeMap<String, String> = BTreeMap::new();
-    metadata.insert("format".into(), "pt".into());
-    metadata.insert("quantize_tool".into(), env!("CARGO_PKG_NAME").into());
-    metadata.insert("quantize_version".into(), env!("CARGO_PKG_VERSION").into());
-    metadata.insert("quantize_checkpoint_format".into(), format.as_str().into());
-    for (k, v) in meta {
-        if RESERVED_META.contains(&k.as_str()) {
-            return Err(Error::option("metadata", format!("key {k:?} is reserved")));
-        }
-        metadata.insert(k.clone(), v.clone());
-    }
-    write_shards(&dir, &entries, &metadata)?;
-    dir.write("config.json", &pretty(&config))?;
-    for (file, v) in extra_files {
-        dir.write(file, &pretty(&v))?;
-    }
-    for f in COPIED_FILES {
-        let p = src_dir.join(f);
-        if p.exists() {
-            std::fs::copy(&p, dir.path(f)).map_err(|e| Error::io(&p, e))?;
-        }
-    }
-    for (file, bytes) in extra {
-        dir.write(file, bytes)?;
-    }
-    dir.commit()?;
-    Ok(())
-}
 
-fn write_shards(
-    dir: &AtomicDir,
-    entries: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>,
-    meta: &BTreeMap<String, String>,
-) -> Result<()> {
-    let mut all: Vec<st::RawTensor<'_>> = entries
-        .iter()
-        .map(|(name, (dtype, shape, bytes))| st::RawTensor { name, dtype: *dtype, shape, bytes })
-        .collect();
-    sort_crate_order(&mut all);
-    let mut shards: Vec<Vec<st::RawTensor<'_>>> = vec![vec![]];
-    let mut size = 0usize;
-    for t in all {
-        let n = t.bytes.len();
-        if size > 0 && size + n > MAX_SHARD_BYTES {
-            shards.push(vec![]);
-            size = 0;
+    fn push_source(&mut self, name: String) -> Result<()> {
+        if self.replaced.contains(&name) || self.names.contains(&name) {
+            return Ok(());
         }
-        size += n;
-        shards.last_mut().expect("non-empty").push(t);
+        self.push(Pending::Source(name))
     }
-    let count = shards.len();
-    if count == 1 {
-        return write_file(&dir.path("model.safetensors"), &shards[0], meta, HeaderLayout::Sorted);
-    }
-    let mut weight_map = serde_json::Map::new();
-    let mut total = 0usize;
-    for (i, shard) in shards.iter().enumerate() {
-        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        write_file(&dir.path(&file), shard, meta, HeaderLayout::Sorted)?;
-        for t in shard {
-            weight_map.insert(t.name.to_string(), json!(file));
-            total += t.bytes.len();
+
+    fn push(&mut self, p: Pending) -> Result<()> {
+        let (name, bytes) = match &p {
+            Pending::Owned(r) => (r.name.clone(), r.data.len()),
+            Pending::Source(n) => (n.clone(), self.store.raw(n)?.bytes.len()),
+        };
+        if !self.names.insert(name.clone()) {
+            return Err(Error::tensor(&name, "written twice"));
         }
+        // A shard holds at most `max_shard_bytes`, unless one tensor alone is larger.
+        if self.pending_bytes > 0 && self.pending_bytes + bytes > self.max_shard_bytes {
+            self.flush()?;
+        }
+        self.pending_bytes += bytes;
+        self.pending.push(p);
+        Ok(())
     }
-    let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    dir.write("model.safetensors.index.json", &pretty(&index))
+
+    /// Write the pending tensors as the next shard (a temporary name until `finish`).
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut all: Vec<st::RawTensor<'_>> = Vec::with_capacity(pending.len());
+        for p in &pending {
+            all.push(match p {
+                Pending::Owned(r) => st::RawTensor { name: &r.name, dtype: r.dtype, shape: &r.shape, bytes: &r.data },
+                Pending::Source(n) => self.store.raw(n)?,
+            });
+        }
+        sort_crate_order(&mut all);
+        let file = format!("shard-{:05}.safetensors.part", self.shards.len() + 1);
+        write_file(&self.dir.path(&file), &all, &self.meta, HeaderLayout::Sorted)?;
+        self.total_bytes += self.pending_bytes;
+        self.shards.push((file, all.iter().map(|t| t.name.to_string()).collect()));
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Write the rest (the source tensors not written yet, the config, `extra` files
+    /// beside the tensors) and move the checkpoint into place.
+    pub fn finish(mut self, extra: &[(&str, &[u8])]) -> Result<()> {
+        let rest: Vec<String> = self.store.names().map(str::to_string).collect();
+        for n in rest {
+            self.push_source(n)?;
+        }
+        let qconfig = self.quantization_config()?;
+        self.flush()?;
+        let count = self.shards.len().max(1);
+        if self.shards.is_empty() {
+            write_file(&self.dir.path("model.safetensors"), &[], &self.meta, HeaderLayout::Sorted)?;
+        } else if count == 1 {
+            self.rename(&self.shards[0].0, "model.safetensors")?;
+        } else {
+            let mut weight_map = serde_json::Map::new();
+            for (i, (tmp, names)) in self.shards.iter().enumerate() {
+                let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+                self.rename(tmp, &file)?;
+                for n in names {
+                    weight_map.insert(n.clone(), json!(file));
+                }
+            }
+            let index = json!({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map});
+            self.dir.write("model.safetensors.index.json", &pretty(&index))?;
+        }
+        let mut config = std::mem::take(&mut self.config);
+        config["quantization_config"] = qconfig;
+        self.dir.write("config.json", &pretty(&config))?;
+        if self.format == CheckpointFormat::Gptq {
+            let cfg = GptqConfig::for_tensors(self.schemes.iter().map(|(k, v)| (k.as_str(), v)))?;
+            let mut qcfg = cfg.quantize_config();
+            if let Some(d) = config["quantization_config"].get("dynamic") {
+                qcfg["dynamic"] = d.clone();
+            }
+            self.dir.write("quantize_config.json", &pretty(&qcfg))?;
+        }
+        for f in COPIED_FILES {
+            let p = self.src_dir.join(f);
+            if p.exists() {
+                std::fs::copy(&p, self.dir.path(f)).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        for (file, bytes) in extra {
+            self.dir.write(file, bytes)?;
+        }
+        self.dir.commit()?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (a, b) = (self.dir.path(from), self.dir.path(to));
+        std::fs::rename(&a, &b).map_err(|e| Error::io(&b, e))
+    }
+
+    /// `quantization_config` for every quantized module written.
+    fn quantization_config(&self) -> Result<Value> {
+        let skipped = unquantized_linears(&self.store, &self.schemes)?;
+        let quantized = &self.schemes;
+        Ok(match self.format {
+            CheckpointFormat::Gptq => {
+                let cfg = GptqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
+                let mut qc = cfg.quantization_config();
+                if !skipped.is_empty() {
+                    // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
+                    let dynamic: serde_json::Map<String, Value> =
+                        skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
+                    qc["dynamic"] = Value::Object(dynamic);
+                }
+                qc
+            }
+            CheckpointFormat::CompressedTensors => {
+                let mut ignore: BTreeSet<String> = skipped.into_iter().collect();
+                ignore.insert("lm_head".into());
+                let mut cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
+                match &self.act {
+                    None => cfg.to_json(),
+                    Some(act) => {
+                        if cfg.format == CtFormat::PackQuantized {
+                            cfg.format = CtFormat::IntQuantized;
+                        }
+                        let mut qc = cfg.to_json();
+                        for g in qc["config_groups"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                            g["input_activations"] = act.scheme.to_ct_json(&act.observer);
+                        }
+                        qc
+                    }
+                }
+            }
+            CheckpointFormat::Awq => {
+                let cfg = AwqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
+                cfg.quantization_config(&skipped)
+            }
+        })
+    }
 }
 
 /// A quantized checkpoint read back: the quantized linears rebuilt, everything else left

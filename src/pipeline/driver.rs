@@ -207,13 +207,31 @@ fn check_source(source: &Source, mods: &Modifiers) -> Result<()> {
     Ok(())
 }
 
-/// Run `mods` over every block of the model in `store` (see the module doc).
+/// Run `mods` over every block of the model in `store` (see the module doc); the
+/// output holds every block's tensors.
 pub fn run(
     cfg: &LlamaConfig,
     store: &SafetensorsStore,
     source: Source,
     mods: &mut Modifiers,
     opts: &DriverOptions,
+) -> Result<DriverOutput> {
+    run_streaming(cfg, store, source, mods, opts, &mut |_, _, _| Ok(()))
+}
+
+/// Called when a block is done, with the block index, the output so far (the sink may
+/// take the block's `tensors` and `dense` out of it, so they need not stay in memory)
+/// and the modifiers (for the static input parameters of the block's linears).
+pub type BlockSink<'a> = dyn FnMut(usize, &mut DriverOutput, &Modifiers) -> Result<()> + 'a;
+
+/// [`run`], handing each finished block to `sink` (a checkpoint writer).
+pub fn run_streaming(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    source: Source,
+    mods: &mut Modifiers,
+    opts: &DriverOptions,
+    sink: &mut BlockSink,
 ) -> Result<DriverOutput> {
     check_source(&source, mods)?;
     let mut t = Timings::default();
@@ -389,11 +407,24 @@ pub fn run(
             r.tokens = tokens;
             r.histogram = Some(h);
         }
+        sink(b, &mut out, mods)?;
         pb.inc(1);
     }
     pb.finish_and_clear();
     out.timings = t;
     Ok(out)
+}
+
+/// Refuse, before any work, an extra linear the weight quantizer cannot quantize
+/// (it needs calibration statistics, which only block linears get).
+pub fn check_extra(mods: &Modifiers) -> Result<()> {
+    if mods.weights.stats_request() != StatsRequest::default() {
+        return Err(Error::option(
+            "--include-head",
+            format!("{} quantizes from calibration statistics; the head has none here", mods.weights.name()),
+        ));
+    }
+    Ok(())
 }
 
 /// Quantize one more linear outside the blocks (an untied LM head) with a
@@ -405,12 +436,7 @@ pub fn quantize_extra(
     shape: (usize, usize),
     out: &mut DriverOutput,
 ) -> Result<()> {
-    if mods.weights.stats_request() != StatsRequest::default() {
-        return Err(Error::option(
-            "--include-head",
-            format!("{} quantizes from calibration statistics; the head has none here", mods.weights.name()),
-        ));
-    }
+    check_extra(mods)?;
     let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let (o, i) = shape;
     let w = store.f32_shaped(&format!("{name}.weight"), &[o, i])?;

@@ -6,7 +6,7 @@ use super::recipe::{CalibrationSpec, ModifierSpec, Recipe};
 use crate::calib::dataset::sample_windows;
 use crate::calib::stats_file::CalibStats;
 use crate::error::{Error, Result};
-use crate::io::checkpoint::{write_checkpoint_files, ActivationWrite, CheckpointFormat};
+use crate::io::checkpoint::{ActivationSpec, CheckpointFormat, CheckpointWriter};
 use crate::io::safetensors::SafetensorsStore;
 use crate::io::tokenizer::{read_text, Tokenizer};
 use crate::model::LlamaConfig;
@@ -25,6 +25,8 @@ pub struct RunOptions {
     pub save_stats: Option<PathBuf>,
     /// Take the statistics from a saved file instead of calibrating.
     pub load_stats: Option<PathBuf>,
+    /// Largest shard of the output (and so the most output bytes held in memory).
+    pub max_shard_bytes: usize,
 }
 
 /// Where the pinned assets are looked for, in order: `QUANTIZE_ASSETS`; the per-user
@@ -206,29 +208,15 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         _ => Source::None,
     };
     let from_windows = matches!(source, Source::Windows(_));
-    let dopts = DriverOptions {
-        chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
-        progress: opts.progress,
-        label: label.clone(),
-    };
-    let mut res = driver::run(&cfg, &store, source, &mut mods, &dopts)?;
-    if recipe.include_head {
-        if store.contains("lm_head.weight") {
-            driver::quantize_extra(&store, &mut mods, "lm_head", (cfg.vocab_size, cfg.hidden_size), &mut res)?;
-        } else {
-            return Err(Error::option(
-                "--include-head",
-                "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)",
-            ));
-        }
-    }
+    // What the statistics were taken with: written into every shard and the stats file.
+    let mut stats_meta = BTreeMap::new();
     if from_windows {
-        res.stats.meta = key;
+        stats_meta = key;
         if let Some(c) = &recipe.calibration {
             let text = json!({"calib": c.files, "nsamples": c.nsamples, "seqlen": c.seqlen, "seed": c.seed});
-            res.stats.meta.extend(text.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+            stats_meta.extend(text.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
         }
-        calibration = serde_json::to_value(&res.stats.meta).expect("JSON values");
+        calibration = serde_json::to_value(&stats_meta).expect("JSON values");
     }
 
     let recipe_text = recipe.to_toml();
@@ -236,10 +224,9 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     meta.insert("quantize_method".to_string(), method.clone());
     meta.insert("quantize_recipe".to_string(), recipe_text.clone());
     let act = recipe.act_scheme()?;
-    let params = mods.inputs.as_ref().map(|i| i.params().clone()).unwrap_or_default();
     let scheme_text = match act {
         Some((a, calib)) => {
-            if !a.dynamic || !res.stats.meta.is_empty() {
+            if !a.dynamic || from_windows {
                 meta.insert(
                     "quantize_calibration".to_string(),
                     format!("activations {calib:?}; statistics {calibration}"),
@@ -250,18 +237,44 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         None => scheme.to_string(),
     };
     meta.insert("quantize_scheme".to_string(), scheme_text.clone());
-    let observer = act.map(|(_, c)| c.name()).unwrap_or_default();
-    let act_write = act.map(|(a, _)| ActivationWrite { scheme: a, observer, params: &params });
-    write_checkpoint_files(
-        dir,
-        out,
-        &res.tensors,
-        &res.dense,
-        act_write.as_ref(),
-        format,
-        &meta,
-        &[("recipe.toml", recipe_text.as_bytes())],
-    )?;
+    let act_spec = act.map(|(a, c)| ActivationSpec { scheme: a, observer: c.name().to_string() });
+
+    if recipe.include_head && !store.contains("lm_head.weight") {
+        return Err(Error::option(
+            "--include-head",
+            "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)",
+        ));
+    }
+    if recipe.include_head {
+        driver::check_extra(&mods)?;
+    }
+    // The checkpoint is written block by block as the driver finishes them.
+    let mut writer = CheckpointWriter::create(dir, out, format, act_spec, &meta)?;
+    writer.set_max_shard_bytes(opts.max_shard_bytes);
+    let dopts = DriverOptions {
+        chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
+        progress: opts.progress,
+        label: label.clone(),
+    };
+    let no_params = BTreeMap::new();
+    let mut res = driver::run_streaming(&cfg, &store, source, &mut mods, &dopts, &mut |b, res, mods| {
+        let params = mods.inputs.as_ref().map_or(&no_params, |i| i.params());
+        for (m, q) in std::mem::take(&mut res.tensors) {
+            writer.add_quantized(&m, &q, params.get(&m).copied())?;
+        }
+        for (name, values) in std::mem::take(&mut res.dense) {
+            writer.replace_dense(&name, &values)?;
+        }
+        writer.block_done(b)
+    })?;
+    if recipe.include_head {
+        driver::quantize_extra(&store, &mut mods, "lm_head", (cfg.vocab_size, cfg.hidden_size), &mut res)?;
+        for (m, q) in std::mem::take(&mut res.tensors) {
+            writer.add_quantized(&m, &q, None)?;
+        }
+    }
+    res.stats.meta = stats_meta;
+    writer.finish(&[("recipe.toml", recipe_text.as_bytes())])?;
     if let Some(p) = &opts.save_stats {
         res.stats.save(p)?;
         eprintln!("{label}: statistics saved to {}", p.display());
