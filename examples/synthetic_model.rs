@@ -17,7 +17,9 @@ fn main() {
     let (out, preset, tokenizer) = (Path::new(&args[1]), args[2].as_str(), Path::new(&args[3]));
     // (hidden, intermediate, layers, heads, kv heads, vocab, tied, rope_theta)
     let (h, inter, layers, heads, kv, vocab, tied, theta) = match preset {
-        "tinyllama" => (2048usize, 5632usize, 22usize, 32usize, 4usize, 32000usize, false, 10000.0),
+        // TinyLlama-1.1B blocks; its 32000-token vocabulary becomes 49152 so that the SmolLM2
+        // tokenizer the calibration uses fits.
+        "tinyllama" => (2048usize, 5632usize, 22usize, 32usize, 4usize, 49152usize, false, 10000.0),
         "llama3-8b" => (4096, 14336, 32, 32, 8, 128256, false, 500000.0),
         other => panic!("unknown preset {other}"),
     };

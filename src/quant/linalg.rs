@@ -4,9 +4,11 @@
 //! Sources: IST-DASLab/gptq `gptq.py` (`add_batch`: running mean `H = 2/n Σ xᵀx`;
 //! `fasterquant`: `H = cholesky(H); H = cholesky_inverse(H); H = cholesky(H, upper=True)`).
 //!
-//! Determinism: every product here runs with `Par::Seq` on a partition of the output
-//! that depends on the shapes only, so results are the same bits whatever the size of
-//! the rayon pool.
+//! Determinism: the triangular inverse runs with `Par::Seq` on a partition of the output
+//! that depends on the shapes only; the Cholesky factorization runs in faer's parallel
+//! mode (rayon), whose blocking depends on the shape only: it gives the sequential
+//! factorization's bits for 1 to 4 threads (`parallel_factorization_gives_the_sequential_bits`,
+//! also checked once at n = 3001), so results are the same whatever the size of the pool.
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
@@ -38,6 +40,11 @@ pub enum LinalgError {
 /// `H⁻¹ = J M⁻ᵀ M⁻¹ J = Uᵀ U` with `U = J M⁻¹ J` upper triangular with a positive
 /// diagonal, which is the unique upper Cholesky factor of `H⁻¹`.
 pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>, LinalgError> {
+    cholesky_inverse_upper_with(h, damp, crate::model::linear::par())
+}
+
+/// [`cholesky_inverse_upper`] with the factorization run with `par`.
+pub fn cholesky_inverse_upper_with(h: MatRef<'_, f32>, damp: f64, par: Par) -> Result<Mat<f32>, LinalgError> {
     let n = h.nrows();
     assert_eq!(h.ncols(), n, "cholesky_inverse_upper: H must be square");
     if n == 0 {
@@ -51,7 +58,6 @@ pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>,
         }
         a[(j, j)] += damp;
     }
-    let par = Par::Seq;
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
     cholesky_in_place(a.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default()).map_err(
         |e| match e {
@@ -178,6 +184,32 @@ mod tests {
                     (0..n).map(|k| hinv[i * n + k] * (h[k * n + j] as f64 + if k == j { damp } else { 0.0 })).sum();
                 let e = if i == j { 1.0 } else { 0.0 };
                 assert!((p - e).abs() < INVERSE_TOL, "({i},{j}): {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_factorization_gives_the_sequential_bits() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for n in [100usize, 517, 1300] {
+            let x = random(&mut rng, 2 * n * n);
+            // H = XᵀX / rows, well conditioned enough with a small damping.
+            let mut h = Mat::<f32>::zeros(n, n);
+            let xm = MatRef::from_row_major_slice(&x, 2 * n, n);
+            faer::linalg::matmul::matmul(
+                h.as_mut(),
+                faer::Accum::Replace,
+                xm.transpose(),
+                xm,
+                1.0 / (2 * n) as f32,
+                Par::Seq,
+            );
+            let seq = cholesky_inverse_upper_with(h.as_ref(), 1e-3, Par::Seq).unwrap();
+            for threads in [1usize, 2, 3, 4] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let par = pool.install(|| cholesky_inverse_upper_with(h.as_ref(), 1e-3, Par::rayon(threads)).unwrap());
+                let same = (0..n).all(|j| (0..n).all(|i| seq[(i, j)].to_bits() == par[(i, j)].to_bits()));
+                assert!(same, "n = {n}, {threads} threads: the parallel factor differs");
             }
         }
     }
