@@ -12,8 +12,8 @@ A=${QUANTIZE_ASSETS:-.cache/assets}
 mkdir -p out
 [ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
 G=out/smollm2-gptq-int4-g128-asym-act
-[ -d $G ] || $Q --method gptq --bits 4 --group-size 128 --asym --act-order --static-groups --mse \
-  --nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt" out/smollm2/model.safetensors -o $G \
+[ -d $G ] || $Q out/smollm2/model.safetensors --method gptq --bits 4 --group-size 128 --asym --act-order \
+  --static-groups --mse --nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt" -o $G \
   --json out/gptq-report.json
 $Q eval --model $G --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" \
   --ctx 512 --max-windows 40 --json out/gptq-eval.json

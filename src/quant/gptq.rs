@@ -32,7 +32,7 @@
 //! vectorize. The partition depends on the shape only and every product runs with
 //! `Par::Seq`, so the result is the same bits for any number of threads.
 
-use super::linalg::{cholesky_inverse_upper, LinalgError};
+use super::linalg::{cholesky_inverse_upper_of, LinalgError};
 use super::refit::{refit_scales, RefitStats};
 use super::rtn::{fp8_group_scale, group_params, ClipSearch};
 use crate::error::{Error, Result};
@@ -162,20 +162,15 @@ impl HessianFactor {
         if opts.act_order {
             perm.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
         }
-        let mut hp = Mat::<f32>::zeros(cols, cols);
-        for b in 0..cols {
-            for a in 0..cols {
-                hp[(a, b)] = hessian[perm[a] * cols + perm[b]];
-            }
-            hp[(b, b)] = key[perm[b]];
-        }
+        // The permuted Hessian, dead diagonals set to 1, read in place.
+        let hp = |a: usize, b: usize| if a == b { key[perm[b]] } else { hessian[perm[a] * cols + perm[b]] };
 
         // 3. Damped inverse factor, raising the damping until it factors.
         let mean_diag = key.iter().map(|&d| d as f64).sum::<f64>() / cols.max(1) as f64;
         let mut frac = opts.damp as f64;
         let mut retries = 0u32;
         let hinv = loop {
-            match cholesky_inverse_upper(hp.as_ref(), frac * mean_diag) {
+            match cholesky_inverse_upper_of(cols, hp, frac * mean_diag, crate::model::linear::par()) {
                 Ok(u) => break u,
                 Err(e) => {
                     let next = if frac < DAMP_FIRST_RETRY { DAMP_FIRST_RETRY } else { frac * DAMP_GROWTH };

@@ -45,8 +45,20 @@ pub fn cholesky_inverse_upper(h: MatRef<'_, f32>, damp: f64) -> Result<Mat<f32>,
 
 /// [`cholesky_inverse_upper`] with the factorization run with `par`.
 pub fn cholesky_inverse_upper_with(h: MatRef<'_, f32>, damp: f64, par: Par) -> Result<Mat<f32>, LinalgError> {
-    let n = h.nrows();
-    assert_eq!(h.ncols(), n, "cholesky_inverse_upper: H must be square");
+    assert_eq!(h.ncols(), h.nrows(), "cholesky_inverse_upper: H must be square");
+    cholesky_inverse_upper_of(h.nrows(), |r, c| h[(r, c)], damp, par)
+}
+
+/// [`cholesky_inverse_upper`] of the `n x n` matrix whose entry `(r, c)`, `r <= c`, is
+/// `entry(r, c)` (the upper triangle is read): no f32 copy of the matrix is needed (GPTQ
+/// reads its permuted Hessian through the permutation). Memory: the f64 factor and the
+/// f64 inverse (16 bytes per entry) while it runs, then the f32 result.
+pub fn cholesky_inverse_upper_of(
+    n: usize,
+    entry: impl Fn(usize, usize) -> f32,
+    damp: f64,
+    par: Par,
+) -> Result<Mat<f32>, LinalgError> {
     if n == 0 {
         return Ok(Mat::zeros(0, 0));
     }
@@ -54,7 +66,7 @@ pub fn cholesky_inverse_upper_with(h: MatRef<'_, f32>, damp: f64, par: Par) -> R
     let mut a = Mat::<f64>::zeros(n, n);
     for j in 0..n {
         for i in j..n {
-            a[(i, j)] = h[(n - 1 - i, n - 1 - j)] as f64;
+            a[(i, j)] = entry(n - 1 - i, n - 1 - j) as f64;
         }
         a[(j, j)] += damp;
     }
@@ -78,6 +90,7 @@ pub fn cholesky_inverse_upper_with(h: MatRef<'_, f32>, damp: f64, par: Par) -> R
         }
         solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y, Par::Seq);
     });
+    drop(a);
     let minv = MatRef::from_column_major_slice(&minv, n, n);
     // U = J M⁻¹ J: U[i][j] = M⁻¹[n-1-i][n-1-j], upper for j ≥ i.
     let mut u = Mat::<f32>::zeros(n, n);
