@@ -290,3 +290,30 @@ fn sharded_output_holds_the_same_tensors_as_one_file() {
     let (ra, rb) = (eval_report(&one, &src, &text, &ta), eval_report(&many, &src, &text, &tb));
     assert_eq!(ra["comparison"]["quantized"]["perplexity"], rb["comparison"]["quantized"]["perplexity"]);
 }
+
+/// A tokenizer with more tokens than the model's embedding is another model's: refused
+/// before calibration, naming tokenizer.json and both sizes.
+#[test]
+fn a_tokenizer_larger_than_the_vocabulary_is_refused_before_calibration() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = common::dir_with_config(&fixture("llama3"), root.path(), "other-tokenizer", |_| {});
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::os::unix::fs::symlink(common::smollm2_dir().join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let text = family_text(root.path());
+    let out = root.path().join("out");
+    common::fails_with(
+        &[
+            dir.to_str().unwrap(),
+            "--method",
+            "gptq",
+            "--group-size",
+            "32",
+            "--calib",
+            text.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &["tokenizer.json", "49152 tokens", "vocab_size = 384"],
+    );
+    assert!(!out.exists());
+}

@@ -72,9 +72,24 @@ pub fn default_calib() -> Result<PathBuf> {
 
 /// The calibration windows of `spec`, tokenized with the model's tokenizer. A text too
 /// short for one window is an error naming the files.
-pub fn calibration_windows(spec: &CalibrationSpec, dir: &Path, label: &str) -> Result<Vec<Vec<u32>>> {
+pub fn calibration_windows(
+    spec: &CalibrationSpec,
+    dir: &Path,
+    label: &str,
+    vocab_size: usize,
+) -> Result<Vec<Vec<u32>>> {
     let names = spec.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let path = dir.join("tokenizer.json");
+    let tok = Tokenizer::from_file(&path)?;
+    if tok.vocab_size() > vocab_size {
+        return Err(Error::format(
+            &path,
+            format!(
+                "{} tokens, but config.json has vocab_size = {vocab_size}: the tokenizer is not this model's",
+                tok.vocab_size()
+            ),
+        ));
+    }
     let mut tokens = Vec::new();
     for f in &spec.files {
         tokens.extend(tok.encode_long(&read_text(f)?)?);
@@ -202,7 +217,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             Source::Stats(&loaded, p)
         }
         (None, Some(c)) if recipe.needs_calibration() || opts.save_stats.is_some() => {
-            windows = calibration_windows(c, dir, &label)?;
+            windows = calibration_windows(c, dir, &label, cfg.vocab_size)?;
             Source::Windows(&windows)
         }
         _ => Source::None,
