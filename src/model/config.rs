@@ -280,12 +280,15 @@ impl LlamaConfig {
         self.family == Family::Phi3
     }
 
-    /// Whether the block linear `short` (e.g. `self_attn.o_proj`) has a bias.
+    /// Whether the block linear `short` (e.g. `self_attn.o_proj`) has a bias; a fused
+    /// linear has one when its parts do.
     pub fn linear_has_bias(&self, short: &str) -> bool {
         match short {
-            "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj" => self.attention_bias || self.qkv_bias,
+            "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj" | "self_attn.qkv_proj" => {
+                self.attention_bias || self.qkv_bias
+            }
             "self_attn.o_proj" => self.attention_bias,
-            "mlp.gate_proj" | "mlp.up_proj" | "mlp.down_proj" => self.mlp_bias,
+            "mlp.gate_proj" | "mlp.up_proj" | "mlp.down_proj" | "mlp.gate_up_proj" => self.mlp_bias,
             _ => false,
         }
     }

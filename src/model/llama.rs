@@ -189,7 +189,7 @@ pub fn check_store(cfg: &LlamaConfig, store: &SafetensorsStore) -> Result<()> {
         let p = format!("model.layers.{b}");
         for (short, _) in cfg.linears() {
             let bias = format!("{p}.{short}.bias");
-            match (linear_has_bias(cfg, short), store.contains(&bias)) {
+            match (cfg.linear_has_bias(short), store.contains(&bias)) {
                 (true, _) => check_vector(store, &bias, linear_shape(cfg, short).0, "attention_bias / mlp_bias")?,
                 (false, true) => {
                     return Err(Error::tensor(
@@ -406,7 +406,7 @@ impl BlockDense {
             .map(|(short, _)| {
                 // Presence and absence were checked by `check_store`.
                 let bias = format!("{p}.{short}.bias");
-                match linear_has_bias(cfg, short) {
+                match cfg.linear_has_bias(short) {
                     true => store.f32_shaped(&bias, &[linear_shape(cfg, short).0]).map(Some),
                     false => Ok(None),
                 }
@@ -426,15 +426,6 @@ impl BlockDense {
             biases,
             qk_norm,
         })
-    }
-}
-
-/// Whether block linear `short` has a bias: fused linears have one when their parts do.
-fn linear_has_bias(cfg: &LlamaConfig, short: &str) -> bool {
-    match short {
-        "self_attn.qkv_proj" => cfg.linear_has_bias("self_attn.q_proj"),
-        "mlp.gate_up_proj" => cfg.linear_has_bias("mlp.gate_proj"),
-        s => cfg.linear_has_bias(s),
     }
 }
 
