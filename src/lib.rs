@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod format;
+pub mod generate;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod io;

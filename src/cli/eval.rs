@@ -1,11 +1,11 @@
 //! `quantize eval`: perplexity, and the comparison against a baseline.
 
+use super::ModelLoader;
 use crate::eval::perplexity::Protocol;
 use crate::eval::{compare_many, perplexity, report, EvalOptions};
 use crate::io::tokenizer::{read_text, Tokenizer};
-use crate::model::load::LoadInfo;
 use crate::model::LlamaModel;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -39,41 +39,6 @@ pub struct EvalArgs {
     /// attention, norms, dense layers and the baseline stay on the CPU.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
-}
-
-/// Loads models for one eval run: the GPU context, when asked for, is created once and
-/// shared by every model.
-struct ModelLoader {
-    #[cfg(feature = "gpu")]
-    gpu: Option<std::sync::Arc<crate::gpu::GpuContext>>,
-}
-
-impl ModelLoader {
-    fn new(device: &str) -> anyhow::Result<Self> {
-        match device {
-            "cpu" => Ok(Self {
-                #[cfg(feature = "gpu")]
-                gpu: None,
-            }),
-            #[cfg(feature = "gpu")]
-            _ => {
-                let ctx = crate::gpu::GpuContext::from_env()?;
-                eprintln!("device: {}", ctx.describe());
-                Ok(Self { gpu: Some(ctx) })
-            }
-            #[cfg(not(feature = "gpu"))]
-            other => anyhow::bail!("invalid option --device: {other}; this build has no GPU support (feature `gpu`)"),
-        }
-    }
-
-    fn load(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
-        #[cfg(feature = "gpu")]
-        if let Some(ctx) = &self.gpu {
-            let factory = crate::gpu::quantized_factory(ctx.clone(), crate::gpu::Precision::F32);
-            return Ok(crate::model::load::load_model_with(dir, &factory)?);
-        }
-        Ok(crate::model::load::load_model(dir)?)
-    }
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {

@@ -1,7 +1,13 @@
 //! The `quantize` command line: `quantize [quantize options] MODEL`, and the
-//! subcommands `convert`, `eval`.
+//! subcommands `convert`, `eval`, `generate`, `bench`.
+pub mod bench;
 pub mod eval;
+pub mod generate;
 pub mod quantize;
+
+use crate::model::load::LoadInfo;
+use crate::model::LlamaModel;
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +32,10 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Perplexity of a model on a text; with --baseline, the cost of quantization.
     Eval(eval::EvalArgs),
+    /// Generate text from a prompt (or chat) with a dense or quantized model, token by token.
+    Generate(generate::GenerateArgs),
+    /// Prefill and decode speed (tokens/s), as llama-bench's pp512 / tg128.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -45,6 +55,8 @@ pub fn run(cli: Cli, given: &quantize::Given) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Convert(a)) => convert(a),
         Some(Command::Eval(a)) => eval::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
         None => quantize::run(cli.quantize, given),
     }
 }
@@ -56,4 +68,39 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     eprintln!("converted {} tensors ({} parameters) in {:.1}s", r.tensors, r.params, r.seconds);
     println!("{}", r.output.display());
     Ok(())
+}
+
+/// Loads models for one run on `--device`: the GPU context, when asked for, is created
+/// once and shared by every model.
+pub(crate) struct ModelLoader {
+    #[cfg(feature = "gpu")]
+    gpu: Option<std::sync::Arc<crate::gpu::GpuContext>>,
+}
+
+impl ModelLoader {
+    pub(crate) fn new(device: &str) -> anyhow::Result<Self> {
+        match device {
+            "cpu" => Ok(Self {
+                #[cfg(feature = "gpu")]
+                gpu: None,
+            }),
+            #[cfg(feature = "gpu")]
+            _ => {
+                let ctx = crate::gpu::GpuContext::from_env()?;
+                eprintln!("device: {}", ctx.describe());
+                Ok(Self { gpu: Some(ctx) })
+            }
+            #[cfg(not(feature = "gpu"))]
+            other => anyhow::bail!("invalid option --device: {other}; this build has no GPU support (feature `gpu`)"),
+        }
+    }
+
+    pub(crate) fn load(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
+        #[cfg(feature = "gpu")]
+        if let Some(ctx) = &self.gpu {
+            let factory = crate::gpu::quantized_factory(ctx.clone(), crate::gpu::Precision::F32);
+            return Ok(crate::model::load::load_model_with(dir, &factory)?);
+        }
+        Ok(crate::model::load::load_model(dir)?)
+    }
 }

@@ -88,12 +88,46 @@ impl Tokenizer {
         Ok(Some(out))
     }
 
+    /// Token ids of a prompt as `tokenizer(text)` gives them in transformers: with the
+    /// special tokens the tokenizer's post-processor adds (Llama 3's BOS; SmolLM2 adds none).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc =
+            self.inner.encode(text, true).map_err(|e| Error::format(&self.path, format!("encoding failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of generated tokens as they come: each step returns what the new token
+    /// completes (nothing while a multi-byte character is unfinished); special tokens skipped.
+    pub fn text_stream(&self) -> TextStream<'_> {
+        TextStream { inner: self.inner.decode_stream(true), path: &self.path }
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::format(&self.path, format!("decoding failed: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+/// Incremental decoding of generated tokens ([`Tokenizer::text_stream`]).
+pub struct TextStream<'a> {
+    inner: tokenizers::DecodeStream<
+        'a,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+    path: &'a Path,
+}
+
+impl TextStream<'_> {
+    /// The text `id` adds, if any yet.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        self.inner.step(id).map_err(|e| Error::format(self.path, format!("decoding token {id} failed: {e}")))
     }
 }
 

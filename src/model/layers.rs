@@ -67,10 +67,22 @@ impl Rope {
     /// Rotate every head of `x` (`[windows·seq, heads·head_dim]`) in place; position = row % seq.
     /// Only the first `2·half` dimensions of each head rotate (partial rotary).
     pub fn apply(&self, x: &mut [f32], heads: usize) {
+        self.rotate(x, heads, |row| row % self.seq);
+    }
+
+    /// Rotate the rows of `x` (`[rows, heads·head_dim]`) at positions `pos0 ..` in place
+    /// (new tokens after `pos0` cached ones). Panics past the table's `seq` positions.
+    pub fn apply_from(&self, x: &mut [f32], heads: usize, pos0: usize) {
+        let rows = x.len() / (heads * self.head_dim).max(1);
+        assert!(pos0 + rows <= self.seq, "RoPE table of {} positions, asked for {}", self.seq, pos0 + rows);
+        self.rotate(x, heads, |row| pos0 + row);
+    }
+
+    fn rotate(&self, x: &mut [f32], heads: usize, position: impl Fn(usize) -> usize + Sync) {
         let hd = self.head_dim;
         let width = heads * hd;
         x.par_chunks_mut(width).enumerate().for_each(|(row, r)| {
-            let p = row % self.seq;
+            let p = position(row);
             let (c, s) = (&self.cos[p * self.half..(p + 1) * self.half], &self.sin[p * self.half..(p + 1) * self.half]);
             rotate_row(r, hd, 2 * self.half, c, s);
         });
@@ -126,7 +138,6 @@ pub fn causal_attention(
 ) {
     let (qw, kvw) = (heads * hd, kv_heads * hd);
     let group = heads / kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     // Per (window, head) result, contiguous [seq, hd], then scattered into `out`.
     let mut per_head = vec![0.0f32; windows * heads * seq * hd];
     per_head.par_chunks_mut(seq * hd).enumerate().for_each(|(task, o)| {
@@ -136,30 +147,75 @@ pub fn causal_attention(
         let qm = MatRef::from_row_major_slice_with_stride(&q[base * qw + h * hd..], seq, hd, qw);
         let km = MatRef::from_row_major_slice_with_stride(&k[base * kvw + kvh * hd..], seq, hd, kvw);
         let vm = MatRef::from_row_major_slice_with_stride(&v[base * kvw + kvh * hd..], seq, hd, kvw);
-        // Query rows in blocks of ATTN_BLOCK: block [r0, r1) only needs keys k0..r1,
-        // which skips most of the masked upper triangle (and, with a sliding window,
-        // the keys before the first row's window).
-        let mut scores = vec![0.0f32; ATTN_BLOCK.min(seq) * seq];
-        for r0 in (0..seq).step_by(ATTN_BLOCK) {
-            let r1 = (r0 + ATTN_BLOCK).min(seq);
-            let k0 = sliding.map_or(0, |w| (r0 + 1).saturating_sub(w));
-            let (rows, keys) = (r1 - r0, r1 - k0);
-            let sc = &mut scores[..rows * keys];
-            matmul(
-                MatMut::from_row_major_slice_mut(sc, rows, keys),
-                Accum::Replace,
-                qm.subrows(r0, rows),
-                km.subrows(k0, keys).transpose(),
-                scale,
-                Par::Seq,
-            );
-            causal_softmax_rows(sc, keys, r0 - k0, sliding.unwrap_or(usize::MAX));
-            let sm = MatRef::from_row_major_slice(sc, rows, keys);
-            let om = MatMut::from_row_major_slice_mut(&mut o[r0 * hd..r1 * hd], rows, hd);
-            matmul(om, Accum::Replace, sm, vm.subrows(k0, keys), 1.0f32, Par::Seq);
-        }
+        attend_head(qm, km, vm, 0, sliding, o);
     });
-    out.par_chunks_mut(qw).enumerate().for_each(|(row, o)| {
+    scatter_heads(&per_head, seq, heads, hd, out);
+}
+
+/// Attention of `rows` new queries at positions `pos0 .. pos0+rows` over the keys and
+/// values of positions `0 .. pos0+rows` (a KV cache holding the past and the new rows).
+/// q: `[rows, heads·hd]`; k, v: at least `pos0+rows` rows of `kv_heads·hd`;
+/// out: `[rows, heads·hd]`. The same per-head kernel as [`causal_attention`], so a prefill
+/// through the cache computes what a window computes.
+pub fn cached_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos0: usize,
+    rows: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    sliding: Option<usize>,
+    out: &mut [f32],
+) {
+    let (qw, kvw) = (heads * hd, kv_heads * hd);
+    let (group, keys) = (heads / kv_heads, pos0 + rows);
+    assert!(k.len() >= keys * kvw && v.len() >= keys * kvw, "cached_attention: cache holds fewer than {keys} rows");
+    let mut per_head = vec![0.0f32; heads * rows * hd];
+    per_head.par_chunks_mut(rows * hd).enumerate().for_each(|(h, o)| {
+        let kvh = h / group;
+        let qm = MatRef::from_row_major_slice_with_stride(&q[h * hd..], rows, hd, qw);
+        let km = MatRef::from_row_major_slice_with_stride(&k[kvh * hd..], keys, hd, kvw);
+        let vm = MatRef::from_row_major_slice_with_stride(&v[kvh * hd..], keys, hd, kvw);
+        attend_head(qm, km, vm, pos0, sliding, o);
+    });
+    scatter_heads(&per_head, rows, heads, hd, out);
+}
+
+/// One head: `o` (`[rows, hd]`) = softmax(q·kᵀ/√hd, causal and sliding mask)·v for queries
+/// `q` (`[rows, hd]`) at positions `pos0 ..`, keys/values `k`, `v` (`[pos0+rows, hd]`).
+/// Query rows go in blocks of [`ATTN_BLOCK`]: block `[r0, r1)` only needs keys up to its
+/// last position, which skips most of the masked upper triangle (and, with a sliding
+/// window, the keys before the first row's window).
+fn attend_head(qm: MatRef<f32>, km: MatRef<f32>, vm: MatRef<f32>, pos0: usize, sliding: Option<usize>, o: &mut [f32]) {
+    let (rows, hd) = (qm.nrows(), qm.ncols());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0.0f32; ATTN_BLOCK.min(rows) * km.nrows()];
+    for r0 in (0..rows).step_by(ATTN_BLOCK) {
+        let r1 = (r0 + ATTN_BLOCK).min(rows);
+        let (p0, p1) = (pos0 + r0, pos0 + r1);
+        let k0 = sliding.map_or(0, |w| (p0 + 1).saturating_sub(w));
+        let (n, keys) = (r1 - r0, p1 - k0);
+        let sc = &mut scores[..n * keys];
+        matmul(
+            MatMut::from_row_major_slice_mut(sc, n, keys),
+            Accum::Replace,
+            qm.subrows(r0, n),
+            km.subrows(k0, keys).transpose(),
+            scale,
+            Par::Seq,
+        );
+        causal_softmax_rows(sc, keys, p0 - k0, sliding.unwrap_or(usize::MAX));
+        let sm = MatRef::from_row_major_slice(sc, n, keys);
+        let om = MatMut::from_row_major_slice_mut(&mut o[r0 * hd..r1 * hd], n, hd);
+        matmul(om, Accum::Replace, sm, vm.subrows(k0, keys), 1.0f32, Par::Seq);
+    }
+}
+
+/// `[windows, heads, seq, hd]` per-head results into rows `out` `[windows·seq, heads·hd]`.
+fn scatter_heads(per_head: &[f32], seq: usize, heads: usize, hd: usize, out: &mut [f32]) {
+    out.par_chunks_mut(heads * hd).enumerate().for_each(|(row, o)| {
         let (w, t) = (row / seq, row % seq);
         for h in 0..heads {
             let src = &per_head[((w * heads + h) * seq + t) * hd..][..hd];
@@ -325,6 +381,31 @@ mod tests {
                     "shape {:?} index {i}: {a} vs {b}",
                     (windows, seq, heads, kv, hd, sliding)
                 );
+            }
+        }
+    }
+
+    /// Rows run through a cache in pieces (across query blocks and sliding windows) give
+    /// what the whole window gives.
+    #[test]
+    fn cached_attention_in_pieces_matches_the_window() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        for &(seq, heads, kv, hd, sliding) in
+            &[(300, 4, 2, 8, None), (300, 2, 1, 4, Some(7)), (140, 3, 3, 6, Some(130))]
+        {
+            let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
+            let (q, k, v) = (gen(seq * heads * hd), gen(seq * kv * hd), gen(seq * kv * hd));
+            let mut whole = vec![0.0; q.len()];
+            causal_attention(&q, &k, &v, 1, seq, heads, kv, hd, sliding, &mut whole);
+            let qw = heads * hd;
+            let mut from = 0;
+            for to in [1, 129, 130, 131, seq - 1, seq] {
+                let mut part = vec![0.0; (to - from) * qw];
+                cached_attention(&q[from * qw..to * qw], &k, &v, from, to - from, heads, kv, hd, sliding, &mut part);
+                for (i, (a, b)) in part.iter().zip(&whole[from * qw..to * qw]).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "rows {from}..{to} ({sliding:?}) index {i}: {a} vs {b}");
+                }
+                from = to;
             }
         }
     }

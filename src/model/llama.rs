@@ -4,7 +4,8 @@
 //! calibration, GPTQ and AWQ never test for types or families.
 
 use super::config::LlamaConfig;
-use super::layers::{add_assign, add_bias, causal_attention, rms_norm, swiglu, Rope};
+use super::kv_cache::{KvCache, LayerKv};
+use super::layers::{add_assign, add_bias, cached_attention, causal_attention, rms_norm, swiglu, Rope};
 use super::linear::{matmul_xwt, DenseLinear, Linear};
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafetensorsStore;
@@ -387,6 +388,14 @@ pub struct Block {
     pub qk_norm: Option<[Vec<f32>; 2]>,
 }
 
+/// How a block's attention sees its rows.
+pub enum Attend<'a> {
+    /// `windows` independent windows of `seq` tokens (calibration, evaluation).
+    Windows { rope: &'a Rope, windows: usize, seq: usize },
+    /// New tokens after those held in `kv` (generation); their keys and values are appended.
+    Cached { rope: &'a Rope, kv: &'a mut LayerKv },
+}
+
 /// The dense tensors of a block besides its linear weights: norms, biases, q/k norms.
 pub struct BlockDense {
     pub input_norm: Vec<f32>,
@@ -481,9 +490,17 @@ impl Block {
         parts
     }
 
-    /// Stage 2: attention heads (input of o) from the normalized input `h1`.
+    /// Stage 2: attention heads (input of o) from the normalized input `h1`, over
+    /// `windows` independent windows of `seq` tokens.
     pub fn attention(&self, cfg: &LlamaConfig, rope: &Rope, h1: &[f32], windows: usize, seq: usize) -> Vec<f32> {
-        let t = windows * seq;
+        self.attend(cfg, h1, &mut Attend::Windows { rope, windows, seq })
+    }
+
+    /// Stage 2 for either kind of sequence: q, k, v, the q/k norms, RoPE at the rows'
+    /// positions, then causal attention within each window or over the cache (whose
+    /// keys and values get the new rows first).
+    fn attend(&self, cfg: &LlamaConfig, h1: &[f32], how: &mut Attend) -> Vec<f32> {
+        let t = h1.len() / cfg.hidden_size;
         let [mut q, mut k, v] = self.qkv(cfg, h1, t);
         if let Some([qn, kn]) = &self.qk_norm {
             // RMSNorm over each head's head_dim (transformers Qwen3Attention).
@@ -491,11 +508,24 @@ impl Block {
             rms_norm(&qc, qn, cfg.rms_norm_eps, &mut q);
             rms_norm(&kc, kn, cfg.rms_norm_eps, &mut k);
         }
-        rope.apply(&mut q, cfg.num_heads);
-        rope.apply(&mut k, cfg.num_kv_heads);
         let mut attn = vec![0.0f32; t * cfg.q_dim()];
+        let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let sliding = cfg.sliding_window[self.index];
-        causal_attention(&q, &k, &v, windows, seq, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, sliding, &mut attn);
+        match how {
+            Attend::Windows { rope, windows, seq } => {
+                rope.apply(&mut q, heads);
+                rope.apply(&mut k, kv_heads);
+                causal_attention(&q, &k, &v, *windows, *seq, heads, kv_heads, hd, sliding, &mut attn);
+            }
+            Attend::Cached { rope, kv } => {
+                let pos0 = kv.len();
+                rope.apply_from(&mut q, heads, pos0);
+                rope.apply_from(&mut k, kv_heads, pos0);
+                kv.append(&k, &v);
+                let (keys, values) = kv.keys_values();
+                cached_attention(&q, keys, values, pos0, t, heads, kv_heads, hd, sliding, &mut attn);
+            }
+        }
         attn
     }
 
@@ -550,9 +580,21 @@ impl Block {
         windows: usize,
         seq: usize,
     ) -> Vec<f32> {
+        self.run_stage_with(cfg, stage, x, prev, &mut Attend::Windows { rope, windows, seq })
+    }
+
+    /// [`Block::run_stage`] for either kind of sequence ([`Attend`]).
+    pub fn run_stage_with(
+        &self,
+        cfg: &LlamaConfig,
+        stage: Stage,
+        x: &mut [f32],
+        prev: &[f32],
+        how: &mut Attend,
+    ) -> Vec<f32> {
         match stage {
             Stage::AttnNorm => self.attn_input(cfg, x),
-            Stage::Attention => self.attention(cfg, rope, prev, windows, seq),
+            Stage::Attention => self.attend(cfg, prev, how),
             Stage::AttnResidual => self.mlp_input(cfg, x, prev),
             Stage::MlpAct => self.mlp_act(cfg, prev),
             Stage::MlpResidual => {
@@ -571,13 +613,24 @@ impl Block {
         x: &mut [f32],
         windows: usize,
         seq: usize,
+        hook: Option<&mut dyn BlockHook>,
+    ) -> Result<()> {
+        debug_assert_eq!(x.len(), windows * seq * cfg.hidden_size);
+        self.forward_with(cfg, x, &mut Attend::Windows { rope, windows, seq }, hook)
+    }
+
+    /// Run the block in place on `x` (`[tokens, hidden]`), stage by stage ([`BLOCK_STAGES`]).
+    pub fn forward_with(
+        &self,
+        cfg: &LlamaConfig,
+        x: &mut [f32],
+        how: &mut Attend,
         mut hook: Option<&mut dyn BlockHook>,
     ) -> Result<()> {
-        let t = windows * seq;
-        debug_assert_eq!(x.len(), t * cfg.hidden_size);
+        let t = x.len() / cfg.hidden_size;
         let mut cur = Vec::new();
         for stage in BLOCK_STAGES {
-            cur = self.run_stage(cfg, rope, stage, x, &cur, windows, seq);
+            cur = self.run_stage_with(cfg, stage, x, &cur, how);
             if let (Some(site), Some(hk)) = (stage.site(), hook.as_deref_mut()) {
                 hk.on_input(site, &cur, t)?;
             }
@@ -681,6 +734,27 @@ impl LlamaModel {
             rows.extend_from_slice(&x[(w * seq + first) * h..(w * seq + seq - 1) * h]);
         }
         Ok(self.head(&rows, windows * per))
+    }
+
+    /// Run `tokens` after the ones `cache` holds (a prompt, or one token while decoding),
+    /// appending their keys and values; returns the logits of the last one, `[vocab]`.
+    pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let h = self.config.hidden_size;
+        if tokens.is_empty() {
+            return Err(Error::other_msg("nothing to run: no tokens were given"));
+        }
+        cache.check_room(tokens.len())?;
+        let mut x = self.embed_tokens(tokens)?;
+        let (rope, layers) = cache.parts();
+        for (b, kv) in self.blocks.iter().zip(layers) {
+            b.forward_with(&self.config, &mut x, &mut Attend::Cached { rope, kv }, None)?;
+        }
+        Ok(self.head(&x[(tokens.len() - 1) * h..], 1))
+    }
+
+    /// An empty KV cache for up to `capacity` positions of this model.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.config, capacity)
     }
 
     /// Resident bytes of all weights (embedding, blocks, norm, head).

@@ -2,6 +2,7 @@
 pub mod act_linear;
 pub mod config;
 pub mod fastexp;
+pub mod kv_cache;
 pub mod layers;
 pub mod linear;
 pub mod llama;
