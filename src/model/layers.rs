@@ -4,20 +4,7 @@
 use super::fastexp;
 use super::rope::RopeConfig;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
-use multiversion::multiversion;
 use rayon::prelude::*;
-
-/// Defines an elementwise kernel compiled once per target (AVX-512, AVX2+FMA, NEON and the
-/// baseline) and picked at run time, so its loops vectorize 16 or 8 wide instead of the
-/// baseline x86-64's 4 (SSE2). Rust never fuses a multiply and an add on its own, so every
-/// clone computes the same bits. The one place the target list is written.
-macro_rules! simd_kernel {
-    ($(#[$meta:meta])* $vis:vis fn $($rest:tt)*) => {
-        $(#[$meta])*
-        #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "aarch64+neon"))]
-        $vis fn $($rest)*
-    };
-}
 
 /// `out[t] = x[t] / rms(x[t]) * weight` (RMSNorm, eps inside the root, as HF LlamaRMSNorm).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -144,6 +144,67 @@ impl QuantizedLinear {
         }
     }
 
+    /// True when [`row_dot`] handles this layout: 4- or 8-bit integer codes in contiguous
+    /// groups (no act-order) whose widths are multiples of [`step_columns`] (64, 32).
+    fn one_token_kernel(&self) -> bool {
+        let width = self.scheme.group_width(self.cols);
+        let bits = self.scheme.bits();
+        !self.scheme.is_fp8()
+            && self.g_idx.is_none()
+            && matches!(bits, 4 | 8)
+            && width % step_columns(bits) == 0
+            && self.cols % step_columns(bits) == 0
+    }
+
+    /// `y = Ŵ·x` for one token (decoding): rows in parallel tiles written in place; the
+    /// group sums of `x` on the stack and its interleaved copy in a reused thread-local
+    /// buffer, so nothing is allocated per call (up to 512 groups a row).
+    fn forward_one(&self, x: &[f32], y: &mut [f32]) {
+        let width = self.scheme.group_width(self.cols);
+        let mut stack = [0.0f32; 512];
+        let mut heap = Vec::new();
+        let gsums: &mut [f32] = if self.groups <= stack.len() {
+            &mut stack[..self.groups]
+        } else {
+            heap.resize(self.groups, 0.0);
+            &mut heap
+        };
+        for (s, c) in gsums.iter_mut().zip(x.chunks(width)) {
+            *s = c.iter().sum();
+        }
+        let gsums = &*gsums;
+        let per = 32 / self.scheme.bits() as usize;
+        let run = |xi: &[f32], y: &mut [f32]| {
+            y.par_chunks_mut(TILE_ROWS).enumerate().for_each(|(t, ys)| {
+                for (i, yr) in ys.iter_mut().enumerate() {
+                    let r = t * TILE_ROWS + i;
+                    let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
+                    let (sc, zs) = (
+                        &self.scales[r * self.groups..(r + 1) * self.groups],
+                        &self.zeros[r * self.groups..(r + 1) * self.groups],
+                    );
+                    *yr = match per {
+                        8 => row_dot::<8>(words, xi, width, sc, zs, gsums),
+                        _ => row_dot::<4>(words, xi, width, sc, zs, gsums),
+                    };
+                }
+            });
+        };
+        INTERLEAVED.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut xi) => {
+                xi.resize(self.cols, 0.0);
+                interleave(x, per, &mut xi);
+                run(&xi, y);
+            }
+            // Re-entered on this thread (a nested parallel caller): a buffer of its own.
+            Err(_) => {
+                let mut xi = vec![0.0; self.cols];
+                interleave(x, per, &mut xi);
+                run(&xi, y);
+            }
+        });
+    }
+
     /// `[tokens, tile rows]` outputs of rows `r0..r1`.
     fn tile(&self, x: &[f32], tokens: usize, r0: usize, r1: usize, gsums: Option<&[f32]>) -> Vec<f32> {
         let (k, n) = (self.cols, r1 - r0);
@@ -236,6 +297,137 @@ fn dot_codes(q: &[u8], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Words read per step of the one-token kernel: one code of each of 8 words fills 8 lanes.
+const WORD_LANES: usize = 8;
+
+/// Columns per step of [`row_dot`] for `bits`-bit codes: 8 words of `32/bits` codes.
+fn step_columns(bits: u8) -> usize {
+    WORD_LANES * 32 / bits as usize
+}
+
+/// `x` reordered for [`row_dot`]: within each step of `8·PER` columns, column `j·PER + k`
+/// (code `k` of word `j`) moves to `k·8 + j`, so code `k` of 8 consecutive words meets
+/// its 8 inputs in one vector.
+fn interleave(x: &[f32], per: usize, out: &mut [f32]) {
+    let step = WORD_LANES * per;
+    for (o, xs) in out.chunks_exact_mut(step).zip(x.chunks_exact(step)) {
+        for j in 0..WORD_LANES {
+            for k in 0..per {
+                o[k * WORD_LANES + j] = xs[j * per + k];
+            }
+        }
+    }
+}
+
+/// `Σ_g s_g · (Σ_{c∈g} q_c·x_c − z_g · X_g)` for one row of integer codes, `PER` to a
+/// 32-bit word (8, 4 for 4, 8 bits), in contiguous groups of `width` columns (multiples
+/// of [`step_columns`]; the last group may be shorter). `xi` is `x` [`interleave`]d;
+/// `gsums` holds `X_g = Σ_{c∈g} x_c`. Codes are unpacked in registers (a shift and a mask
+/// of 8 words at once), never stored. AVX2 where the CPU has it, else the plain loops
+/// below, which define the arithmetic: the same operations in the same order, so both
+/// give the same bits (no fused multiply-add).
+fn row_dot<const PER: usize>(
+    words: &[u32],
+    xi: &[f32],
+    width: usize,
+    scales: &[f32],
+    zeros: &[u8],
+    gsums: &[f32],
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present; the slices' lengths are checked by the loops' chunking.
+        return unsafe { row_dot_avx2::<PER>(words, xi, width, scales, zeros, gsums) };
+    }
+    row_dot_plain::<PER>(words, xi, width, scales, zeros, gsums)
+}
+
+/// The reference arithmetic of [`row_dot`]: per group, `PER` accumulator vectors of 8
+/// lanes (`part[k][j] += q·x`), scaled into `acc[j]` in `k` order; `acc` reduced by halves.
+fn row_dot_plain<const PER: usize>(
+    words: &[u32],
+    xi: &[f32],
+    width: usize,
+    scales: &[f32],
+    zeros: &[u8],
+    gsums: &[f32],
+) -> f32 {
+    let bits = 32 / PER;
+    let mask = (1u32 << bits) - 1;
+    let mut acc = [0.0f32; WORD_LANES];
+    let mut offset = 0.0f32;
+    for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
+        let mut part = [[0.0f32; WORD_LANES]; PER];
+        for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
+            for (k, pk) in part.iter_mut().enumerate() {
+                for j in 0..WORD_LANES {
+                    let q = (ws[j] >> (bits * k)) & mask;
+                    pk[j] += q as f32 * xs[k * WORD_LANES + j];
+                }
+            }
+        }
+        let s = scales[g];
+        for pk in &part {
+            for j in 0..WORD_LANES {
+                acc[j] += s * pk[j];
+            }
+        }
+        offset += s * (zeros[g] as f32 * gsums[g]);
+    }
+    let mut half = WORD_LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+        half /= 2;
+    }
+    acc[0] - offset
+}
+
+/// [`row_dot_plain`] in AVX2 registers, operation for operation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_dot_avx2<const PER: usize>(
+    words: &[u32],
+    xi: &[f32],
+    width: usize,
+    scales: &[f32],
+    zeros: &[u8],
+    gsums: &[f32],
+) -> f32 {
+    use std::arch::x86_64::*;
+    let bits = (32 / PER) as i32;
+    let mask = _mm256_set1_epi32((1i32 << bits) - 1);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0.0f32;
+    for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
+        let mut part = [_mm256_setzero_ps(); PER];
+        for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
+            let w = _mm256_loadu_si256(ws.as_ptr() as *const __m256i);
+            for (k, pk) in part.iter_mut().enumerate() {
+                let q = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32)), mask);
+                let x = _mm256_loadu_ps(xs.as_ptr().add(k * WORD_LANES));
+                *pk = _mm256_add_ps(*pk, _mm256_mul_ps(_mm256_cvtepi32_ps(q), x));
+            }
+        }
+        let s = _mm256_set1_ps(scales[g]);
+        for pk in &part {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(s, *pk));
+        }
+        offset += scales[g] * (zeros[g] as f32 * gsums[g]);
+    }
+    // Halves: lanes i + 4, then i + 2, then i + 1, as the plain loop.
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    _mm_cvtss_f32(h1) - offset
+}
+
+thread_local! {
+    /// The interleaved input of [`QuantizedLinear::forward_one`], reused between calls.
+    static INTERLEAVED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Linear for QuantizedLinear {
     fn in_features(&self) -> usize {
         self.cols
@@ -246,6 +438,9 @@ impl Linear for QuantizedLinear {
     fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols, "QuantizedLinear: x shape");
         assert_eq!(y.len(), tokens * self.rows, "QuantizedLinear: y shape");
+        if tokens == 1 && self.one_token_kernel() {
+            return self.forward_one(x, y);
+        }
         // Per-token group sums of x for the fused few-token path (contiguous integer groups).
         let gsums: Option<Vec<f32>> =
             (tokens <= DOT_MAX_TOKENS && !self.scheme.is_fp8() && self.g_idx.is_none()).then(|| {
@@ -293,6 +488,8 @@ mod tests {
                 s.per_tensor().asymmetric().unwrap(),
                 s.group(16).unwrap(),
                 s.group(32).unwrap().asymmetric().unwrap(),
+                s.group(64).unwrap(),
+                s.group(128).unwrap().asymmetric().unwrap(),
             ]);
         }
         v
@@ -301,7 +498,7 @@ mod tests {
     #[test]
     fn forward_matches_reference_on_odd_shapes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for &(rows, cols) in &[(1, 1), (63, 33), (65, 127), (130, 64), (7, 300)] {
+        for &(rows, cols) in &[(1, 1), (63, 33), (65, 127), (130, 64), (7, 300), (67, 192), (5, 96), (3, 320)] {
             let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
             for scheme in schemes() {
                 let mut q = quantize_rtn("w", &w, rows, cols, scheme, None).unwrap();
@@ -332,6 +529,55 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The one-token kernel covers 4/8-bit groups whose widths are multiples of 64 / 32,
+    /// ragged last groups included: such shapes are in the test above.
+    #[test]
+    fn the_one_token_kernel_takes_the_common_layouts() {
+        let w: Vec<f32> = (0..4 * 192).map(|i| (i as f32 * 0.37).sin()).collect();
+        for (scheme, cols, fast) in [
+            (QuantScheme::int(4).unwrap().group(128).unwrap(), 192, true), // groups 128, 64
+            (QuantScheme::int(4).unwrap().asymmetric().unwrap(), 64, true),
+            (QuantScheme::int(8).unwrap().group(32).unwrap(), 96, true),
+            (QuantScheme::int(4).unwrap().group(32).unwrap(), 64, false),
+            (QuantScheme::int(2).unwrap().group(16).unwrap(), 64, false),
+            (QuantScheme::int(3).unwrap().group(16).unwrap(), 64, false),
+            (QuantScheme::fp8_e4m3(), 80, false),
+        ] {
+            let q = quantize_rtn("w", &w[..4 * cols], 4, cols, scheme, None).unwrap();
+            assert_eq!(QuantizedLinear::new("w", &q).unwrap().one_token_kernel(), fast, "{scheme} cols {cols}");
+        }
+    }
+
+    /// The AVX2 kernel gives the plain loops' bits (zeros, outliers, ragged last groups).
+    #[test]
+    fn the_one_token_kernel_is_bit_identical_to_its_plain_loops() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for (bits, cols, width) in [(4u8, 576, 128), (4, 192, 64), (4, 1536, 1536), (8, 96, 32), (8, 576, 576)] {
+            let per = 32 / bits as usize;
+            let words: Vec<u32> = (0..cols / per).map(|_| rng.random()).collect();
+            let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+            x[1] = 5e3;
+            x[2] = 0.0;
+            let groups = cols.div_ceil(width);
+            let scales: Vec<f32> = (0..groups).map(|_| rng.random_range(0.001..0.1)).collect();
+            let zeros: Vec<u8> = (0..groups).map(|_| rng.random_range(0..=(1u32 << bits) - 1) as u8).collect();
+            let gsums: Vec<f32> = x.chunks(width).map(|c| c.iter().sum()).collect();
+            let mut xi = vec![0.0; cols];
+            interleave(&x, per, &mut xi);
+            let (fast, plain) = match per {
+                8 => (
+                    row_dot::<8>(&words, &xi, width, &scales, &zeros, &gsums),
+                    row_dot_plain::<8>(&words, &xi, width, &scales, &zeros, &gsums),
+                ),
+                _ => (
+                    row_dot::<4>(&words, &xi, width, &scales, &zeros, &gsums),
+                    row_dot_plain::<4>(&words, &xi, width, &scales, &zeros, &gsums),
+                ),
+            };
+            assert_eq!(fast.to_bits(), plain.to_bits(), "{bits} bits, {cols} cols, groups of {width}");
         }
     }
 
