@@ -29,6 +29,9 @@ pub struct GenerateArgs {
     /// Stop after this many new tokens (an end-of-sequence token stops earlier).
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
+    /// Keep generating past end-of-sequence tokens (for timing runs, as llama.cpp's flag).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// 0 is greedy decoding; above 0, sampling at this temperature.
     #[arg(long, default_value_t = 0.0, help_heading = "Sampling", allow_negative_numbers = true)]
     pub temperature: f32,
@@ -118,7 +121,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             a.model.display()
         );
     }
-    let stops = stop_tokens(&a.model)?;
+    let stops = if a.ignore_eos { Vec::new() } else { stop_tokens(&a.model)? };
     let mut session = Session::new(&model, ctx)?;
     eprintln!(
         "model: {} ({}, {:.2} bits/weight); context {ctx} tokens, KV cache {} KiB/token; {}",

@@ -4,6 +4,7 @@
 //! (`crate::model::qlinear`), and the GPU linear (`crate::gpu`).
 
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
 pub trait Linear: Send + Sync {
     fn in_features(&self) -> usize;
@@ -29,10 +30,56 @@ pub fn matmul_xwt(x: &[f32], tokens: usize, w: &[f32], n: usize, k: usize, y: &m
     assert_eq!(x.len(), tokens * k, "matmul_xwt: x shape");
     assert_eq!(w.len(), n * k, "matmul_xwt: w shape");
     assert_eq!(y.len(), tokens * n, "matmul_xwt: y shape");
+    if tokens == 1 {
+        return gemv(x, w, k, y);
+    }
     let xm = MatRef::from_row_major_slice(x, tokens, k);
     let wm = MatRef::from_row_major_slice(w, n, k);
     let ym = MatMut::from_row_major_slice_mut(y, tokens, n);
     matmul(ym, Accum::Replace, xm, wm.transpose(), 1.0f32, par());
+}
+
+/// Output rows per task of [`gemv`].
+const GEMV_ROWS: usize = 128;
+
+/// `y = W·x` for one token (decoding), `w`: `[n, k]` row-major: rows in parallel tiles,
+/// each a dot product over its contiguous row, so the weights stream from memory once.
+/// (faer's product of a `1 × k` row with `Wᵀ` ran 40% below the machine's bandwidth.)
+fn gemv(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    y.par_chunks_mut(GEMV_ROWS).zip(w.par_chunks(GEMV_ROWS * k)).for_each(|(ys, ws)| {
+        for (yo, row) in ys.iter_mut().zip(ws.chunks_exact(k)) {
+            *yo = dot(row, x);
+        }
+    });
+}
+
+/// Accumulator lanes of [`dot`]: two AVX2 vectors, so two add chains run at once.
+const DOT_LANES: usize = 16;
+
+/// `Σ a_i·b_i` in [`DOT_LANES`] partial sums (multiply, then add: no fusion, so every
+/// target gives the same bits), reduced by halves, then the tail.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; DOT_LANES];
+    let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..DOT_LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut half = DOT_LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+        half /= 2;
+    }
+    acc[0] + tail
 }
 
 /// Full-precision weights `[out, in]` row-major, owned in f32.
@@ -87,7 +134,7 @@ mod tests {
     #[test]
     fn faer_product_matches_reference_on_odd_shapes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for &(t, n, k) in &[(1, 1, 1), (3, 5, 7), (0, 4, 3), (17, 33, 65), (64, 130, 257)] {
+        for &(t, n, k) in &[(1, 1, 1), (3, 5, 7), (0, 4, 3), (17, 33, 65), (64, 130, 257), (1, 300, 33), (1, 129, 576), (1, 3, 0)] {
             let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             if n * k > 0 {

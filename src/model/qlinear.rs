@@ -323,9 +323,9 @@ fn interleave(x: &[f32], per: usize, out: &mut [f32]) {
 /// 32-bit word (8, 4 for 4, 8 bits), in contiguous groups of `width` columns (multiples
 /// of [`step_columns`]; the last group may be shorter). `xi` is `x` [`interleave`]d;
 /// `gsums` holds `X_g = Σ_{c∈g} x_c`. Codes are unpacked in registers (a shift and a mask
-/// of 8 words at once), never stored. AVX2 where the CPU has it, else the plain loops
-/// below, which define the arithmetic: the same operations in the same order, so both
-/// give the same bits (no fused multiply-add).
+/// of 8 words at once), never stored. AVX2+FMA where the CPU has them, else the plain
+/// loops below, which define the arithmetic: the same operations in the same order, each
+/// product-sum one fused multiply-add (`f32::mul_add`), so both give the same bits.
 fn row_dot<const PER: usize>(
     words: &[u32],
     xi: &[f32],
@@ -335,15 +335,16 @@ fn row_dot<const PER: usize>(
     gsums: &[f32],
 ) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present; the slices' lengths are checked by the loops' chunking.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present; slice lengths are checked by the loops' chunking.
         return unsafe { row_dot_avx2::<PER>(words, xi, width, scales, zeros, gsums) };
     }
     row_dot_plain::<PER>(words, xi, width, scales, zeros, gsums)
 }
 
 /// The reference arithmetic of [`row_dot`]: per group, `PER` accumulator vectors of 8
-/// lanes (`part[k][j] += q·x`), scaled into `acc[j]` in `k` order; `acc` reduced by halves.
+/// lanes (`part[k][j] = fma(q, x, part[k][j])`), scaled into `acc[j]` (`fma(s, part, acc)`)
+/// in `k` order; `acc` reduced by halves.
 fn row_dot_plain<const PER: usize>(
     words: &[u32],
     xi: &[f32],
@@ -362,14 +363,14 @@ fn row_dot_plain<const PER: usize>(
             for (k, pk) in part.iter_mut().enumerate() {
                 for j in 0..WORD_LANES {
                     let q = (ws[j] >> (bits * k)) & mask;
-                    pk[j] += q as f32 * xs[k * WORD_LANES + j];
+                    pk[j] = (q as f32).mul_add(xs[k * WORD_LANES + j], pk[j]);
                 }
             }
         }
         let s = scales[g];
         for pk in &part {
             for j in 0..WORD_LANES {
-                acc[j] += s * pk[j];
+                acc[j] = s.mul_add(pk[j], acc[j]);
             }
         }
         offset += s * (zeros[g] as f32 * gsums[g]);
@@ -386,7 +387,7 @@ fn row_dot_plain<const PER: usize>(
 
 /// [`row_dot_plain`] in AVX2 registers, operation for operation.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn row_dot_avx2<const PER: usize>(
     words: &[u32],
     xi: &[f32],
@@ -407,12 +408,12 @@ unsafe fn row_dot_avx2<const PER: usize>(
             for (k, pk) in part.iter_mut().enumerate() {
                 let q = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32)), mask);
                 let x = _mm256_loadu_ps(xs.as_ptr().add(k * WORD_LANES));
-                *pk = _mm256_add_ps(*pk, _mm256_mul_ps(_mm256_cvtepi32_ps(q), x));
+                *pk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), x, *pk);
             }
         }
         let s = _mm256_set1_ps(scales[g]);
         for pk in &part {
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(s, *pk));
+            acc = _mm256_fmadd_ps(s, *pk, acc);
         }
         offset += scales[g] * (zeros[g] as f32 * gsums[g]);
     }
