@@ -29,5 +29,11 @@ fn main() {
         rates.push((n * 4) as f64 / secs / 1e9);
     }
     rates.sort_by(f64::total_cmp);
-    println!("threads {}: read bandwidth {:.1} GB/s (median of 7; min {:.1}, max {:.1})", rayon::current_num_threads(), rates[3], rates[0], rates[6]);
+    println!(
+        "threads {}: read bandwidth {:.1} GB/s (median of 7; min {:.1}, max {:.1})",
+        rayon::current_num_threads(),
+        rates[3],
+        rates[0],
+        rates[6]
+    );
 }

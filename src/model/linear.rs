@@ -134,7 +134,9 @@ mod tests {
     #[test]
     fn faer_product_matches_reference_on_odd_shapes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for &(t, n, k) in &[(1, 1, 1), (3, 5, 7), (0, 4, 3), (17, 33, 65), (64, 130, 257), (1, 300, 33), (1, 129, 576), (1, 3, 0)] {
+        for &(t, n, k) in
+            &[(1, 1, 1), (3, 5, 7), (0, 4, 3), (17, 33, 65), (64, 130, 257), (1, 300, 33), (1, 129, 576), (1, 3, 0)]
+        {
             let x: Vec<f32> = (0..t * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             if n * k > 0 {

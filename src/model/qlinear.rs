@@ -42,6 +42,8 @@ pub struct QuantizedLinear {
     scales: Vec<f32>,
     zeros: Vec<u8>,
     g_idx: Option<Vec<u32>>,
+    /// FP8 E4M3 codes with no NaN (`S.1111.111`), decodable by [`row_dot_e4m3`]'s bit trick.
+    e4m3_finite: bool,
 }
 
 thread_local! {
@@ -97,7 +99,19 @@ impl QuantizedLinear {
         for r in 0..rows {
             words.extend(pack(&q.codes[r * cols..(r + 1) * cols], bits, PackRule::Stream));
         }
-        Ok(Self { scheme: q.scheme, rows, cols, words, row_words, groups, scales, zeros, g_idx: q.g_idx.clone() })
+        let e4m3_finite = q.scheme.format == NumberFormat::Fp8E4M3 && q.codes.iter().all(|&c| c & 0x7F != 0x7F);
+        Ok(Self {
+            scheme: q.scheme,
+            rows,
+            cols,
+            words,
+            row_words,
+            groups,
+            scales,
+            zeros,
+            g_idx: q.g_idx.clone(),
+            e4m3_finite,
+        })
     }
 
     pub fn scheme(&self) -> QuantScheme {
@@ -201,6 +215,19 @@ impl QuantizedLinear {
                 let mut xi = vec![0.0; self.cols];
                 interleave(x, per, &mut xi);
                 run(&xi, y);
+            }
+        });
+    }
+
+    /// `y = Ŵ·x` for one token of FP8 E4M3 weights (one scale per row): each row's codes
+    /// decoded 8 at a time in registers ([`row_dot_e4m3`]), then scaled.
+    fn forward_one_e4m3(&self, x: &[f32], y: &mut [f32]) {
+        y.par_chunks_mut(TILE_ROWS).enumerate().for_each(|(t, ys)| {
+            for (i, yr) in ys.iter_mut().enumerate() {
+                let r = t * TILE_ROWS + i;
+                let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
+                // FP8 rows are Stream-packed bytes, LSB first: the words' little-endian bytes.
+                *yr = self.scales[r * self.groups] * row_dot_e4m3(&words_as_bytes(words)[..self.cols], x);
             }
         });
     }
@@ -424,6 +451,79 @@ unsafe fn row_dot_avx2<const PER: usize>(
     _mm_cvtss_f32(h1) - offset
 }
 
+/// The bytes of packed words in memory order (little-endian: code order for 8-bit codes).
+fn words_as_bytes(words: &[u32]) -> &[u8] {
+    // SAFETY: u8 has no alignment or validity requirements; the length is in bytes.
+    #[cfg(target_endian = "little")]
+    unsafe {
+        std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 4)
+    }
+}
+
+/// `Σ_c e4m3(q_c)·x_c` over one row of FP8 E4M3 codes (no NaN codes). A code's bits
+/// `S.EEEE.MMM` become the f32 bits `S << 31 | EEEEMMM << 20`, which is the code's value
+/// times 2^-120 for normal and subnormal codes alike; one multiply by 2^120 restores it
+/// exactly. 8 lanes of fused multiply-adds, reduced by halves, then the tail; AVX2+FMA
+/// where present, else the same arithmetic in plain loops (same bits).
+fn row_dot_e4m3(codes: &[u8], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present; loads stay inside the chunks.
+        return unsafe { row_dot_e4m3_avx2(codes, x) };
+    }
+    row_dot_e4m3_plain(codes, x)
+}
+
+/// 2^120: the exponent bias difference of f32 (127) and E4M3 (7).
+const E4M3_RESCALE: f32 = f32::from_bits((127 + 120) << 23);
+
+fn e4m3_bits(c: u8) -> f32 {
+    let c = c as u32;
+    f32::from_bits(((c & 0x80) << 24) | ((c & 0x7F) << 20)) * E4M3_RESCALE
+}
+
+fn row_dot_e4m3_plain(codes: &[u8], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; WORD_LANES];
+    let (cq, cx) = (codes.chunks_exact(WORD_LANES), x.chunks_exact(WORD_LANES));
+    let tail = cq.remainder().iter().zip(cx.remainder()).fold(0.0f32, |t, (&q, &v)| e4m3_bits(q).mul_add(v, t));
+    for (q, v) in cq.zip(cx) {
+        for j in 0..WORD_LANES {
+            acc[j] = e4m3_bits(q[j]).mul_add(v[j], acc[j]);
+        }
+    }
+    let mut half = WORD_LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            acc[i] += acc[i + half];
+        }
+        half /= 2;
+    }
+    acc[0] + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dot_e4m3_avx2(codes: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (sign, mag, rescale) = (_mm256_set1_epi32(0x80), _mm256_set1_epi32(0x7F), _mm256_set1_ps(E4M3_RESCALE));
+    let mut acc = _mm256_setzero_ps();
+    let (cq, cx) = (codes.chunks_exact(WORD_LANES), x.chunks_exact(WORD_LANES));
+    let tail = cq.remainder().iter().zip(cx.remainder()).fold(0.0f32, |t, (&q, &v)| e4m3_bits(q).mul_add(v, t));
+    for (q, v) in cq.zip(cx) {
+        let c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.as_ptr() as *const __m128i));
+        let bits = _mm256_or_si256(
+            _mm256_slli_epi32(_mm256_and_si256(c, sign), 24),
+            _mm256_slli_epi32(_mm256_and_si256(c, mag), 20),
+        );
+        let w = _mm256_mul_ps(_mm256_castsi256_ps(bits), rescale);
+        acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.as_ptr()), acc);
+    }
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    _mm_cvtss_f32(h1) + tail
+}
+
 thread_local! {
     /// The interleaved input of [`QuantizedLinear::forward_one`], reused between calls.
     static INTERLEAVED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -441,6 +541,9 @@ impl Linear for QuantizedLinear {
         assert_eq!(y.len(), tokens * self.rows, "QuantizedLinear: y shape");
         if tokens == 1 && self.one_token_kernel() {
             return self.forward_one(x, y);
+        }
+        if tokens == 1 && self.e4m3_finite {
+            return self.forward_one_e4m3(x, y);
         }
         // Per-token group sums of x for the fused few-token path (contiguous integer groups).
         let gsums: Option<Vec<f32>> =
@@ -580,6 +683,27 @@ mod tests {
             };
             assert_eq!(fast.to_bits(), plain.to_bits(), "{bits} bits, {cols} cols, groups of {width}");
         }
+    }
+
+    /// The E4M3 bit trick decodes every finite code as the decode table does, and the
+    /// AVX2 row sum gives the plain loops' bits.
+    #[test]
+    fn the_e4m3_kernel_decodes_every_finite_code_and_matches_its_plain_loops() {
+        let table = fp8::decode_table(NumberFormat::Fp8E4M3);
+        for c in (0..=255u8).filter(|c| c & 0x7F != 0x7F) {
+            assert_eq!(e4m3_bits(c).to_bits(), table[c as usize].to_bits(), "code {c:#04x}");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        for n in [0usize, 5, 8, 576, 1539] {
+            let codes: Vec<u8> = (0..n).map(|_| rng.random::<u8>() & 0xFE).collect(); // no 0x7F / 0xFF
+            let x: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+            assert_eq!(row_dot_e4m3(&codes, &x).to_bits(), row_dot_e4m3_plain(&codes, &x).to_bits(), "n {n}");
+        }
+        // A NaN code disables the kernel (the table path keeps the NaN).
+        let mut q = quantize_rtn("w", &[0.5; 64], 2, 32, QuantScheme::fp8_e4m3(), None).unwrap();
+        assert!(QuantizedLinear::new("w", &q).unwrap().e4m3_finite);
+        q.codes[3] = 0x7F;
+        assert!(!QuantizedLinear::new("w", &q).unwrap().e4m3_finite);
     }
 
     #[test]
