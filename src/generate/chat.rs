@@ -133,12 +133,14 @@ mod tests {
 
     #[test]
     fn python_methods_block_trimming_and_special_tokens() {
-        // Llama/Qwen templates call .strip() and rely on trim_blocks / lstrip_blocks.
-        let t =
-            template("{{ bos_token }}\n{% for m in messages %}\n  {{ m['content'].strip() | upper }}|\n{% endfor %}");
+        // Llama/Qwen templates call .strip() and rely on trim_blocks / lstrip_blocks;
+        // the expected text is what Jinja2 (transformers' renderer) gives for this template.
+        let t = template(
+            "{{ bos_token }}{% for m in messages %}\n  {% if m['content'] %}{{ m['content'].strip() | upper }}|{% endif %}\n{% endfor %}",
+        );
         assert_eq!(
             t.render(&[Message::new("user", "  a  "), Message::new("assistant", "b")], false).unwrap(),
-            "<s>A|\nB|\n"
+            "<s>A|B|"
         );
     }
 
