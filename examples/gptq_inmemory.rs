@@ -39,7 +39,7 @@ fn main() {
         (Source::None, Box::new(Rtn { clip: None }))
     };
     let mut mods = Modifiers { schemes: SchemePolicy::uniform(scheme), transforms: vec![], weights, inputs: None };
-    let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into() };
+    let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into(), observe_kv: false };
     let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
     let tensors = &report.tensors;
     eprintln!("{method} {scheme}: {:.1}s timings {:?}", t0.elapsed().as_secs_f64(), report.timings);

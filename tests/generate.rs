@@ -26,6 +26,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 /// Runs `tokens` through the cache in pieces (a prompt of 7, one of 5, then one at a time)
 /// and checks each piece's last logits against the full forward of the prefix.
 fn check_cache_against_full_forward(model: &LlamaModel, tokens: &[u32], what: &str) {
+    check_cache_within(model, tokens, what, 2e-5)
+}
+
+/// [`check_cache_against_full_forward`] within `tol`.
+fn check_cache_within(model: &LlamaModel, tokens: &[u32], what: &str, tol: f64) {
     let full = model.forward(tokens, 1, tokens.len()).unwrap();
     let vocab = model.config.vocab_size;
     let mut cache = model.new_cache(tokens.len()).unwrap();
@@ -38,7 +43,7 @@ fn check_cache_against_full_forward(model: &LlamaModel, tokens: &[u32], what: &s
         // The cached path runs the same kernels; only GEMM blockings of different row
         // counts (and the quantized linear's few-token dot path) reorder sums.
         let e = rel_err(&last, want);
-        assert!(e < 2e-5, "{what}: logits at position {} differ from the full forward by {e:.2e}", to - 1);
+        assert!(e < tol, "{what}: logits at position {} differ from the full forward by {e:.2e}", to - 1);
         assert_eq!(cache.len(), to);
         from = to;
     }
@@ -278,4 +283,111 @@ fn bench_reports_prefill_and_decode_rates() {
         assert!(rates.iter().all(|x| x.as_f64().unwrap() > 0.0));
     }
     common::fails_with(&["bench", "--model", fx.to_str().unwrap(), "-r", "0"], &["--repetitions", "0"]);
+}
+
+/// A small calibration text the fixtures' tokenizers cover.
+fn fixture_text(root: &Path) -> PathBuf {
+    let p = root.join("text.txt");
+    let para = "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than \
+                complex. Complex is better than complicated. Flat is better than nested. Readability counts. ";
+    std::fs::write(&p, para.repeat(20)).unwrap();
+    p
+}
+
+/// An FP8 KV cache (compressed-tensors `kv_cache_scheme`): scales measured and written per
+/// block, read back; the cached E4M3 codes give what evaluation's fake quantization gives;
+/// a quarter of the f32 cache's bytes; a small but real change of the logits.
+#[test]
+fn an_fp8_kv_cache_is_written_read_and_decoded_as_evaluated() {
+    let root = tempfile::tempdir().unwrap();
+    let text = fixture_text(root.path());
+    for name in ["llama3", "mistral"] {
+        let src = fixture(name);
+        let (plain, kv) = (root.path().join(format!("{name}-plain")), root.path().join(format!("{name}-kv")));
+        let calib = ["--kv-cache", "fp8", "--calib", text.to_str().unwrap(), "--nsamples", "4", "--seqlen", "32"];
+        for (out, extra) in [(&plain, &[][..]), (&kv, &calib[..])] {
+            let mut args = vec![src.to_str().unwrap(), "--method", "rtn", "--bits", "8", "--per-channel"];
+            args.extend(["--format", "compressed-tensors", "-o", out.to_str().unwrap()]);
+            args.extend(extra);
+            let (ok, err) = common::quantize(&args);
+            assert!(ok, "{args:?}: {err}");
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(kv.join("config.json")).unwrap()).unwrap();
+        let scheme = &cfg["quantization_config"]["kv_cache_scheme"];
+        assert_eq!(
+            (scheme["type"].as_str(), scheme["num_bits"].as_u64(), scheme["strategy"].as_str()),
+            (Some("float"), Some(8), Some("tensor"))
+        );
+        let (model, _) = load_model(&kv).unwrap();
+        for b in &model.blocks {
+            let [k, v] = b.kv_scales.expect("every block has its scales");
+            assert!(k > 0.0 && v > 0.0 && k.is_finite() && v.is_finite());
+        }
+        let (reference, _) = load_model(&plain).unwrap();
+        assert!(reference.blocks.iter().all(|b| b.kv_scales.is_none()));
+        assert_eq!(
+            model.new_cache(8).unwrap().bytes_per_token() * 4,
+            reference.new_cache(8).unwrap().bytes_per_token(),
+            "E4M3 codes are a quarter of f32"
+        );
+        let tokens: Vec<u32> = (0..30u32).map(|i| (i * 41 + 7) % model.config.vocab_size as u32).collect();
+        // The cached codes are those fake quantization gives for the same keys, but a key
+        // that one path computes 1e-7 apart can round to the neighbouring E4M3 code (6%
+        // apart): a few such flips move the logits by ~1e-4, never more than 1e-3.
+        check_cache_within(&model, &tokens, &format!("{name} with an FP8 KV cache"), 1e-3);
+        let (a, b) = (model.forward(&tokens, 1, 30).unwrap(), reference.forward(&tokens, 1, 30).unwrap());
+        let e = rel_err(&a, &b);
+        // Random weights, random tokens (keys beyond the calibrated range are clamped): a
+        // real change, far from garbage. SmolLM2's perplexity cost is in docs/BENCHMARKS.md.
+        assert!(e > 1e-6 && e < 0.25, "{name}: the FP8 cache moves the logits by {e:.2e}");
+    }
+}
+
+#[test]
+fn kv_cache_options_and_configs_that_do_not_fit_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let text = fixture_text(root.path());
+    let (src, t) = (fixture("llama3"), text.to_str().unwrap());
+    let out = root.path().join("never");
+    let o = out.to_str().unwrap();
+    let s = src.to_str().unwrap();
+    common::fails_with(
+        &[s, "--method", "rtn", "--kv-cache", "fp8", "--format", "gptq", "--calib", t, "-o", o],
+        &["--kv-cache", "compressed-tensors"],
+    );
+    common::fails_with(&[s, "--method", "rtn", "--kv-cache", "int4", "-o", o], &["--kv-cache", "int4"]);
+    assert!(!out.exists());
+    // A checkpoint declaring another KV scheme, or missing a scale, is refused by name.
+    let kv = root.path().join("kv");
+    let args = [
+        s,
+        "--method",
+        "rtn",
+        "--bits",
+        "8",
+        "--per-channel",
+        "--kv-cache",
+        "fp8",
+        "--calib",
+        t,
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "-o",
+        kv.to_str().unwrap(),
+    ];
+    let (ok, err) = common::quantize(&args);
+    assert!(ok, "{err}");
+    let channel = common::dir_with_config(&kv, root.path(), "channel", |c| {
+        c["quantization_config"]["kv_cache_scheme"]["strategy"] = serde_json::json!("channel")
+    });
+    let e = load_model(&channel).err().expect("refused").to_string();
+    assert!(e.contains("kv_cache_scheme.strategy") && e.contains("channel"), "{e}");
+    let fixture_cfg = common::dir_with_config(&src, root.path(), "declares", |c| {
+        c["quantization_config"] = serde_json::json!({"kv_cache_scheme": quantize::format::kv_cache::to_ct_json()})
+    });
+    let e = LlamaModel::load(&fixture_cfg).err().expect("refused").to_string();
+    assert!(e.contains("model.layers.0.self_attn.k_scale") && e.contains("missing"), "{e}");
 }

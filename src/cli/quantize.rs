@@ -139,6 +139,10 @@ pub struct QuantizeArgs {
     /// Also quantize an untied LM head (rtn, fp8, hqq).
     #[arg(long, help_heading = "RTN / FP8 / GPTQ")]
     pub include_head: bool,
+    /// `fp8`: an FP8 E4M3 KV cache with static per-block scales measured on the calibration
+    /// windows (any method; compressed-tensors `kv_cache_scheme`, as vLLM runs it).
+    #[arg(long, value_parser = ["fp8"])]
+    pub kv_cache: Option<String>,
     /// GPTQ damping, a fraction of the mean Hessian diagonal.
     #[arg(long, default_value_t = 0.01, help_heading = "RTN / FP8 / GPTQ")]
     pub damp: f32,
@@ -424,6 +428,10 @@ impl QuantizeArgs {
                 }
             }
         }
+        used.insert("kv_cache");
+        if self.kv_cache.is_some() {
+            used.extend(CALIB_FLAGS);
+        }
         let needs_calibration = used.contains("calib");
         for id in &given.0 {
             if !used.contains(id.as_str()) {
@@ -438,6 +446,7 @@ impl QuantizeArgs {
         Ok(Recipe {
             format: self.format.clone(),
             include_head: self.include_head,
+            kv_cache: self.kv_cache.clone(),
             ignore: vec![],
             overrides: vec![],
             scheme,

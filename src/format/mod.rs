@@ -6,6 +6,7 @@ pub mod compressed_tensors;
 pub mod fp8;
 pub mod ggml;
 pub mod gptq;
+pub mod kv_cache;
 pub mod pack;
 pub mod quantized;
 pub mod scheme;

@@ -18,6 +18,7 @@ use crate::format::activation::{ActParams, ActScheme, CtInputSchemes};
 use crate::format::awq::{self, AwqConfig};
 use crate::format::compressed_tensors::{self as ct, CtConfig, CtFormat, PyMatch};
 use crate::format::gptq::{self, GptqConfig};
+use crate::format::kv_cache;
 use crate::format::pack::RawTensor;
 use crate::format::{Granularity, NumberFormat, QuantizedTensor};
 use safetensors::tensor::TensorView;
@@ -285,6 +286,8 @@ pub struct CheckpointWriter {
     shards: Vec<(String, Vec<String>)>,
     total_bytes: usize,
     max_shard_bytes: usize,
+    /// An FP8 KV cache is declared (`kv_cache_scheme`) and its scales written.
+    kv_cache: bool,
 }
 
 impl CheckpointWriter {
@@ -339,6 +342,7 @@ impl CheckpointWriter {
             shards: vec![],
             total_bytes: 0,
             max_shard_bytes: MAX_SHARD_BYTES,
+            kv_cache: false,
         })
     }
 
@@ -537,8 +541,41 @@ impl CheckpointWriter {
         std::fs::rename(&a, &b).map_err(|e| Error::io(&b, e))
     }
 
+    /// Declare an FP8 KV cache (compressed-tensors `kv_cache_scheme`); every block then
+    /// needs its scales ([`CheckpointWriter::add_kv_scales`]).
+    pub fn declare_kv_cache(&mut self) -> Result<()> {
+        if self.format != CheckpointFormat::CompressedTensors {
+            return Err(Error::option(
+                "--kv-cache",
+                format!("the {} format cannot declare a KV cache scheme; use --format compressed-tensors", self.format),
+            ));
+        }
+        self.kv_cache = true;
+        Ok(())
+    }
+
+    /// Block `layer`'s `[k_scale, v_scale]` of the declared FP8 KV cache (f32, shape `[1]`).
+    pub fn add_kv_scales(&mut self, layer: usize, scales: [f32; 2]) -> Result<()> {
+        assert!(self.kv_cache, "add_kv_scales without declare_kv_cache");
+        for (name, s) in kv_cache::scale_names(layer).into_iter().zip(scales) {
+            if self.store.contains(&name) {
+                return Err(Error::tensor(&name, "the source model already holds it; quantize the unquantized model"));
+            }
+            self.push(Pending::Owned(RawTensor::from_f32(name, &[1], &[s])))?;
+        }
+        Ok(())
+    }
+
     /// `quantization_config` for every quantized module written.
     fn quantization_config(&self) -> Result<Value> {
+        let mut qc = self.linears_quantization_config()?;
+        if self.kv_cache {
+            qc["kv_cache_scheme"] = kv_cache::to_ct_json();
+        }
+        Ok(qc)
+    }
+
+    fn linears_quantization_config(&self) -> Result<Value> {
         let skipped = unquantized_linears(&self.store, &self.schemes)?;
         let quantized = &self.schemes;
         Ok(match self.format {

@@ -60,6 +60,9 @@ pub struct LlamaConfig {
     /// for full causal attention (mistral `sliding_window`; qwen2/3 `use_sliding_window`,
     /// `max_window_layers`, `layer_types`; phi3 `sliding_window`).
     pub sliding_window: Vec<Option<usize>>,
+    /// Keys and values are cached in FP8 E4M3 with a static scale per block
+    /// (`quantization_config.kv_cache_scheme`; `format::kv_cache`).
+    pub kv_cache_fp8: bool,
     /// Raw JSON, kept so writers can copy it through with additions.
     pub raw: Value,
 }
@@ -245,6 +248,10 @@ impl LlamaConfig {
             }
         }
         let sliding_window = sliding_windows(&raw, family, num_layers, path)?;
+        let kv_cache_fp8 = match raw.get("quantization_config") {
+            Some(qc) => crate::format::kv_cache::declared(qc, path)?,
+            None => false,
+        };
         Ok(Self {
             family,
             hidden_size,
@@ -263,6 +270,7 @@ impl LlamaConfig {
             mlp_bias,
             qk_norm: family == Family::Qwen3,
             sliding_window,
+            kv_cache_fp8,
             model_type,
             raw,
         })

@@ -5,22 +5,54 @@
 //! layout the k/v projections produce, so a prefill appends its rows as computed and
 //! attention reads each head with a row stride (`layers::cached_attention`). The buffers
 //! are allocated for `capacity` positions at once (zeroed pages, so memory grows as they
-//! fill) and never reallocated: decoding allocates nothing here. Size per token:
-//! `2 · layers · kv_dim · 4` bytes (SmolLM2-135M: 46,080 B).
+//! fill) and never reallocated. Size per token: `2 · layers · kv_dim · 4` bytes
+//! (SmolLM2-135M: 46,080 B). A checkpoint with an FP8 `kv_cache_scheme` caches E4M3 codes
+//! instead (a quarter of that), decoded into one shared f32 buffer for the block that
+//! attends (`KvScratch`).
 
 use super::config::LlamaConfig;
 use super::layers::Rope;
 use crate::error::{Error, Result};
+use crate::format::{fp8, kv_cache, NumberFormat};
 
 /// One block's keys and values.
 pub struct LayerKv {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    store: KvStore,
     width: usize,
     len: usize,
 }
 
+enum KvStore {
+    F32 {
+        keys: Vec<f32>,
+        values: Vec<f32>,
+    },
+    /// E4M3 codes with the block's static `[k_scale, v_scale]` (`format::kv_cache`).
+    Fp8 {
+        keys: Vec<u8>,
+        values: Vec<u8>,
+        scales: [f32; 2],
+    },
+}
+
+/// Decoded keys and values of an FP8 cache, shared by every block of a model (one block
+/// attends at a time), so an FP8 cache costs a quarter of an f32 one plus one block's f32.
+#[derive(Default)]
+pub struct KvScratch {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
 impl LayerKv {
+    fn new(width: usize, capacity: usize, scales: Option<[f32; 2]>) -> Self {
+        let n = capacity * width;
+        let store = match scales {
+            None => KvStore::F32 { keys: vec![0.0; n], values: vec![0.0; n] },
+            Some(scales) => KvStore::Fp8 { keys: vec![0; n], values: vec![0; n], scales },
+        };
+        Self { store, width, len: 0 }
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
@@ -30,19 +62,55 @@ impl LayerKv {
         self.len == 0
     }
 
-    /// Append the rows of `k`, `v` (`[rows, kv_dim]`, RoPE applied to `k`).
+    /// Append the rows of `k`, `v` (`[rows, kv_dim]`, RoPE applied to `k`); an FP8 cache
+    /// stores their E4M3 codes.
     pub fn append(&mut self, k: &[f32], v: &[f32]) {
         let (a, b) = (self.len * self.width, self.len * self.width + k.len());
-        assert!(b <= self.keys.len() && k.len() == v.len(), "LayerKv: append past the capacity");
-        self.keys[a..b].copy_from_slice(k);
-        self.values[a..b].copy_from_slice(v);
+        assert!(k.len() == v.len() && k.len() % self.width == 0, "LayerKv: rows of k and v");
+        match &mut self.store {
+            KvStore::F32 { keys, values } => {
+                assert!(b <= keys.len(), "LayerKv: append past the capacity");
+                keys[a..b].copy_from_slice(k);
+                values[a..b].copy_from_slice(v);
+            }
+            KvStore::Fp8 { keys, values, scales } => {
+                assert!(b <= keys.len(), "LayerKv: append past the capacity");
+                for (c, &x) in keys[a..b].iter_mut().zip(k) {
+                    *c = kv_cache::encode(x, scales[0]);
+                }
+                for (c, &x) in values[a..b].iter_mut().zip(v) {
+                    *c = kv_cache::encode(x, scales[1]);
+                }
+            }
+        }
         self.len += k.len() / self.width;
     }
 
-    /// Keys and values of the positions held, `[len, kv_dim]` each.
-    pub fn keys_values(&self) -> (&[f32], &[f32]) {
+    /// Keys and values of the positions held, `[len, kv_dim]` each, in f32: the cache
+    /// itself, or an FP8 cache decoded into `scratch` (`code · scale`, the values
+    /// `kv_cache::fake_quantize` gives).
+    pub fn keys_values<'s>(&'s self, scratch: &'s mut KvScratch) -> (&'s [f32], &'s [f32]) {
         let n = self.len * self.width;
-        (&self.keys[..n], &self.values[..n])
+        match &self.store {
+            KvStore::F32 { keys, values } => (&keys[..n], &values[..n]),
+            KvStore::Fp8 { keys, values, scales } => {
+                let table = fp8::decode_table(NumberFormat::Fp8E4M3);
+                for (out, codes, s) in [(&mut scratch.keys, keys, scales[0]), (&mut scratch.values, values, scales[1])]
+                {
+                    out.clear();
+                    out.extend(codes[..n].iter().map(|&c| table[c as usize] * s));
+                }
+                (&scratch.keys, &scratch.values)
+            }
+        }
+    }
+
+    fn bytes_per_token(&self) -> usize {
+        let elem = match self.store {
+            KvStore::F32 { .. } => 4,
+            KvStore::Fp8 { .. } => 1,
+        };
+        2 * self.width * elem
     }
 }
 
@@ -51,23 +119,24 @@ pub struct KvCache {
     layers: Vec<LayerKv>,
     rope: Rope,
     capacity: usize,
+    scratch: KvScratch,
 }
 
 impl KvCache {
     /// An empty cache for up to `capacity` positions; refuses more than the model's
-    /// `max_position_embeddings`.
-    pub fn new(cfg: &LlamaConfig, capacity: usize) -> Result<Self> {
+    /// `max_position_embeddings`. `fp8_scales[block]` (`[k_scale, v_scale]`) makes that
+    /// block's cache FP8 E4M3; `None` keeps f32.
+    pub fn new(cfg: &LlamaConfig, capacity: usize, fp8_scales: &[Option<[f32; 2]>]) -> Result<Self> {
         if capacity > cfg.max_position_embeddings {
             return Err(Error::other_msg(format!(
                 "a context of {capacity} tokens is longer than the model's max_position_embeddings = {}",
                 cfg.max_position_embeddings
             )));
         }
+        assert_eq!(fp8_scales.len(), cfg.num_layers, "KvCache: one scale entry per block");
         let width = cfg.kv_dim();
-        let layers = (0..cfg.num_layers)
-            .map(|_| LayerKv { keys: vec![0.0; capacity * width], values: vec![0.0; capacity * width], width, len: 0 })
-            .collect();
-        Ok(Self { layers, rope: cfg.rope_tables(capacity.max(1)), capacity })
+        let layers = fp8_scales.iter().map(|&s| LayerKv::new(width, capacity, s)).collect();
+        Ok(Self { layers, rope: cfg.rope_tables(capacity.max(1)), capacity, scratch: KvScratch::default() })
     }
 
     /// Positions held (the same in every block between forwards).
@@ -85,7 +154,7 @@ impl KvCache {
 
     /// Bytes the cache takes per position.
     pub fn bytes_per_token(&self) -> usize {
-        self.layers.iter().map(|l| 2 * l.width * 4).sum()
+        self.layers.iter().map(LayerKv::bytes_per_token).sum()
     }
 
     /// An error unless `tokens` more positions fit.
@@ -110,8 +179,8 @@ impl KvCache {
         self.layers.iter_mut().for_each(|l| l.len = l.len.min(len));
     }
 
-    /// The RoPE tables and the blocks' caches, for one forward.
-    pub fn parts(&mut self) -> (&Rope, &mut [LayerKv]) {
-        (&self.rope, &mut self.layers)
+    /// The RoPE tables, the blocks' caches and the shared decode buffer, for one forward.
+    pub fn parts(&mut self) -> (&Rope, &mut [LayerKv], &mut KvScratch) {
+        (&self.rope, &mut self.layers, &mut self.scratch)
     }
 }

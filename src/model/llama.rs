@@ -4,10 +4,11 @@
 //! calibration, GPTQ and AWQ never test for types or families.
 
 use super::config::LlamaConfig;
-use super::kv_cache::{KvCache, LayerKv};
+use super::kv_cache::{KvCache, KvScratch, LayerKv};
 use super::layers::{add_assign, add_bias, cached_attention, causal_attention, rms_norm, swiglu, Rope};
 use super::linear::{matmul_xwt, DenseLinear, Linear};
 use crate::error::{Error, Result};
+use crate::format::kv_cache;
 use crate::io::safetensors::SafetensorsStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -386,14 +387,19 @@ pub struct Block {
     pub biases: Vec<Option<Vec<f32>>>,
     /// Per-head RMSNorm weights of q and k (`[head_dim]` each; qwen3).
     pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// `[k_scale, v_scale]` of an FP8 KV cache (`kv_cache_scheme`): keys and values are
+    /// rounded to what the cache holds, in windows as in generation.
+    pub kv_scales: Option<[f32; 2]>,
 }
 
 /// How a block's attention sees its rows.
 pub enum Attend<'a> {
-    /// `windows` independent windows of `seq` tokens (calibration, evaluation).
-    Windows { rope: &'a Rope, windows: usize, seq: usize },
-    /// New tokens after those held in `kv` (generation); their keys and values are appended.
-    Cached { rope: &'a Rope, kv: &'a mut LayerKv },
+    /// `windows` independent windows of `seq` tokens (calibration, evaluation); with
+    /// `kv_absmax`, the largest |key| and |value| (after RoPE) are recorded there.
+    Windows { rope: &'a Rope, windows: usize, seq: usize, kv_absmax: Option<&'a mut [f32; 2]> },
+    /// New tokens after those held in `kv` (generation); their keys and values are
+    /// appended, and an FP8 cache is decoded into `scratch` to attend.
+    Cached { rope: &'a Rope, kv: &'a mut LayerKv, scratch: &'a mut KvScratch },
 }
 
 /// The dense tensors of a block besides its linear weights: norms, biases, q/k norms.
@@ -402,6 +408,7 @@ pub struct BlockDense {
     pub post_norm: Vec<f32>,
     pub biases: Vec<Option<Vec<f32>>>,
     pub qk_norm: Option<[Vec<f32>; 2]>,
+    pub kv_scales: Option<[f32; 2]>,
 }
 
 impl BlockDense {
@@ -429,12 +436,31 @@ impl BlockDense {
         } else {
             None
         };
+        let kv_scales = if cfg.kv_cache_fp8 {
+            let [k, v] = kv_cache::scale_names(index).map(|n| read_scale(store, &n));
+            Some([k?, v?])
+        } else {
+            None
+        };
         Ok(Self {
             input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
             post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
             biases,
             qk_norm,
+            kv_scales,
         })
+    }
+}
+
+/// A positive finite scalar scale (shape `[]` or `[1]`), e.g. `self_attn.k_scale`.
+fn read_scale(store: &SafetensorsStore, name: &str) -> Result<f32> {
+    if !store.contains(name) {
+        return Err(Error::tensor(name, "missing: config.json's kv_cache_scheme needs a scale per block"));
+    }
+    let (v, shape) = store.f32(name)?;
+    match (v.as_slice(), shape.iter().product::<usize>()) {
+        (&[s], 1) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err(Error::tensor(name, format!("must be one positive finite value, found {v:?} of shape {shape:?}"))),
     }
 }
 
@@ -453,7 +479,15 @@ impl Block {
     }
 
     pub fn from_parts(index: usize, linears: Vec<Box<dyn Linear>>, d: BlockDense) -> Self {
-        Self { index, input_norm: d.input_norm, post_norm: d.post_norm, linears, biases: d.biases, qk_norm: d.qk_norm }
+        Self {
+            index,
+            input_norm: d.input_norm,
+            post_norm: d.post_norm,
+            linears,
+            biases: d.biases,
+            qk_norm: d.qk_norm,
+            kv_scales: d.kv_scales,
+        }
     }
 
     /// `x · W_kᵀ + b_k` for the linear at index `k`: `[t, out]`.
@@ -493,7 +527,7 @@ impl Block {
     /// Stage 2: attention heads (input of o) from the normalized input `h1`, over
     /// `windows` independent windows of `seq` tokens.
     pub fn attention(&self, cfg: &LlamaConfig, rope: &Rope, h1: &[f32], windows: usize, seq: usize) -> Vec<f32> {
-        self.attend(cfg, h1, &mut Attend::Windows { rope, windows, seq })
+        self.attend(cfg, h1, &mut Attend::Windows { rope, windows, seq, kv_absmax: None })
     }
 
     /// Stage 2 for either kind of sequence: q, k, v, the q/k norms, RoPE at the rows'
@@ -512,17 +546,27 @@ impl Block {
         let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let sliding = cfg.sliding_window[self.index];
         match how {
-            Attend::Windows { rope, windows, seq } => {
+            Attend::Windows { rope, windows, seq, kv_absmax } => {
                 rope.apply(&mut q, heads);
                 rope.apply(&mut k, kv_heads);
+                if let Some(m) = kv_absmax {
+                    let absmax = |x: &[f32]| x.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    m[0] = m[0].max(absmax(&k));
+                    m[1] = m[1].max(absmax(&v));
+                }
+                let mut v = v;
+                if let Some([ks, vs]) = self.kv_scales {
+                    kv_cache::fake_quantize(&mut k, ks);
+                    kv_cache::fake_quantize(&mut v, vs);
+                }
                 causal_attention(&q, &k, &v, *windows, *seq, heads, kv_heads, hd, sliding, &mut attn);
             }
-            Attend::Cached { rope, kv } => {
+            Attend::Cached { rope, kv, scratch } => {
                 let pos0 = kv.len();
                 rope.apply_from(&mut q, heads, pos0);
                 rope.apply_from(&mut k, kv_heads, pos0);
                 kv.append(&k, &v);
-                let (keys, values) = kv.keys_values();
+                let (keys, values) = kv.keys_values(scratch);
                 cached_attention(&q, keys, values, pos0, t, heads, kv_heads, hd, sliding, &mut attn);
             }
         }
@@ -580,7 +624,7 @@ impl Block {
         windows: usize,
         seq: usize,
     ) -> Vec<f32> {
-        self.run_stage_with(cfg, stage, x, prev, &mut Attend::Windows { rope, windows, seq })
+        self.run_stage_with(cfg, stage, x, prev, &mut Attend::Windows { rope, windows, seq, kv_absmax: None })
     }
 
     /// [`Block::run_stage`] for either kind of sequence ([`Attend`]).
@@ -616,7 +660,7 @@ impl Block {
         hook: Option<&mut dyn BlockHook>,
     ) -> Result<()> {
         debug_assert_eq!(x.len(), windows * seq * cfg.hidden_size);
-        self.forward_with(cfg, x, &mut Attend::Windows { rope, windows, seq }, hook)
+        self.forward_with(cfg, x, &mut Attend::Windows { rope, windows, seq, kv_absmax: None }, hook)
     }
 
     /// Run the block in place on `x` (`[tokens, hidden]`), stage by stage ([`BLOCK_STAGES`]).
@@ -745,16 +789,17 @@ impl LlamaModel {
         }
         cache.check_room(tokens.len())?;
         let mut x = self.embed_tokens(tokens)?;
-        let (rope, layers) = cache.parts();
+        let (rope, layers, scratch) = cache.parts();
         for (b, kv) in self.blocks.iter().zip(layers) {
-            b.forward_with(&self.config, &mut x, &mut Attend::Cached { rope, kv }, None)?;
+            b.forward_with(&self.config, &mut x, &mut Attend::Cached { rope, kv, scratch: &mut *scratch }, None)?;
         }
         Ok(self.head(&x[(tokens.len() - 1) * h..], 1))
     }
 
     /// An empty KV cache for up to `capacity` positions of this model.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::new(&self.config, capacity)
+        let scales: Vec<Option<[f32; 2]>> = self.blocks.iter().map(|b| b.kv_scales).collect();
+        KvCache::new(&self.config, capacity, &scales)
     }
 
     /// Resident bytes of all weights (embedding, blocks, norm, head).

@@ -28,7 +28,9 @@ use crate::format::QuantizedTensor;
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::layers::{first_non_finite, Rope};
 use crate::model::linear::{DenseLinear, Linear};
-use crate::model::llama::{embed_tokens, linear_shape, site_linears, site_width, Block, InputSite, BLOCK_STAGES};
+use crate::model::llama::{
+    embed_tokens, linear_shape, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
+};
 use crate::model::LlamaConfig;
 use crate::quant::awq::weights::BlockWeights;
 use std::collections::BTreeMap;
@@ -52,6 +54,9 @@ pub struct DriverOptions {
     pub progress: bool,
     /// Prefix of the progress bar and of messages (e.g. `gptq int4-g128`).
     pub label: String,
+    /// Record each block's largest |key| and |value| (after RoPE, from the quantized block)
+    /// for an FP8 KV cache's static scales ([`DriverOutput::kv_absmax`]).
+    pub observe_kv: bool,
 }
 
 /// Where the time went, in seconds.
@@ -78,6 +83,9 @@ pub struct DriverOutput {
     pub stats: CalibStats,
     pub timings: Timings,
     pub tokens: usize,
+    /// Per block so far, `[max |k|, max |v|]` over the calibration tokens (with
+    /// [`DriverOptions::observe_kv`]); block `b`'s entry is there when the sink sees `b`.
+    pub kv_absmax: Vec<[f32; 2]>,
 }
 
 fn check_finite(b: usize, what: &str, x: &[f32], width: usize) -> Result<()> {
@@ -103,6 +111,7 @@ pub fn site_readers(cfg: &LlamaConfig, b: usize, site: InputSite) -> String {
 /// Run every stage of `block` on `x` (`[windows·seq, hidden]`, in place), chunk by chunk,
 /// handing each site's input to `on_site(block, site, input)`, which may replace the
 /// site's linears before the next stage runs.
+#[allow(clippy::too_many_arguments)]
 fn run_stages(
     cfg: &LlamaConfig,
     rope: &Rope,
@@ -111,6 +120,7 @@ fn run_stages(
     seq: usize,
     chunk: usize,
     t: &mut Timings,
+    mut kv_absmax: Option<&mut [f32; 2]>,
     mut on_site: impl FnMut(&mut Block, InputSite, &[f32], &mut Timings) -> Result<()>,
 ) -> Result<()> {
     let h = cfg.hidden_size;
@@ -124,7 +134,8 @@ fn run_stages(
         for (c, xc) in x.chunks_mut(rows * h).enumerate() {
             let tokens = xc.len() / h;
             let prev = if width == 0 { &[][..] } else { &cur[c * rows * width..][..tokens * width] };
-            next.extend_from_slice(&block.run_stage(cfg, rope, stage, xc, prev, tokens / seq, seq));
+            let mut how = Attend::Windows { rope, windows: tokens / seq, seq, kv_absmax: kv_absmax.as_deref_mut() };
+            next.extend_from_slice(&block.run_stage_with(cfg, stage, xc, prev, &mut how));
         }
         t.forward += tf.elapsed().as_secs_f64();
         (cur, width) = (next, out_width);
@@ -234,6 +245,12 @@ pub fn run_streaming(
     sink: &mut BlockSink,
 ) -> Result<DriverOutput> {
     check_source(&source, mods)?;
+    if opts.observe_kv && !matches!(source, Source::Windows(_)) {
+        return Err(Error::option(
+            "--kv-cache",
+            "an FP8 KV cache's scales are measured on calibration windows (not a statistics file); give --calib",
+        ));
+    }
     let mut t = Timings::default();
     let t0 = Instant::now();
     let (mut x, seqlen, tokens) = match &source {
@@ -260,6 +277,7 @@ pub fn run_streaming(
         stats: CalibStats::default(),
         timings: Timings::default(),
         tokens,
+        kv_absmax: Vec::new(),
     };
     t.load += t0.elapsed().as_secs_f64();
     let pb = if opts.progress {
@@ -297,7 +315,7 @@ pub fn run_streaming(
                 Source::Windows(_) => {
                     let mut fp = bw.to_block(cfg);
                     let mut xr = x.clone();
-                    run_stages(cfg, &rope, &mut fp, &mut xr, seqlen, chunk, &mut t, |_, site, input, t| {
+                    run_stages(cfg, &rope, &mut fp, &mut xr, seqlen, chunk, &mut t, None, |_, site, input, t| {
                         let width = site_width(cfg, site);
                         check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                         let ts = Instant::now();
@@ -374,22 +392,37 @@ pub fn run_streaming(
         match &source {
             Source::Windows(_) => {
                 let mut block = bw.to_block(cfg);
-                run_stages(cfg, &rope, &mut block, &mut x, seqlen, chunk, &mut t, |block, site, input, t| {
-                    let width = site_width(cfg, site);
-                    check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
-                    let ts = Instant::now();
-                    let stats = observe(input, width, chunk * seqlen, q_req);
-                    if let Some(h) = &stats.histogram {
-                        histograms.push((site, width, stats.tokens, h.clone()));
-                    }
-                    t.statistics += ts.elapsed().as_secs_f64();
-                    for (k, w) in quantize(site, &stats, t)? {
-                        let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
-                        block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
-                    }
-                    Ok(())
-                })?;
+                let mut kv = [0f32; 2];
+                let observe_kv = opts.observe_kv.then_some(&mut kv);
+                run_stages(
+                    cfg,
+                    &rope,
+                    &mut block,
+                    &mut x,
+                    seqlen,
+                    chunk,
+                    &mut t,
+                    observe_kv,
+                    |block, site, input, t| {
+                        let width = site_width(cfg, site);
+                        check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
+                        let ts = Instant::now();
+                        let stats = observe(input, width, chunk * seqlen, q_req);
+                        if let Some(h) = &stats.histogram {
+                            histograms.push((site, width, stats.tokens, h.clone()));
+                        }
+                        t.statistics += ts.elapsed().as_secs_f64();
+                        for (k, w) in quantize(site, &stats, t)? {
+                            let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
+                            block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
+                        }
+                        Ok(())
+                    },
+                )?;
                 check_finite(b, "the block output", &x, cfg.hidden_size)?;
+                if opts.observe_kv {
+                    out.kv_absmax.push(kv);
+                }
             }
             Source::Stats(st, path) => {
                 for site in crate::model::llama::block_sites() {

@@ -50,6 +50,10 @@ pub struct Recipe {
     /// Also quantize an untied LM head (calibration-free quantizers only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_head: bool,
+    /// `"fp8"`: cache keys and values in FP8 E4M3 with static per-block scales measured on
+    /// the calibration windows (compressed-tensors `kv_cache_scheme`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<String>,
     /// Linears left at full precision: module names or `re:` patterns (compressed-tensors
     /// targets), e.g. `["re:.*layers\\.0\\..*"]`. Each must match some linear.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -390,11 +394,12 @@ impl Recipe {
     }
 
     pub fn needs_calibration(&self) -> bool {
-        self.modifiers.iter().any(|m| match m {
-            ModifierSpec::Rtn { .. } | ModifierSpec::Hqq { .. } => false,
-            ModifierSpec::Activations { dynamic, .. } => !dynamic,
-            _ => true,
-        })
+        self.kv_cache.is_some()
+            || self.modifiers.iter().any(|m| match m {
+                ModifierSpec::Rtn { .. } | ModifierSpec::Hqq { .. } => false,
+                ModifierSpec::Activations { dynamic, .. } => !dynamic,
+                _ => true,
+            })
     }
 
     pub fn checkpoint_format(&self) -> Result<CheckpointFormat> {
@@ -436,11 +441,31 @@ impl Recipe {
         let weights = self.weights()?.clone();
         let scheme = self.weight_scheme()?;
         let has_act = self.activations().is_some();
+        match self.kv_cache.as_deref() {
+            None | Some("fp8") => {}
+            Some(other) => {
+                return Err(bad(
+                    "--kv-cache",
+                    format!("{other:?} is not a KV cache type; the one supported is \"fp8\""),
+                ))
+            }
+        }
+        let kv = self.kv_cache.is_some();
+        if kv && self.calibration.is_none() {
+            return Err(bad(
+                "--kv-cache",
+                "an FP8 KV cache's scales are measured on calibration windows; add a [calibration] section".into(),
+            ));
+        }
         if self.format.is_none() {
             self.format = Some(
-                if scheme.is_fp8() || has_act { CheckpointFormat::CompressedTensors } else { CheckpointFormat::Gptq }
-                    .as_str()
-                    .to_string(),
+                if scheme.is_fp8() || has_act || kv {
+                    CheckpointFormat::CompressedTensors
+                } else {
+                    CheckpointFormat::Gptq
+                }
+                .as_str()
+                .to_string(),
             );
         }
         let format = self.checkpoint_format()?;
@@ -451,6 +476,12 @@ impl Recipe {
             return Err(bad(
                 "override",
                 format!("per-module schemes are written as compressed-tensors config_groups; {} stores one scheme (set format = \"compressed-tensors\")", format.as_str()),
+            ));
+        }
+        if kv && format != CheckpointFormat::CompressedTensors {
+            return Err(bad(
+                "--kv-cache",
+                format!("a KV cache scheme is written as compressed-tensors only, not {}", format.as_str()),
             ));
         }
         if has_act && format != CheckpointFormat::CompressedTensors {

@@ -6,6 +6,7 @@ use super::recipe::{CalibrationSpec, ModifierSpec, Recipe};
 use crate::calib::dataset::sample_windows;
 use crate::calib::stats_file::CalibStats;
 use crate::error::{Error, Result};
+use crate::format::kv_cache;
 use crate::io::checkpoint::{ActivationSpec, CheckpointFormat, CheckpointWriter};
 use crate::io::safetensors::SafetensorsStore;
 use crate::io::tokenizer::{read_text, Tokenizer};
@@ -266,10 +267,15 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     // The checkpoint is written block by block as the driver finishes them.
     let mut writer = CheckpointWriter::create(dir, out, format, act_spec, &meta)?;
     writer.set_max_shard_bytes(opts.max_shard_bytes);
+    let kv_cache = recipe.kv_cache.is_some();
+    if kv_cache {
+        writer.declare_kv_cache()?;
+    }
     let dopts = DriverOptions {
         chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
         progress: opts.progress,
         label: label.clone(),
+        observe_kv: kv_cache,
     };
     let no_params = BTreeMap::new();
     let mut res = driver::run_streaming(&cfg, &store, source, &mut mods, &dopts, &mut |b, res, mods| {
@@ -279,6 +285,9 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         }
         for (name, values) in std::mem::take(&mut res.dense) {
             writer.replace_dense(&name, &values)?;
+        }
+        if kv_cache {
+            writer.add_kv_scales(b, res.kv_absmax[b].map(kv_cache::scale_for))?;
         }
         writer.block_done(b)
     })?;

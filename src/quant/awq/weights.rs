@@ -72,6 +72,9 @@ impl BlockWeights {
             post_norm: self.post_norm.clone(),
             biases: self.biases.clone(),
             qk_norm: self.qk_norm.clone(),
+            // Calibration observes keys and values at full precision (an FP8 KV cache's
+            // scales are what it measures).
+            kv_scales: None,
         };
         Block::from_parts(self.index, linears, dense)
     }
