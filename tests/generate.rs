@@ -219,6 +219,7 @@ fn generate_command_streams_text_and_refuses_bad_input() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.starts_with(" Paris."), "{stdout}");
+    let stdout_first = stdout.to_string();
     assert!(stderr.contains("tokens/s"), "{stderr}");
     // The chat template wraps the prompt: SmolLM2 answers and stops at <|im_end|>.
     let out = std::process::Command::new(bin)
@@ -230,6 +231,13 @@ fn generate_command_streams_text_and_refuses_bad_input() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("end-of-sequence"));
 
     common::fails_with(&["generate", "--model", m, "--prompt", ""], &["prompt is empty"]);
+    common::fails_with(&["generate", "--threads", "0", "--model", m, "--prompt", "Hi"], &["--threads", "0"]);
+    // One thread gives the same greedy text as the default pool.
+    let one = std::process::Command::new(bin)
+        .args(["generate", "--threads", "1", "--model", m, "--prompt", "The capital of France is", "--max-tokens", "8"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&one.stdout), stdout_first);
     common::fails_with(&["generate", "--model", m, "--prompt", "Hi", "--top-p", "2"], &["--top-p", "2"]);
     common::fails_with(&["generate", "--model", m, "--prompt", "Hi", "--temperature", "-1"], &["--temperature", "-1"]);
     common::fails_with(

@@ -22,6 +22,9 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Worker threads (default: one per core, or RAYON_NUM_THREADS). Results do not depend on it.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub quantize: quantize::QuantizeArgs,
 }
@@ -52,6 +55,15 @@ pub struct ConvertArgs {
 
 /// Run a parsed command line; `given` tells which quantize flags were typed (see [`quantize::Given`]).
 pub fn run(cli: Cli, given: &quantize::Given) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("invalid option --threads: 0; use 1 or more (or leave it out for one per core)");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("invalid option --threads: {n}: {e}"))?;
+    }
     match cli.command {
         Some(Command::Convert(a)) => convert(a),
         Some(Command::Eval(a)) => eval::run(a),
