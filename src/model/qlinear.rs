@@ -369,9 +369,10 @@ fn row_dot<const PER: usize>(
     row_dot_plain::<PER>(words, xi, width, scales, zeros, gsums)
 }
 
-/// The reference arithmetic of [`row_dot`]: per group, `PER` accumulator vectors of 8
-/// lanes (`part[k][j] = fma(q, x, part[k][j])`), scaled into `acc[j]` (`fma(s, part, acc)`)
-/// in `k` order; `acc` reduced by halves.
+/// The reference arithmetic of [`row_dot`]: `PER` accumulator vectors of 8 lanes, one per
+/// code position `k` of a word, `acc[k][j] = fma(q·s_g, x, acc[k][j])` (each code scaled by
+/// its group's scale first, so no per-group reduction chain), summed over `k` in order,
+/// then reduced by halves; the zero points come off through the group sums.
 fn row_dot_plain<const PER: usize>(
     words: &[u32],
     xi: &[f32],
@@ -382,34 +383,34 @@ fn row_dot_plain<const PER: usize>(
 ) -> f32 {
     let bits = 32 / PER;
     let mask = (1u32 << bits) - 1;
-    let mut acc = [0.0f32; WORD_LANES];
+    let mut acc = [[0.0f32; WORD_LANES]; PER];
     let mut offset = 0.0f32;
     for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
-        let mut part = [[0.0f32; WORD_LANES]; PER];
+        let s = scales[g];
         for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
-            for (k, pk) in part.iter_mut().enumerate() {
+            for (k, ak) in acc.iter_mut().enumerate() {
                 for j in 0..WORD_LANES {
                     let q = (ws[j] >> (bits * k)) & mask;
-                    pk[j] = (q as f32).mul_add(xs[k * WORD_LANES + j], pk[j]);
+                    ak[j] = (q as f32 * s).mul_add(xs[k * WORD_LANES + j], ak[j]);
                 }
-            }
-        }
-        let s = scales[g];
-        for pk in &part {
-            for j in 0..WORD_LANES {
-                acc[j] = s.mul_add(pk[j], acc[j]);
             }
         }
         offset += s * (zeros[g] as f32 * gsums[g]);
     }
+    let mut tot = acc[0];
+    for ak in &acc[1..] {
+        for j in 0..WORD_LANES {
+            tot[j] += ak[j];
+        }
+    }
     let mut half = WORD_LANES / 2;
     while half > 0 {
         for i in 0..half {
-            acc[i] += acc[i + half];
+            tot[i] += tot[i + half];
         }
         half /= 2;
     }
-    acc[0] - offset
+    tot[0] - offset
 }
 
 /// [`row_dot_plain`] in AVX2 registers, operation for operation.
@@ -426,26 +427,26 @@ unsafe fn row_dot_avx2<const PER: usize>(
     use std::arch::x86_64::*;
     let bits = (32 / PER) as i32;
     let mask = _mm256_set1_epi32((1i32 << bits) - 1);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); PER];
     let mut offset = 0.0f32;
     for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
-        let mut part = [_mm256_setzero_ps(); PER];
+        let s = _mm256_set1_ps(scales[g]);
         for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
             let w = _mm256_loadu_si256(ws.as_ptr() as *const __m256i);
-            for (k, pk) in part.iter_mut().enumerate() {
+            for (k, ak) in acc.iter_mut().enumerate() {
                 let q = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32)), mask);
                 let x = _mm256_loadu_ps(xs.as_ptr().add(k * WORD_LANES));
-                *pk = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), x, *pk);
+                *ak = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s), x, *ak);
             }
-        }
-        let s = _mm256_set1_ps(scales[g]);
-        for pk in &part {
-            acc = _mm256_fmadd_ps(s, *pk, acc);
         }
         offset += scales[g] * (zeros[g] as f32 * gsums[g]);
     }
+    let mut tot = acc[0];
+    for ak in &acc[1..] {
+        tot = _mm256_add_ps(tot, *ak);
+    }
     // Halves: lanes i + 4, then i + 2, then i + 1, as the plain loop.
-    let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
     let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
     let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
     _mm_cvtss_f32(h1) - offset
