@@ -271,3 +271,49 @@ scheme = { type = "int8" }
         &["override", "compressed-tensors"],
     );
 }
+
+/// `--include-head` on a tied model: the head is quantized from the embedding and written
+/// as its own `lm_head` (config untied, GPTQModel's `lm_head` flag set, compressed-tensors
+/// not ignoring it); the embedding stays; the reloaded model's head is the quantized one.
+#[test]
+fn a_tied_head_is_quantized_as_its_own_lm_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = common::repo_root().join("tests/fixtures/families/llama3");
+    let dense = quantize::model::LlamaModel::load(&src).unwrap();
+    assert!(dense.config.tie_word_embeddings && dense.lm_head.is_none());
+    let tokens: Vec<u32> = (0..16u32).map(|i| (i * 17 + 3) % dense.config.vocab_size as u32).collect();
+    let want = dense.forward(&tokens, 1, 16).unwrap();
+    for format in ["gptq", "compressed-tensors"] {
+        let out = tmp.path().join(format);
+        let (ok, err) = quantize(&[
+            src.to_str().unwrap(),
+            "--method",
+            "rtn",
+            "--bits",
+            "8",
+            "--per-channel",
+            "--include-head",
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{format}: {err}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["tie_word_embeddings"], false, "{format}");
+        let qc = &cfg["quantization_config"];
+        match format {
+            "gptq" => assert_eq!(qc["lm_head"], true),
+            _ => assert!(!qc["ignore"].as_array().unwrap().iter().any(|t| t == "lm_head"), "{qc}"),
+        }
+        let (model, info) = quantize::model::load::load_model(&out).unwrap();
+        assert!(model.lm_head.is_some(), "{format}: the head is its own quantized linear");
+        assert!(info.quantized_linears == 2 * 7 + 1, "{format}: {} quantized linears", info.quantized_linears);
+        assert_eq!(model.embed, dense.embed, "{format}: the embedding is kept as it was");
+        let got = model.forward(&tokens, 1, 16).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max) / scale;
+        assert!(err > 0.0 && err < 0.05, "{format}: int8 everywhere moves the logits by {err:.2e}");
+    }
+}

@@ -136,7 +136,8 @@ pub struct QuantizeArgs {
     /// Clipping search of the group ranges (GPTQ's `mse` option; also for rtn).
     #[arg(long, help_heading = "RTN / FP8 / GPTQ")]
     pub mse: bool,
-    /// Also quantize an untied LM head (rtn, fp8, hqq).
+    /// Also quantize the LM head (rtn, fp8, hqq); a tied head is written as its own quantized
+    /// `lm_head` (the embedding stays full precision; config.json unties them).
     #[arg(long, help_heading = "RTN / FP8 / GPTQ")]
     pub include_head: bool,
     /// `fp8`: an FP8 E4M3 KV cache with static per-block scales measured on the calibration

@@ -288,6 +288,8 @@ pub struct CheckpointWriter {
     max_shard_bytes: usize,
     /// An FP8 KV cache is declared (`kv_cache_scheme`) and its scales written.
     kv_cache: bool,
+    /// The quantized `lm_head` comes from the tied embedding ([`CheckpointWriter::untie_head`]).
+    head_untied: bool,
 }
 
 impl CheckpointWriter {
@@ -343,6 +345,7 @@ impl CheckpointWriter {
             total_bytes: 0,
             max_shard_bytes: MAX_SHARD_BYTES,
             kv_cache: false,
+            head_untied: false,
         })
     }
 
@@ -354,7 +357,10 @@ impl CheckpointWriter {
 
     /// Refuse a quantized module the source model cannot hold (no weight, another shape).
     pub fn check_quantized(&self, m: &str, q: &QuantizedTensor) -> Result<()> {
-        let wname = format!("{m}.weight");
+        let wname = match m {
+            "lm_head" if self.head_untied => "model.embed_tokens.weight".to_string(),
+            _ => format!("{m}.weight"),
+        };
         let src = self
             .store
             .raw(&wname)
@@ -518,6 +524,7 @@ impl CheckpointWriter {
         if self.format == CheckpointFormat::Gptq {
             let cfg = GptqConfig::for_tensors(self.schemes.iter().map(|(k, v)| (k.as_str(), v)))?;
             let mut qcfg = cfg.quantize_config();
+            qcfg["lm_head"] = config["quantization_config"]["lm_head"].clone();
             if let Some(d) = config["quantization_config"].get("dynamic") {
                 qcfg["dynamic"] = d.clone();
             }
@@ -539,6 +546,13 @@ impl CheckpointWriter {
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (a, b) = (self.dir.path(from), self.dir.path(to));
         std::fs::rename(&a, &b).map_err(|e| Error::io(&b, e))
+    }
+
+    /// The LM head is written as its own (quantized) `lm_head` although the source ties it
+    /// to the embedding: config.json gets `tie_word_embeddings: false`.
+    pub fn untie_head(&mut self) {
+        self.config["tie_word_embeddings"] = json!(false);
+        self.head_untied = true;
     }
 
     /// Declare an FP8 KV cache (compressed-tensors `kv_cache_scheme`); every block then
@@ -582,6 +596,8 @@ impl CheckpointWriter {
             CheckpointFormat::Gptq => {
                 let cfg = GptqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
                 let mut qc = cfg.quantization_config();
+                // GPTQModel's flag for a quantized LM head (transformers' GPTQ loader reads it).
+                qc["lm_head"] = json!(quantized.contains_key("lm_head"));
                 if !skipped.is_empty() {
                     // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
                     let dynamic: serde_json::Map<String, Value> =
@@ -592,7 +608,9 @@ impl CheckpointWriter {
             }
             CheckpointFormat::CompressedTensors => {
                 let mut ignore: BTreeSet<String> = skipped.into_iter().collect();
-                ignore.insert("lm_head".into());
+                if !quantized.contains_key("lm_head") {
+                    ignore.insert("lm_head".into());
+                }
                 let mut cfg = CtConfig::for_tensors(quantized, ignore.into_iter().collect())?;
                 match &self.act {
                     None => cfg.to_json(),

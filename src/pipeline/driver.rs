@@ -460,19 +460,21 @@ pub fn check_extra(mods: &Modifiers) -> Result<()> {
     Ok(())
 }
 
-/// Quantize one more linear outside the blocks (an untied LM head) with a
-/// calibration-free quantizer.
+/// Quantize one more linear outside the blocks (the LM head) with a calibration-free
+/// quantizer: `name`'s weights are read from the tensor `source` (`lm_head.weight`, or the
+/// embedding of a tied head).
 pub fn quantize_extra(
     store: &SafetensorsStore,
     mods: &mut Modifiers,
     name: &str,
+    source: &str,
     shape: (usize, usize),
     out: &mut DriverOutput,
 ) -> Result<()> {
     check_extra(mods)?;
     let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let (o, i) = shape;
-    let w = store.f32_shaped(&format!("{name}.weight"), &[o, i])?;
+    let w = store.f32_shaped(source, &[o, i])?;
     let l = LinearWeight { name: name.to_string(), scheme, weight: &w, out_features: o, in_features: i };
     let (q, report) = mods.weights.quantize_site(&[l], &SiteStats::new(i, StatsRequest::default()))?.remove(0);
     out.tensors.insert(name.to_string(), q);

@@ -47,7 +47,8 @@ pub struct Recipe {
     /// weights, compressed-tensors for FP8 and for activation quantization).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// Also quantize an untied LM head (calibration-free quantizers only).
+    /// Also quantize the LM head (calibration-free quantizers only); a tied head becomes its
+    /// own quantized `lm_head`, the embedding staying full precision.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_head: bool,
     /// `"fp8"`: cache keys and values in FP8 E4M3 with static per-block scales measured on
@@ -586,7 +587,10 @@ impl Recipe {
                 }
             }
         }
-        let names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
+        let mut names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
+        if self.include_head {
+            names.push("lm_head".into());
+        }
         let schemes = self.scheme_policy(&names)?;
         Ok(Modifiers { schemes, transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
     }

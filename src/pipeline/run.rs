@@ -255,10 +255,13 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     meta.insert("quantize_scheme".to_string(), scheme_text.clone());
     let act_spec = act.map(|(a, c)| ActivationSpec { scheme: a, observer: c.name().to_string() });
 
-    if recipe.include_head && !store.contains("lm_head.weight") {
+    // A tied head is quantized from the embedding and written as its own `lm_head`; the
+    // embedding stays as it is (token lookups are exact), config.json unties the two.
+    let head_source = if store.contains("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
+    if recipe.include_head && head_source != "lm_head.weight" && !cfg.tie_word_embeddings {
         return Err(Error::option(
             "--include-head",
-            "the LM head is tied to the embedding; quantizing it would quantize the embedding too (not supported)",
+            "the model has no lm_head.weight and config.json does not tie it to the embedding",
         ));
     }
     if recipe.include_head {
@@ -271,6 +274,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     if kv_cache {
         writer.declare_kv_cache()?;
     }
+
     let dopts = DriverOptions {
         chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
         progress: opts.progress,
@@ -292,7 +296,10 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         writer.block_done(b)
     })?;
     if recipe.include_head {
-        driver::quantize_extra(&store, &mut mods, "lm_head", (cfg.vocab_size, cfg.hidden_size), &mut res)?;
+        driver::quantize_extra(&store, &mut mods, "lm_head", head_source, (cfg.vocab_size, cfg.hidden_size), &mut res)?;
+        if res.tensors.contains_key("lm_head") && head_source != "lm_head.weight" {
+            writer.untie_head();
+        }
         for (m, q) in std::mem::take(&mut res.tensors) {
             writer.add_quantized(&m, &q, None)?;
         }
