@@ -22,6 +22,9 @@ pub struct EvalOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct PerplexityReport {
     pub perplexity: f64,
+    /// Standard error of the perplexity: `ppl · sd(nll) / √(n-1)` over the scored tokens
+    /// (llama-perplexity's `±`).
+    pub perplexity_stderr: f64,
     pub mean_nll: f64,
     pub tokens_scored: usize,
     pub windows: usize,
@@ -40,8 +43,36 @@ pub struct ComparisonReport {
     pub perplexity_delta_pct: f64,
     /// Mean over scored positions of KL(baseline ‖ quantized), nats.
     pub mean_kl_divergence: f64,
+    /// Its standard error.
+    pub kl_stderr: f64,
+    /// Median, 99th percentile and maximum of the per-position KL (llama-perplexity's
+    /// `--kl-divergence` figures).
+    pub kl_median: f64,
+    pub kl_p99: f64,
+    pub kl_max: f64,
     /// Fraction of scored positions where both models' most likely token agree.
     pub top1_agreement: f64,
+    /// Its standard error, `√(p(1-p)/n)`.
+    pub top1_stderr: f64,
+}
+
+/// Standard error of the mean of `x`.
+fn stderr_of_mean(x: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let m = x.iter().sum::<f64>() / n;
+    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1.0) / n).sqrt()
+}
+
+/// The `q`-quantile of `x` (nearest rank on the sorted values; 0 for an empty slice).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
 }
 
 fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
@@ -88,6 +119,7 @@ fn report(nll: &[f64], n_windows: usize, opts: &EvalOptions, seconds: f64) -> Pe
     let mean = nll.iter().sum::<f64>() / nll.len() as f64;
     PerplexityReport {
         perplexity: mean.exp(),
+        perplexity_stderr: mean.exp() * stderr_of_mean(nll),
         mean_nll: mean,
         tokens_scored: nll.len(),
         windows: n_windows,
@@ -135,11 +167,11 @@ pub fn compare_many(
     let per = (opts.ctx - 1 - first) * vocab;
     struct Acc {
         nll: Vec<f64>,
-        kl: f64,
+        kl: Vec<f64>,
         agree: usize,
         secs: f64,
     }
-    let new_acc = || Acc { nll: Vec::new(), kl: 0.0, agree: 0, secs: 0.0 };
+    let new_acc = || Acc { nll: Vec::new(), kl: Vec::new(), agree: 0, secs: 0.0 };
     let mut base = new_acc();
     let mut accs: Vec<Acc> = models.iter().map(|_| new_acc()).collect();
     let pb = progress_bar(wins.len(), &format!("baseline + {} model(s)", models.len()));
@@ -162,9 +194,10 @@ pub fn compare_many(
             for wi in 0..batch.len() {
                 let q = &logits[wi * per..(wi + 1) * per];
                 acc.nll.extend(window_nll(q, vocab, wins[bi * bs + wi], first));
-                let (kl, ag) = kl_and_agreement(&base_logp[wi], &log_softmax_rows(q, vocab), vocab);
-                acc.kl += kl;
-                acc.agree += ag;
+                for (kl, agree) in kl_and_agreement(&base_logp[wi], &log_softmax_rows(q, vocab), vocab) {
+                    acc.kl.push(kl);
+                    acc.agree += agree as usize;
+                }
             }
         }
         pb.inc(batch.len() as u64);
@@ -176,10 +209,18 @@ pub fn compare_many(
         .map(|a| {
             let quantized = report(&a.nll, wins.len(), opts, a.secs);
             let n = a.nll.len() as f64;
+            let top1 = a.agree as f64 / n;
+            let mut sorted = a.kl.clone();
+            sorted.sort_by(f64::total_cmp);
             ComparisonReport {
                 perplexity_delta_pct: (quantized.perplexity / baseline.perplexity - 1.0) * 100.0,
-                mean_kl_divergence: a.kl / n,
-                top1_agreement: a.agree as f64 / n,
+                mean_kl_divergence: a.kl.iter().sum::<f64>() / n,
+                kl_stderr: stderr_of_mean(&a.kl),
+                kl_median: quantile(&sorted, 0.5),
+                kl_p99: quantile(&sorted, 0.99),
+                kl_max: sorted.last().copied().unwrap_or(0.0),
+                top1_agreement: top1,
+                top1_stderr: (top1 * (1.0 - top1) / n).sqrt(),
                 baseline: baseline.clone(),
                 quantized,
             }
@@ -199,16 +240,34 @@ pub fn log_softmax_rows(logits: &[f32], vocab: usize) -> Vec<f32> {
     out
 }
 
-/// Σ over rows of KL(p ‖ q) (nats) and the number of rows whose argmax agree.
-pub fn kl_and_agreement(p_logp: &[f32], q_logp: &[f32], vocab: usize) -> (f64, usize) {
+/// Per row: KL(p ‖ q) (nats) and whether both argmaxes agree.
+pub fn kl_and_agreement(p_logp: &[f32], q_logp: &[f32], vocab: usize) -> Vec<(f64, bool)> {
     p_logp
         .par_chunks(vocab)
         .zip(q_logp.par_chunks(vocab))
         .map(|(p, q)| {
             let kl: f64 = p.iter().zip(q).map(|(&lp, &lq)| (crate::model::fastexp::exp(lp) * (lp - lq)) as f64).sum();
-            (kl.max(0.0), (argmax(p) == argmax(q)) as usize)
+            (kl.max(0.0), argmax(p) == argmax(q))
         })
-        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_errors_and_quantiles() {
+        assert_eq!(stderr_of_mean(&[1.0]), 0.0);
+        // sd of [1, 2, 3, 4] is √(5/3); over √4.
+        assert!((stderr_of_mean(&[1.0, 2.0, 3.0, 4.0]) - (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(
+            (quantile(&v, 0.5), quantile(&v, 0.99), quantile(&v, 1.0), quantile(&v, 0.0)),
+            (50.0, 99.0, 100.0, 1.0)
+        );
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
 }
 
 pub fn argmax(row: &[f32]) -> usize {

@@ -4,12 +4,13 @@ use super::{ComparisonReport, PerplexityReport};
 
 pub fn perplexity_table(r: &PerplexityReport) -> String {
     format!(
-        "protocol   ctx  windows  scored  perplexity  tokens/s\n{:<9} {:>4} {:>8} {:>7} {:>11.4} {:>9.1}\n",
+        "protocol   ctx  windows  scored           perplexity  tokens/s\n{:<9} {:>4} {:>8} {:>7} {:>11.4} ± {:<6.4} {:>9.1}\n",
         r.protocol.name(),
         r.ctx,
         r.windows,
         r.tokens_scored,
         r.perplexity,
+        r.perplexity_stderr,
         r.tokens_per_second
     )
 }
@@ -31,21 +32,45 @@ pub fn comparison_rows(rows: &[(String, &ComparisonReport, &SizeReport)]) -> Str
     let mut s =
         format!("protocol {} ctx {} windows {} scored {}\n", b.protocol.name(), b.ctx, b.windows, b.tokens_scored);
     s += &format!(
-        "{:<w$}  {:>10}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8}\n",
-        "model", "perplexity", "delta", "KL(base||q)", "top-1 agree", "bits/w", "bytes", "tokens/s"
+        "{:<w$}  {:>19}  {:>8}  {:>20}  {:>9}  {:>8}  {:>15}  {:>6}  {:>12}  {:>8}\n",
+        "model",
+        "perplexity",
+        "delta",
+        "KL(base||q)",
+        "KL median",
+        "KL 99%",
+        "top-1 agree",
+        "bits/w",
+        "bytes",
+        "tokens/s"
     );
     s += &format!(
-        "{:<w$}  {:>10.4}  {:>8}  {:>11}  {:>11}  {:>6}  {:>12}  {:>8.1}\n",
-        "baseline", b.perplexity, "-", "-", "-", "32", rows[0].2.baseline_bytes_on_disk, b.tokens_per_second
+        "{:<w$}  {:>10.4} ± {:<6.4}  {:>8}  {:>20}  {:>9}  {:>8}  {:>15}  {:>6}  {:>12}  {:>8.1}\n",
+        "baseline",
+        b.perplexity,
+        b.perplexity_stderr,
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "32",
+        rows[0].2.baseline_bytes_on_disk,
+        b.tokens_per_second
     );
     for (name, c, z) in rows {
         s += &format!(
-            "{:<w$}  {:>10.4}  {:>+7.2}%  {:>11.5}  {:>10.2}%  {:>6.3}  {:>12}  {:>8.1}\n",
+            "{:<w$}  {:>10.4} ± {:<6.4}  {:>+7.2}%  {:>9.5} ± {:<8.5}  {:>9.5}  {:>8.4}  {:>6.2}% ± {:<5.2}  {:>6.3}  {:>12}  {:>8.1}\n",
             name,
             c.quantized.perplexity,
+            c.quantized.perplexity_stderr,
             c.perplexity_delta_pct,
             c.mean_kl_divergence,
+            c.kl_stderr,
+            c.kl_median,
+            c.kl_p99,
             c.top1_agreement * 100.0,
+            c.top1_stderr * 100.0,
             z.bits_per_weight,
             z.bytes_on_disk,
             c.quantized.tokens_per_second
