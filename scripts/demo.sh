@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the default model: fetch assets, convert the GGUF, GPTQ 4-bit (g128,
 # asymmetric, act-order + static groups + MSE clipping: the best set measured in
-# docs/BENCHMARKS.md), evaluate against the full-precision baseline. Outputs under out/
-# (git-ignored).
+# docs/BENCHMARKS.md), evaluate against the full-precision baseline, and chat with the
+# result. Outputs under out/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_assets.sh
@@ -15,5 +15,8 @@ G=out/smollm2-gptq-int4-g128-asym-act
 [ -d $G ] || $Q out/smollm2/model.safetensors --method gptq --bits 4 --group-size 128 --asym --act-order \
   --static-groups --mse --nsamples 128 --seqlen 512 --calib "$A/brown/brown_calib.txt" -o $G \
   --json out/gptq-report.json
+rm -f out/gptq-eval.json # eval never overwrites a report; this run's replaces the last one's
 $Q eval --model $G --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" \
   --ctx 512 --max-windows 40 --json out/gptq-eval.json
+# And the quantized model answers, streamed token by token through its chat template.
+$Q generate --model $G --chat --prompt "What is the capital of France?" --max-tokens 48
