@@ -254,14 +254,7 @@ fn lane_sum(x: &[f32]) -> f32 {
     for c in &mut chunks {
         lanes.iter_mut().zip(c).for_each(|(l, &v)| *l += v);
     }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            lanes[i] += lanes[i + width];
-        }
-        width /= 2;
-    }
-    lanes[0] + chunks.remainder().iter().sum::<f32>()
+    super::linear::sum_by_halves(lanes) + chunks.remainder().iter().sum::<f32>()
 }
 
 /// Values per task of [`first_non_finite`].

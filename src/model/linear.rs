@@ -72,14 +72,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[j] += x[j] * y[j];
         }
     }
-    let mut half = DOT_LANES / 2;
+    sum_by_halves(acc) + tail
+}
+
+/// `Σ lanes`, pairwise by halves (lane `i` += lane `i + N/2`, then `i + N/4`, ...): the
+/// order a vector register's horizontal sum takes, written once for every lane kernel.
+#[inline(always)]
+pub fn sum_by_halves<const N: usize>(mut lanes: [f32; N]) -> f32 {
+    let mut half = N / 2;
     while half > 0 {
         for i in 0..half {
-            acc[i] += acc[i + half];
+            lanes[i] += lanes[i + half];
         }
         half /= 2;
     }
-    acc[0] + tail
+    lanes[0]
 }
 
 /// Full-precision weights `[out, in]` row-major, owned in f32.

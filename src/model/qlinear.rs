@@ -17,7 +17,7 @@
 //! once per call; FP8 and act-order rows are dequantized one at a time and dotted with `x`.
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
-use super::linear::{matmul_xwt, Linear};
+use super::linear::{matmul_xwt, sum_by_halves, Linear};
 use crate::error::{Error, Result};
 use crate::format::fp8;
 use crate::format::pack::{pack, packed_words, PackRule};
@@ -403,14 +403,7 @@ fn row_dot_plain<const PER: usize>(
             tot[j] += ak[j];
         }
     }
-    let mut half = WORD_LANES / 2;
-    while half > 0 {
-        for i in 0..half {
-            tot[i] += tot[i + half];
-        }
-        half /= 2;
-    }
-    tot[0] - offset
+    sum_by_halves(tot) - offset
 }
 
 /// [`row_dot_plain`] in AVX2 registers, operation for operation.
@@ -492,14 +485,7 @@ fn row_dot_e4m3_plain(codes: &[u8], x: &[f32]) -> f32 {
             acc[j] = e4m3_bits(q[j]).mul_add(v[j], acc[j]);
         }
     }
-    let mut half = WORD_LANES / 2;
-    while half > 0 {
-        for i in 0..half {
-            acc[i] += acc[i + half];
-        }
-        half /= 2;
-    }
-    acc[0] + tail
+    sum_by_halves(acc) + tail
 }
 
 #[cfg(target_arch = "x86_64")]
