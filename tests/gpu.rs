@@ -497,3 +497,25 @@ fn cached_decoding_on_the_gpu_matches_the_cpu_forward() {
         }
     }
 }
+
+/// `--device gpu` on a software rasterizer (CI's lavapipe) says so instead of silently
+/// running on the CPU through it.
+#[test]
+fn a_software_adapter_is_named_in_a_warning() {
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/llama3");
+    let (ok, err) = common::quantize(&[
+        "bench",
+        "--device",
+        "gpu",
+        "--model",
+        fx.to_str().unwrap(),
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "-r",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(err.contains("software rasterizer"), ctx().is_software(), "{err}");
+}

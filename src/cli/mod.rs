@@ -100,6 +100,13 @@ impl ModelLoader {
             _ => {
                 let ctx = crate::gpu::GpuContext::from_env()?;
                 eprintln!("device: {}", ctx.describe());
+                if ctx.is_software() {
+                    eprintln!(
+                        "warning: --device gpu: {} is a software rasterizer on the CPU (no GPU was found); \
+                         results are correct but slower than --device cpu",
+                        ctx.describe()
+                    );
+                }
                 Ok(Self { gpu: Some(ctx) })
             }
             #[cfg(not(feature = "gpu"))]

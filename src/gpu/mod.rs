@@ -348,6 +348,12 @@ impl GpuContext {
         describe(&self.info)
     }
 
+    /// The adapter is a CPU rasterizer (Mesa llvmpipe / lavapipe, WARP): correct, slower
+    /// than `--device cpu`.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// The device has shader-f16 (the `Precision::F16` kernels can run).
     pub fn has_f16(&self) -> bool {
         self.f16

@@ -66,7 +66,7 @@ impl LayerKv {
     /// stores their E4M3 codes.
     pub fn append(&mut self, k: &[f32], v: &[f32]) {
         let (a, b) = (self.len * self.width, self.len * self.width + k.len());
-        assert!(k.len() == v.len() && k.len() % self.width == 0, "LayerKv: rows of k and v");
+        assert!(k.len() == v.len() && k.len().is_multiple_of(self.width), "LayerKv: rows of k and v");
         match &mut self.store {
             KvStore::F32 { keys, values } => {
                 assert!(b <= keys.len(), "LayerKv: append past the capacity");

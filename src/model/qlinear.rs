@@ -166,8 +166,8 @@ impl QuantizedLinear {
         !self.scheme.is_fp8()
             && self.g_idx.is_none()
             && matches!(bits, 4 | 8)
-            && width % step_columns(bits) == 0
-            && self.cols % step_columns(bits) == 0
+            && width.is_multiple_of(step_columns(bits))
+            && self.cols.is_multiple_of(step_columns(bits))
     }
 
     /// `y = Ŵ·x` for one token (decoding): rows in parallel tiles written in place; the
