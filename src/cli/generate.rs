@@ -71,7 +71,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         repeat_penalty: a.repeat_penalty,
         seed: a.seed,
     };
-    let mut sampler = Sampler::new(sampling)?;
+    let mut sampler = Sampler::new(sampling.clone())?;
     if a.ctx == Some(0) {
         anyhow::bail!("invalid option --ctx: 0; the context must hold the prompt and the output");
     }
@@ -129,7 +129,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         info.format.as_deref().unwrap_or("dense"),
         info.bits_per_weight.unwrap_or(32.0),
         session.cache_bytes_per_token() / 1024,
-        if sampler_is_greedy(&a) { "greedy".to_string() } else { format!("sampling at temperature {}", a.temperature) }
+        if sampling.is_greedy() { "greedy".to_string() } else { format!("sampling at temperature {}", a.temperature) }
     );
     let mut out = std::io::stdout().lock();
     let mut reply = |session: &mut Session, context: &[u32], sampler: &mut Sampler| -> anyhow::Result<String> {
@@ -169,8 +169,4 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn sampler_is_greedy(a: &GenerateArgs) -> bool {
-    a.temperature == 0.0
 }

@@ -51,37 +51,31 @@ fn random_tokens(model: &LlamaModel, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..model.config.vocab_size as u32)).collect()
 }
 
-/// Prefill of `n` tokens, `reps` times after one warm-up run.
+/// Prefill of `n` tokens in one forward, `reps` times after one warm-up run.
 pub fn prompt_processing(model: &LlamaModel, n: usize, reps: usize) -> Result<BenchResult> {
-    let tokens = random_tokens(model, n, 1);
-    let mut cache = model.new_cache(n)?;
-    let mut rates = Vec::with_capacity(reps);
-    for rep in 0..=reps {
-        cache.clear();
-        let t = Instant::now();
-        model.forward_cached(&tokens, &mut cache)?;
-        if rep > 0 {
-            rates.push(n as f64 / t.elapsed().as_secs_f64());
-        }
-    }
-    Ok(BenchResult { test: format!("pp{n}"), tokens: n, rates })
+    measure(model, format!("pp{n}"), random_tokens(model, n, 1), n, reps)
 }
 
 /// Decoding of `n` tokens one at a time from an empty cache, `reps` times after one
 /// warm-up run. The tokens are random (what is decoded does not change the work).
 pub fn token_generation(model: &LlamaModel, n: usize, reps: usize) -> Result<BenchResult> {
-    let tokens = random_tokens(model, n, 2);
+    measure(model, format!("tg{n}"), random_tokens(model, n, 2), 1, reps)
+}
+
+/// Tokens/s of running `tokens` from an empty cache, `per_forward` at a time.
+fn measure(model: &LlamaModel, test: String, tokens: Vec<u32>, per_forward: usize, reps: usize) -> Result<BenchResult> {
+    let n = tokens.len();
     let mut cache = model.new_cache(n)?;
     let mut rates = Vec::with_capacity(reps);
     for rep in 0..=reps {
         cache.clear();
         let t = Instant::now();
-        for &tok in &tokens {
-            model.forward_cached(&[tok], &mut cache)?;
+        for piece in tokens.chunks(per_forward.max(1)) {
+            model.forward_cached(piece, &mut cache)?;
         }
         if rep > 0 {
             rates.push(n as f64 / t.elapsed().as_secs_f64());
         }
     }
-    Ok(BenchResult { test: format!("tg{n}"), tokens: n, rates })
+    Ok(BenchResult { test, tokens: n, rates })
 }

@@ -81,11 +81,6 @@ impl<'m> Session<'m> {
         self.cache.bytes_per_token()
     }
 
-    /// The tokens of the context so far (prompt and generated).
-    pub fn tokens(&self) -> &[u32] {
-        &self.tokens
-    }
-
     /// Make `context` the session's context, then generate up to `max_tokens` tokens with
     /// `sampler`, handing each to `on_token` as it is made (stop tokens are not handed
     /// over, nor kept). The part of `context` already cached is not run again.
