@@ -301,6 +301,7 @@ fn int4_tensor(
         scales: (0..rows * g).map(|k| 0.5 + (k % 7) as f32 / 8.0).collect(),
         zeros: Some((0..rows * g).map(|k| zero(k / g, k % g)).collect()),
         g_idx: None,
+        ggml: None,
     }
 }
 

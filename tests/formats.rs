@@ -134,6 +134,7 @@ fn int_tensor(bits: u8, rows: usize, cols: usize, code: impl Fn(usize, usize) ->
         scales: vec![scale; rows],
         zeros: Some(vec![1 << (bits - 1); rows]),
         g_idx: None,
+        ggml: None,
     }
 }
 
@@ -256,6 +257,7 @@ fn compressed_tensors_int3_is_word_aligned_and_fp8_is_raw() {
         scales: vec![0.5 / 448.0, 2.0],
         zeros: None,
         g_idx: None,
+        ggml: None,
     };
     let dest = write_one(root.path(), q.clone(), CheckpointFormat::CompressedTensors, "fp8");
     let bytes = load(&dest);

@@ -229,7 +229,7 @@ fn fp8_kernels_decode_every_finite_code_exactly() {
         } else {
             (0..rows).map(|r| 0.5 + r as f32 * 0.125).collect()
         };
-        let q = QuantizedTensor { scheme, rows, cols, codes, scales, zeros: None, g_idx: None };
+        let q = QuantizedTensor { scheme, rows, cols, codes, scales, zeros: None, g_idx: None, ggml: None };
         check(&format!("{scheme} all codes"), &q, Precision::F32, &mut rng);
         for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
             let w = matrix(&mut rng, rows, cols, (i % 3) as u8);

@@ -255,6 +255,7 @@ pub fn from_tensors<'a>(
         scales: scales_rg,
         zeros: Some(zeros_rg),
         g_idx: None,
+        ggml: None,
     })
 }
 
@@ -287,6 +288,7 @@ mod tests {
             scales: (0..n).map(|i| 0.25 + i as f32 / 32.0).collect(),
             zeros: Some((0..n).map(|i| (i % 16) as u8).collect()),
             g_idx: None,
+            ggml: None,
         };
         let ts = to_tensors(&q, "m").unwrap();
         let cfg = AwqConfig::for_tensors([("m", &q)]).unwrap();

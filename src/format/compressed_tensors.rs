@@ -435,7 +435,7 @@ pub fn from_tensors<'a>(
         }
         let (rows, cols) = (wv.shape()[0], wv.shape()[1]);
         check_scales(rows, cols)?;
-        return Ok(QuantizedTensor { scheme, rows, cols, codes: wv.data().to_vec(), scales, zeros: None, g_idx: None });
+        return Ok(QuantizedTensor { scheme, rows, cols, codes: wv.data().to_vec(), scales, zeros: None, g_idx: None, ggml: None });
     }
     let bits = scheme.bits();
     if let Some(wv) = get(&name("weight")).filter(|v| v.dtype() == Dtype::I8) {
@@ -488,7 +488,7 @@ pub fn from_tensors<'a>(
                 zs.iter().map(|&v| (v + half as i64) as u8).collect()
             }
         };
-        return Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None });
+        return Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None, ggml: None });
     }
     let shape = read_ints(&name("weight_shape"), &need("weight_shape")?)?;
     let (rows, cols) = match shape[..] {
@@ -558,7 +558,7 @@ pub fn from_tensors<'a>(
             Some(g.iter().map(|&x| x as u32).collect())
         }
     };
-    Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx })
+    Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx, ggml: None })
 }
 
 /// A Python `re.match` pattern on module names, compiled once: it matches when the pattern
@@ -702,7 +702,7 @@ mod tests {
     fn written_targets_are_names_and_round_trip() {
         let scheme = QuantScheme::int(4).unwrap();
         let (codes, scales, zeros) = (vec![8u8; 64], vec![1.0; 2], Some(vec![8u8; 2]));
-        let q = QuantizedTensor { scheme, rows: 2, cols: 32, codes, scales, zeros, g_idx: None };
+        let q = QuantizedTensor { scheme, rows: 2, cols: 32, codes, scales, zeros, g_idx: None, ggml: None };
         let tensors = BTreeMap::from([("model.layers.0.mlp.up_proj".to_string(), q)]);
         let cfg = CtConfig::for_tensors(&tensors, vec!["lm_head".into()]).unwrap();
         assert_eq!(cfg.to_json()["config_groups"]["group_0"]["targets"], json!(["Linear"]));

@@ -9,7 +9,7 @@ pub fn fp8_max(format: NumberFormat) -> f32 {
     match format {
         NumberFormat::Fp8E4M3 => 448.0,
         NumberFormat::Fp8E5M2 => 57344.0,
-        NumberFormat::Int { .. } => panic!("fp8_max of an integer format"),
+        NumberFormat::Int { .. } | NumberFormat::Ggml(_) => panic!("fp8_max of an integer format"),
     }
 }
 
@@ -18,7 +18,7 @@ pub fn encode(format: NumberFormat, x: f32) -> u8 {
     match format {
         NumberFormat::Fp8E4M3 => float8::F8E4M3::from_f32(x.clamp(-448.0, 448.0)).to_bits(),
         NumberFormat::Fp8E5M2 => float8::F8E5M2::from_f32(x.clamp(-57344.0, 57344.0)).to_bits(),
-        NumberFormat::Int { .. } => panic!("fp8 encode of an integer format"),
+        NumberFormat::Int { .. } | NumberFormat::Ggml(_) => panic!("fp8 encode of an integer format"),
     }
 }
 
@@ -33,7 +33,7 @@ pub fn decode_table(format: NumberFormat) -> &'static [f32; 256] {
         NumberFormat::Fp8E5M2 => {
             E5M2.get_or_init(|| std::array::from_fn(|b| float8::F8E5M2::from_bits(b as u8).to_f32()))
         }
-        NumberFormat::Int { .. } => panic!("fp8 decode table of an integer format"),
+        NumberFormat::Int { .. } | NumberFormat::Ggml(_) => panic!("fp8 decode table of an integer format"),
     }
 }
 

@@ -18,7 +18,7 @@ pub const QK_K: usize = 256;
 
 /// A GGML tensor type id as stored in GGUF tensor infos (`enum ggml_type`).
 #[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GgmlType {
     F32,
     F16,
@@ -128,7 +128,7 @@ impl GgmlType {
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q5_K | Q6_K)
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
     }
 }
 
@@ -138,6 +138,7 @@ impl std::fmt::Display for GgmlType {
     }
 }
 pub mod blocks;
+pub mod encode;
 use blocks::arr;
 pub use blocks::*;
 
@@ -182,12 +183,14 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> 
         GgmlType::Q8_0 => dequantize_blocks::<BlockQ8_0>(src, dst),
         GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(src, dst),
         GgmlType::Q4_1 => dequantize_blocks::<BlockQ4_1>(src, dst),
+        GgmlType::Q5_0 => dequantize_blocks::<BlockQ5_0>(src, dst),
+        GgmlType::Q5_1 => dequantize_blocks::<BlockQ5_1>(src, dst),
         GgmlType::Q4_K => dequantize_blocks::<BlockQ4K>(src, dst),
         GgmlType::Q5_K => dequantize_blocks::<BlockQ5K>(src, dst),
         GgmlType::Q6_K => dequantize_blocks::<BlockQ6K>(src, dst),
         _ => {
             return Err(Error::Other(format!(
-                "GGML type {ty} (id {}) cannot be dequantized yet; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K",
+                "GGML type {ty} (id {}) cannot be dequantized yet; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K",
                 ty.id()
             )))
         }
@@ -222,6 +225,8 @@ mod tests {
         assert_eq!(BlockQ8_0::BYTES, GgmlType::Q8_0.type_size());
         assert_eq!(BlockQ4_0::BYTES, GgmlType::Q4_0.type_size());
         assert_eq!(BlockQ4_1::BYTES, GgmlType::Q4_1.type_size());
+        assert_eq!(BlockQ5_0::BYTES, GgmlType::Q5_0.type_size());
+        assert_eq!(BlockQ5_1::BYTES, GgmlType::Q5_1.type_size());
         assert_eq!(BlockQ4K::BYTES, GgmlType::Q4_K.type_size());
         assert_eq!(BlockQ5K::BYTES, GgmlType::Q5_K.type_size());
         assert_eq!(BlockQ6K::BYTES, GgmlType::Q6_K.type_size());
@@ -256,7 +261,7 @@ mod tests {
     fn wrong_sizes_and_unsupported_types_are_errors() {
         let e = dequantize(GgmlType::Q4_0, &[0u8; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes") && e.contains("32 elements"), "{e}");
-        let e = dequantize(GgmlType::Q5_0, &[0u8; 22], 32).unwrap_err().to_string();
-        assert!(e.contains("Q5_0") && e.contains("cannot be dequantized"), "{e}");
+        let e = dequantize(GgmlType::Q3_K, &[0u8; 110], 256).unwrap_err().to_string();
+        assert!(e.contains("Q3_K") && e.contains("cannot be dequantized"), "{e}");
     }
 }

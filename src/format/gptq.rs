@@ -324,7 +324,7 @@ pub fn from_tensors<'a>(
             }
         }
     };
-    Ok(QuantizedTensor { scheme, rows: out, cols, codes, scales: sc, zeros: Some(zs), g_idx })
+    Ok(QuantizedTensor { scheme, rows: out, cols, codes, scales: sc, zeros: Some(zs), g_idx, ggml: None })
 }
 
 #[cfg(test)]
@@ -343,7 +343,7 @@ mod tests {
         let zeros =
             (0..n).map(|i| if scheme.symmetric { (maxq as u8 / 2) + 1 } else { 1 + (i % maxq) as u8 }).collect();
         let scales = (0..n).map(|i| 0.5 + i as f32 / 64.0).collect();
-        QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None }
+        QuantizedTensor { scheme, rows, cols, codes, scales, zeros: Some(zeros), g_idx: None, ggml: None }
     }
 
     #[test]
@@ -400,6 +400,7 @@ mod tests {
             scales: vec![1.0; 32],
             zeros: None,
             g_idx: None,
+            ggml: None,
         };
         assert!(to_tensors(&fp8, "m").unwrap_err().to_string().contains("cannot be stored in gptq"));
         let a = tensor(QuantScheme::int(4).unwrap(), 32, 32);

@@ -11,5 +11,5 @@ pub mod pack;
 pub mod quantized;
 pub mod scheme;
 
-pub use quantized::QuantizedTensor;
+pub use quantized::{GgmlParams, QuantizedTensor};
 pub use scheme::{Granularity, IntParams, NumberFormat, QuantScheme};

@@ -14,6 +14,7 @@
 //! Dequantization: `w[r][c] = scale[r][g] * (codes[r][c] - zero[r][g])` with
 //! `g = g_idx[c]` (or `c / group_size`); FP8: `w = scale[r] * fp8_to_f32(codes[r][c])`.
 
+use super::ggml::encode::BlockHeader;
 use super::scheme::{Granularity, NumberFormat, QuantScheme};
 use std::ops::Range;
 
@@ -26,6 +27,18 @@ pub struct QuantizedTensor {
     pub scales: Vec<f32>,
     pub zeros: Option<Vec<u8>>,
     pub g_idx: Option<Vec<u32>>,
+    /// ggml block types only ([`NumberFormat::Ggml`]): the block headers and the offset
+    /// of each sub-block (`scales` holds their scales; `zeros` is `None`).
+    pub ggml: Option<GgmlParams>,
+}
+
+/// The grid of a tensor in a ggml block type: `w = scale · code + offset` per sub-block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgmlParams {
+    /// `[rows, cols / block_size]`: the non-code fields of every block.
+    pub headers: Vec<BlockHeader>,
+    /// `[rows, cols / sub_block]`, beside `scales`.
+    pub offsets: Vec<f32>,
 }
 
 impl QuantizedTensor {
@@ -57,8 +70,22 @@ impl QuantizedTensor {
     pub fn dequantize_rows(&self, rows: Range<usize>, out: &mut [f32]) {
         assert_eq!(out.len(), rows.len() * self.cols, "dequantize_rows: output buffer shape");
         let width = self.scheme.group_width(self.cols);
+        if let Some(g) = &self.ggml {
+            for (i, r) in rows.enumerate() {
+                let codes = &self.codes[r * self.cols..(r + 1) * self.cols];
+                let dst = &mut out[i * self.cols..(i + 1) * self.cols];
+                for (k, (dchunk, qchunk)) in dst.chunks_mut(width).zip(codes.chunks(width)).enumerate() {
+                    let p = self.param_index(r, k);
+                    let (s, o) = (self.scales[p], g.offsets[p]);
+                    for (d, &q) in dchunk.iter_mut().zip(qchunk) {
+                        *d = s * q as f32 + o;
+                    }
+                }
+            }
+            return;
+        }
         let fp8_table = match self.scheme.format {
-            NumberFormat::Int { .. } => None,
+            NumberFormat::Int { .. } | NumberFormat::Ggml(_) => None,
             f => Some(super::fp8::decode_table(f)),
         };
         for (i, r) in rows.enumerate() {
@@ -103,6 +130,10 @@ impl QuantizedTensor {
     /// Bytes of the weight as stored on disk: packed codes, f16 scales (f32 for FP8),
     /// packed zero points when asymmetric, and the g_idx.
     pub fn storage_bits(&self) -> u64 {
+        if let NumberFormat::Ggml(ty) = self.scheme.format {
+            let blocks = (self.rows * self.cols / ty.block_size()) as u64;
+            return blocks * ty.type_size() as u64 * 8;
+        }
         let codes = self.rows as u64 * self.cols as u64 * self.scheme.bits() as u64;
         let scale_bits = if self.scheme.is_fp8() { 32 } else { 16 };
         let params = self.scales.len() as u64 * scale_bits;

@@ -9,6 +9,8 @@
 //! in memory is exactly what a checkpoint with f16 scales stores.
 
 use crate::error::{Error, Result};
+use crate::format::ggml::encode as ggml_encode;
+use crate::format::ggml::GgmlType;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -19,6 +21,9 @@ pub enum NumberFormat {
     Fp8E4M3,
     /// FP8 E5M2 (IEEE-like, max finite 57344).
     Fp8E5M2,
+    /// A ggml block type (GGUF export): affine grids per sub-block
+    /// ([`crate::format::ggml::encode`]), granularity `Group(sub_block)`.
+    Ggml(GgmlType),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,6 +103,26 @@ impl QuantScheme {
         self
     }
 
+    /// A ggml block type (refused where it is not writable).
+    pub fn ggml(ty: GgmlType) -> Result<Self> {
+        if !ggml_encode::is_writable(ty) {
+            let names: Vec<&str> = ggml_encode::WRITABLE.iter().map(|t| t.name()).collect();
+            return Err(Error::option("--scheme", format!("{ty} is not a type this tool writes ({})", names.join(", "))));
+        }
+        Ok(Self {
+            format: NumberFormat::Ggml(ty),
+            granularity: Granularity::Group(ggml_encode::sub_block(ty)),
+            symmetric: ggml_encode::is_symmetric(ty),
+        })
+    }
+
+    pub fn ggml_type(&self) -> Option<GgmlType> {
+        match self.format {
+            NumberFormat::Ggml(t) => Some(t),
+            _ => None,
+        }
+    }
+
     pub fn is_fp8(&self) -> bool {
         matches!(self.format, NumberFormat::Fp8E4M3 | NumberFormat::Fp8E5M2)
     }
@@ -106,6 +131,7 @@ impl QuantScheme {
     pub fn bits(&self) -> u8 {
         match self.format {
             NumberFormat::Int { bits } => bits,
+            NumberFormat::Ggml(t) => (ggml_encode::maxq(t) + 1).trailing_zeros() as u8,
             _ => 8,
         }
     }
@@ -172,6 +198,7 @@ impl std::fmt::Display for QuantScheme {
             NumberFormat::Int { bits } => format!("int{bits}"),
             NumberFormat::Fp8E4M3 => "fp8-e4m3".into(),
             NumberFormat::Fp8E5M2 => "fp8-e5m2".into(),
+            NumberFormat::Ggml(t) => return f.write_str(&t.name().to_lowercase()),
         };
         let gran = match self.granularity {
             Granularity::PerTensor => "tensor".to_string(),

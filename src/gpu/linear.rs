@@ -214,6 +214,9 @@ impl GpuLinear {
             NumberFormat::Int { bits } => (Family::Int { bits }, bits as usize),
             NumberFormat::Fp8E4M3 => (Family::Fp8 { e5m2: false }, 8),
             NumberFormat::Fp8E5M2 => (Family::Fp8 { e5m2: true }, 8),
+            NumberFormat::Ggml(t) => {
+                return Err(Error::tensor(name, format!("{t} blocks run in llama.cpp, not in this tool's GPU kernels")))
+            }
         };
         let pw = 32 / bits;
         let kw = cols.div_ceil(pw);

@@ -392,6 +392,7 @@ impl CheckpointWriter {
             scales: vec![],
             zeros: q.zeros.as_ref().map(|_| vec![]),
             g_idx: q.g_idx.as_ref().map(|_| vec![]),
+            ggml: None,
         };
         self.schemes.insert(m.to_string(), skeleton);
         self.replaced.insert(format!("{m}.weight"));

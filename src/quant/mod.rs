@@ -1,6 +1,7 @@
 //! Quantization algorithms, one per file: rtn, gptq, awq, activation; linalg helpers.
 pub mod activation;
 pub mod awq;
+pub mod ggml;
 pub mod gptq;
 pub mod hqq;
 pub mod linalg;

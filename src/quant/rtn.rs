@@ -187,6 +187,9 @@ pub fn quantize_rtn(
             return Err(Error::option("--group-size", format!("{scheme}: FP8 takes no groups and groups need n > 0")));
         }
     }
+    if let NumberFormat::Ggml(ty) = scheme.format {
+        return super::ggml::quantize_tensor(name, weight, rows, cols, ty, None);
+    }
     check_finite(name, weight, cols)?;
     let width = scheme.group_width(cols);
     let gpr = scheme.groups_per_row(cols);
@@ -206,7 +209,7 @@ pub fn quantize_rtn(
                 *q = fp8::encode(format, w / s);
             }
         });
-        return Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: None, g_idx: None });
+        return Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros: None, g_idx: None, ggml: None });
     }
 
     let params: Vec<IntParams> = match scheme.granularity {
@@ -230,7 +233,7 @@ pub fn quantize_rtn(
     });
     let scales = params.iter().map(|p| p.scale).collect();
     let zeros = Some(params.iter().map(|p| p.zero).collect());
-    Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros, g_idx: None })
+    Ok(QuantizedTensor { scheme, rows, cols, codes, scales, zeros, g_idx: None, ggml: None })
 }
 
 #[cfg(test)]

@@ -95,6 +95,70 @@ impl GgmlBlock for BlockQ4_1 {
     }
 }
 
+/// `block_q5_0`: `d`, the fifth bits `qh` (u32, bit j = element j), low nibbles as Q4_0.
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+const _: () = assert!(size_of::<BlockQ5_0>() == 22);
+
+/// The 5-bit codes of Q5_0 / Q5_1 (`dequantize_row_q5_0`'s `xh_0`, `xh_1`).
+fn codes5(qh: [u8; 4], qs: &[u8; 16], j: usize) -> (u32, u32) {
+    let qh = u32::from_le_bytes(qh);
+    let xh0 = ((qh >> j) << 4) & 0x10;
+    let xh1 = (qh >> (j + 12)) & 0x10;
+    ((qs[j] & 0x0F) as u32 | xh0, (qs[j] >> 4) as u32 | xh1)
+}
+
+impl GgmlBlock for BlockQ5_0 {
+    const QK: usize = 32;
+    const BYTES: usize = size_of::<Self>();
+    fn read(b: &[u8]) -> Self {
+        Self { d: f16::from_le_bytes([b[0], b[1]]), qh: arr(b, 2), qs: arr(b, 6) }
+    }
+    fn dequantize(&self, y: &mut [f32]) {
+        let d = self.d.to_f32();
+        for j in 0..16 {
+            let (x0, x1) = codes5(self.qh, &self.qs, j);
+            y[j] = (x0 as i32 - 16) as f32 * d;
+            y[j + 16] = (x1 as i32 - 16) as f32 * d;
+        }
+    }
+}
+
+/// `block_q5_1`: `d`, `m`, then as Q5_0 (`w = d·q + m`).
+#[repr(C)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+const _: () = assert!(size_of::<BlockQ5_1>() == 24);
+
+impl GgmlBlock for BlockQ5_1 {
+    const QK: usize = 32;
+    const BYTES: usize = size_of::<Self>();
+    fn read(b: &[u8]) -> Self {
+        Self {
+            d: f16::from_le_bytes([b[0], b[1]]),
+            m: f16::from_le_bytes([b[2], b[3]]),
+            qh: arr(b, 4),
+            qs: arr(b, 8),
+        }
+    }
+    fn dequantize(&self, y: &mut [f32]) {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        for j in 0..16 {
+            let (x0, x1) = codes5(self.qh, &self.qs, j);
+            y[j] = x0 as f32 * d + m;
+            y[j + 16] = x1 as f32 * d + m;
+        }
+    }
+}
+
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) packed in
 /// 12 bytes: sub-blocks 0..4 use the low 6 bits of bytes `j` (scale) and `j+4` (min);
 /// sub-blocks 4..8 take their low 4 bits from byte `j+4` (scale: low nibble, min:
