@@ -79,8 +79,9 @@ pub struct QuantizeArgs {
     pub recipe: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Method::Rtn)]
     pub method: Method,
-    /// Checkpoint layout; default gptq for integers, compressed-tensors for FP8 and W8A8.
-    #[arg(long, value_parser = ["gptq", "compressed-tensors", "awq"])]
+    /// Checkpoint layout; default gptq for integers, compressed-tensors for FP8 and W8A8,
+    /// gguf (one llama.cpp file) for --gguf-type.
+    #[arg(long, value_parser = ["gptq", "compressed-tensors", "awq", "gguf"])]
     pub format: Option<String>,
     /// Largest safetensors shard (transformers' `max_shard_size`: 5GB, 500MB, 2GiB or bytes).
     /// The output is written shard by shard as blocks finish, so this also bounds the
@@ -112,6 +113,16 @@ pub struct QuantizeArgs {
     /// Asymmetric codes with a zero point per group.
     #[arg(long, help_heading = "Weight scheme")]
     pub asym: bool,
+    /// Write one GGUF file for llama.cpp / Ollama in this llama-quantize type: Q8_0, Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (llama.cpp's per-tensor mix and
+    /// fallbacks). With --method gptq the blocks are solved by GPTQ onto the GGUF grids.
+    #[arg(long, help_heading = "GGUF export (llama.cpp)")]
+    pub gguf_type: Option<String>,
+    /// With --method rtn --gguf-type: weight each block's scale search by the calibration
+    /// inputs' mean squares (llama.cpp's imatrix, from this tool's own calibration).
+    #[arg(long, help_heading = "GGUF export (llama.cpp)")]
+    pub imatrix: bool,
+
     /// FP8 weights: the format for --method fp8 (default e4m3); with --method gptq, GPTQ
     /// onto the FP8 grid (per channel, or --per-tensor) instead of integers.
     #[arg(long, value_parser = ["e4m3", "e5m2"], help_heading = "Weight scheme")]
@@ -282,8 +293,22 @@ impl QuantizeArgs {
             mse: self.mse,
             refit_scales: self.refit_scales,
         };
-        let scheme = match w8a8 {
-            None => {
+        if let (Some(f), None) = (self.format.as_deref().filter(|f| *f == "gguf"), &self.gguf_type) {
+            return Err(Error::option("--format", format!("{f} needs --gguf-type (e.g. Q4_K_M)")));
+        }
+        if self.imatrix && (self.gguf_type.is_none() || m != Method::Rtn) {
+            return Err(Error::option("--imatrix", "goes with --method rtn --gguf-type (GPTQ uses the whole Hessian)"));
+        }
+        let scheme = match (w8a8, &self.gguf_type) {
+            (Some(_), Some(_)) => return Err(Error::option("--gguf-type", "GGUF files carry no W8A8 activation scales")),
+            (None, Some(t)) => {
+                if !matches!(m, Method::Rtn | Method::Gptq) {
+                    return Err(Error::option("--gguf-type", format!("goes with --method rtn or gptq, not {}", m.name())));
+                }
+                used.extend(["gguf_type", "imatrix"]);
+                SchemeSpec { kind: t.clone(), group_size: None, per_tensor: false, symmetric: true }
+            }
+            (None, None) => {
                 used.extend(SCHEME_FLAGS);
                 let fp8 = match (m, self.fp8_format.as_deref()) {
                     (Method::Fp8, f) | (Method::Gptq, f @ Some(_)) => Some(f.unwrap_or("e4m3")),
@@ -322,7 +347,7 @@ impl QuantizeArgs {
                     symmetric: !self.asym,
                 }
             }
-            Some(name) => {
+            (Some(name), None) => {
                 used.extend(W8A8_FLAGS);
                 used.insert("per_tensor");
                 let fp8 = name == "w8a8-fp8";
@@ -367,7 +392,7 @@ impl QuantizeArgs {
                 if let Some(alpha) = smooth {
                     modifiers.push(ModifierSpec::Smoothquant { alpha });
                 }
-                modifiers.push(if m == Method::Gptq { gptq() } else { ModifierSpec::Rtn { mse: self.mse } });
+                modifiers.push(if m == Method::Gptq { gptq() } else { ModifierSpec::Rtn { mse: self.mse, imatrix: false } });
                 modifiers.push(ModifierSpec::Activations {
                     format: if fp8 { "fp8-e4m3" } else { "int8" }.into(),
                     dynamic,
@@ -392,7 +417,10 @@ impl QuantizeArgs {
             match m {
                 Method::Rtn | Method::Fp8 => {
                     used.extend(["mse", "include_head"]);
-                    modifiers.push(ModifierSpec::Rtn { mse: self.mse });
+                    if self.imatrix {
+                        used.extend(CALIB_FLAGS);
+                    }
+                    modifiers.push(ModifierSpec::Rtn { mse: self.mse, imatrix: self.imatrix });
                 }
                 Method::Hqq => {
                     used.insert("include_head");
@@ -425,7 +453,7 @@ impl QuantizeArgs {
                         search: Some(if plus && !self.awq_rtn_search { "gptq" } else { "rtn" }.into()),
                         search_windows: self.awq_search_windows,
                     });
-                    modifiers.push(if plus { gptq() } else { ModifierSpec::Rtn { mse: self.mse } });
+                    modifiers.push(if plus { gptq() } else { ModifierSpec::Rtn { mse: self.mse, imatrix: false } });
                 }
             }
         }

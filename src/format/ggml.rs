@@ -139,6 +139,7 @@ impl std::fmt::Display for GgmlType {
 }
 pub mod blocks;
 pub mod encode;
+pub mod preset;
 use blocks::arr;
 pub use blocks::*;
 

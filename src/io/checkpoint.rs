@@ -50,6 +50,8 @@ pub enum CheckpointFormat {
     CompressedTensors,
     /// AutoAWQ GEMM (`quant_method: "awq"`, `version: "gemm"`), 4-bit groups only.
     Awq,
+    /// One llama.cpp GGUF file (`pipeline::gguf_export`), not a safetensors directory.
+    Gguf,
 }
 
 impl CheckpointFormat {
@@ -58,6 +60,7 @@ impl CheckpointFormat {
             CheckpointFormat::Gptq => "gptq",
             CheckpointFormat::CompressedTensors => "compressed-tensors",
             CheckpointFormat::Awq => "awq",
+            CheckpointFormat::Gguf => "gguf",
         }
     }
 }
@@ -69,9 +72,10 @@ impl std::str::FromStr for CheckpointFormat {
             "gptq" => Ok(Self::Gptq),
             "compressed-tensors" | "ct" => Ok(Self::CompressedTensors),
             "awq" => Ok(Self::Awq),
+            "gguf" => Ok(Self::Gguf),
             other => Err(Error::option(
                 "--format",
-                format!("{other:?} is not a checkpoint format (gptq, compressed-tensors, awq)"),
+                format!("{other:?} is not a checkpoint format (gptq, compressed-tensors, awq, gguf)"),
             )),
         }
     }
@@ -301,6 +305,9 @@ impl CheckpointWriter {
         act: Option<ActivationSpec>,
         meta: &BTreeMap<String, String>,
     ) -> Result<Self> {
+        if format == CheckpointFormat::Gguf {
+            return Err(Error::option("--format", "gguf is one file written by pipeline::gguf_export, not a directory"));
+        }
         if act.is_some() && format != CheckpointFormat::CompressedTensors {
             return Err(Error::option(
                 "--format",
@@ -383,6 +390,7 @@ impl CheckpointWriter {
             (CheckpointFormat::Awq, _) => awq::to_tensors(q, m)?,
             (CheckpointFormat::CompressedTensors, None) => ct::to_tensors(q, m)?,
             (CheckpointFormat::CompressedTensors, Some(a)) => activation_tensors(m, q, a, input)?,
+            (CheckpointFormat::Gguf, _) => unreachable!("CheckpointWriter::create refuses gguf"),
         };
         let skeleton = QuantizedTensor {
             scheme: q.scheme,
@@ -631,6 +639,7 @@ impl CheckpointWriter {
                 let cfg = AwqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
                 cfg.quantization_config(&skipped)
             }
+            CheckpointFormat::Gguf => unreachable!("CheckpointWriter::create refuses gguf"),
         })
     }
 }
@@ -668,6 +677,7 @@ impl LoadedCheckpoint {
                 CT_PARTS.contains(&part) || matches!(part, "weight" | "input_scale" | "input_zero_point")
             }
             CheckpointFormat::Awq => AWQ_PARTS.contains(&part),
+            CheckpointFormat::Gguf => false,
         }
     }
 

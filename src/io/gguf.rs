@@ -24,6 +24,7 @@ const MAX_DIMS: u32 = 4;
 const MAX_NESTING: usize = 8;
 
 mod value;
+pub mod writer;
 pub use value::Value;
 
 /// One tensor's description. Only [`GgufFile::open`] makes these, after checking

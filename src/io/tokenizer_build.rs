@@ -11,7 +11,8 @@
 //! SentencePiece (`llama`) vocabularies store scores, not merges; they are refused.
 
 use crate::error::{Error, Result};
-use crate::io::gguf::GgufFile;
+use crate::io::gguf::{GgufFile, Value as GgufValue};
+use std::path::Path;
 use serde_json::{json, Map, Value as Json};
 
 /// llama.cpp's token types (`llama_token_type`).
@@ -145,6 +146,163 @@ impl GgufTokenizer {
             add_eos: flag("tokenizer.ggml.add_eos_token", false),
             chat_template: g.metadata("tokenizer.chat_template").and_then(|v| v.as_str()).map(String::from),
         })
+    }
+
+    /// The tokenizer of a Hugging Face model directory (`tokenizer.json`,
+    /// `tokenizer_config.json`, optionally `chat_template.jinja`), for GGUF export: a
+    /// byte-level BPE with one of the pre-tokenizers above; anything else is an error
+    /// naming what llama.cpp could not be told.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let read = |p: &Path| -> Result<Json> {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::format(p, format!("not valid JSON: {e}")))
+        };
+        let tj = read(&path)?;
+        let bad = |msg: String| Error::format(&path, msg);
+        let model = &tj["model"];
+        if model["type"] != "BPE" {
+            return Err(bad(format!("model.type = {} is not BPE: only byte-level BPE tokenizers are exported to GGUF", model["type"])));
+        }
+        let pre = match &tj["pre_tokenizer"] {
+            p if p["type"] == "ByteLevel" && p["use_regex"] != false => PreTokenizer::Gpt2,
+            p if p["type"] == "Sequence"
+                && p["pretokenizers"].as_array().is_some_and(|a| {
+                    a.len() == 2
+                        && a[0]["type"] == "Digits"
+                        && a[0]["individual_digits"] == true
+                        && a[1]["type"] == "ByteLevel"
+                        && a[1]["use_regex"] != false
+                }) =>
+            {
+                PreTokenizer::SmolLm
+            }
+            p => {
+                return Err(bad(format!(
+                    "pre_tokenizer {} is not one llama.cpp knows by name here (GPT-2 byte-level: gpt2; digits then byte-level: smollm)",
+                    p
+                )))
+            }
+        };
+        let vocab = model["vocab"].as_object().ok_or_else(|| bad("model.vocab is not an object".into()))?;
+        let mut by_id: Vec<Option<String>> = vec![];
+        let put = |id: u64, t: &str, by_id: &mut Vec<Option<String>>| -> Result<()> {
+            let id = id as usize;
+            if id >= 1 << 24 {
+                return Err(bad(format!("token id {id} of {t:?} is implausibly large")));
+            }
+            if by_id.len() <= id {
+                by_id.resize(id + 1, None);
+            }
+            by_id[id] = Some(t.to_string());
+            Ok(())
+        };
+        for (t, id) in vocab {
+            let id = id.as_u64().ok_or_else(|| bad(format!("model.vocab[{t:?}] = {id} is not a token id")))?;
+            put(id, t, &mut by_id)?;
+        }
+        let mut kinds: Vec<(usize, bool)> = vec![];
+        for a in tj["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+                return Err(bad(format!("added_tokens entry {a} has no id or content")));
+            };
+            put(id, t, &mut by_id)?;
+            kinds.push((id as usize, a["special"] == true));
+        }
+        let tokens: Vec<String> = by_id
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.ok_or_else(|| bad(format!("token id {i} has no token (ids must be 0..n without gaps)"))))
+            .collect::<Result<_>>()?;
+        let mut token_types = vec![token_type::NORMAL; tokens.len()];
+        for (id, special) in kinds {
+            token_types[id] = if special { token_type::CONTROL } else { token_type::USER_DEFINED };
+        }
+        let merges = model["merges"]
+            .as_array()
+            .ok_or_else(|| bad("model.merges is not an array".into()))?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| match m {
+                Json::String(s) => match s.char_indices().skip(1).find(|&(_, c)| c == ' ') {
+                    Some((at, _)) => Ok((s[..at].to_string(), s[at + 1..].to_string())),
+                    None => Err(bad(format!("model.merges[{i}] = {s:?} has no space"))),
+                },
+                Json::Array(a) if a.len() == 2 && a.iter().all(Json::is_string) => {
+                    Ok((a[0].as_str().unwrap_or_default().to_string(), a[1].as_str().unwrap_or_default().to_string()))
+                }
+                other => Err(bad(format!("model.merges[{i}] = {other} is neither \"a b\" nor [a, b]"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config = if config_path.exists() { read(&config_path)? } else { Json::Null };
+        let id_of = |key: &str| -> Result<Option<u32>> {
+            let v = &config[key];
+            let name = v.as_str().or_else(|| v["content"].as_str());
+            match name {
+                None => Ok(None),
+                Some(n) => tokens.iter().position(|t| t == n).map(|i| Some(i as u32)).ok_or_else(|| {
+                    Error::format(&config_path, format!("{key} = {n:?} is not a token of tokenizer.json"))
+                }),
+            }
+        };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = match config["chat_template"].as_str() {
+            Some(t) => Some(t.to_string()),
+            None if jinja.exists() => Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?),
+            None => None,
+        };
+        Ok(Self {
+            pre,
+            bos: id_of("bos_token")?,
+            eos: id_of("eos_token")?,
+            unk: id_of("unk_token")?,
+            pad: id_of("pad_token")?,
+            add_bos: config["add_bos_token"] == true,
+            add_eos: config["add_eos_token"] == true,
+            chat_template,
+            tokens,
+            token_types,
+            merges,
+        })
+    }
+
+    /// The `tokenizer.*` metadata llama.cpp reads (`llama-vocab.cpp`).
+    pub fn gguf_metadata(&self) -> Vec<(String, GgufValue)> {
+        let s = |v: &str| GgufValue::String(v.to_string());
+        let pre = match self.pre {
+            PreTokenizer::Gpt2 => "gpt2",
+            PreTokenizer::SmolLm => "smollm",
+        };
+        let mut m = vec![
+            ("tokenizer.ggml.model".to_string(), s("gpt2")),
+            ("tokenizer.ggml.pre".to_string(), s(pre)),
+            ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(self.tokens.iter().map(|t| s(t)).collect())),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                GgufValue::Array(self.token_types.iter().map(|&t| GgufValue::I32(t as i32)).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges".to_string(),
+                GgufValue::Array(self.merges.iter().map(|(a, b)| s(&format!("{a} {b}"))).collect()),
+            ),
+        ];
+        for (key, id) in [
+            ("bos_token_id", self.bos),
+            ("eos_token_id", self.eos),
+            ("unknown_token_id", self.unk),
+            ("padding_token_id", self.pad),
+        ] {
+            if let Some(id) = id {
+                m.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(id)));
+            }
+        }
+        m.push(("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(self.add_bos)));
+        m.push(("tokenizer.ggml.add_eos_token".to_string(), GgufValue::Bool(self.add_eos)));
+        if let Some(t) = &self.chat_template {
+            m.push(("tokenizer.chat_template".to_string(), s(t)));
+        }
+        m
     }
 
     fn token(&self, id: Option<u32>) -> Json {
@@ -314,6 +472,35 @@ mod tests {
         assert_eq!(plain.get_tokens(), &["he"]);
         let bos = load(&tiny(PreTokenizer::SmolLm, true)).encode("he", true).unwrap();
         assert_eq!(bos.get_tokens(), &["<|im_start|>", "he"]);
+    }
+
+    /// tokenizer.json (as built here) back to the GGUF description: the same tokenizer.
+    #[test]
+    fn hf_dir_round_trips_to_gguf_metadata() {
+        for pre in [PreTokenizer::SmolLm, PreTokenizer::Gpt2] {
+            let t = tiny(pre, true);
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("tokenizer.json"), t.tokenizer_json().to_string()).unwrap();
+            std::fs::write(dir.path().join("tokenizer_config.json"), t.tokenizer_config_json(None).to_string()).unwrap();
+            let back = GgufTokenizer::from_hf_dir(dir.path()).unwrap();
+            assert_eq!(back.tokens, t.tokens);
+            assert_eq!(back.token_types, t.token_types);
+            assert_eq!(back.merges, t.merges);
+            assert_eq!((back.pre, back.bos, back.eos, back.add_bos), (pre, Some(1), Some(0), true));
+            assert_eq!(back.chat_template.as_deref(), Some("{{ x }}"));
+            let m = back.gguf_metadata();
+            let get = |k: &str| m.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let want_pre = if pre == PreTokenizer::SmolLm { "smollm" } else { "gpt2" };
+            assert_eq!(get("tokenizer.ggml.pre"), Some(GgufValue::String(want_pre.into())));
+            assert_eq!(get("tokenizer.ggml.bos_token_id"), Some(GgufValue::U32(1)));
+            assert_eq!(get("tokenizer.ggml.merges").unwrap().as_array().unwrap()[0], GgufValue::String("h e".into()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = tiny(PreTokenizer::Gpt2, false).tokenizer_json();
+        j["pre_tokenizer"] = json!({"type": "Metaspace"});
+        std::fs::write(dir.path().join("tokenizer.json"), j.to_string()).unwrap();
+        let e = GgufTokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json") && e.contains("Metaspace"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! these traits and one line in [`recipe::ModifierSpec`].
 
 pub mod driver;
+pub mod gguf_export;
 pub mod modifiers;
 pub mod recipe;
 pub mod run;

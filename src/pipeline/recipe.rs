@@ -29,6 +29,8 @@ use super::{BlockTransform, Modifiers, SchemePolicy};
 use crate::error::{Error, Result};
 use crate::format::activation::ActScheme;
 use crate::format::compressed_tensors::Target;
+use crate::format::ggml::preset::Preset;
+use crate::format::ggml::GgmlType;
 use crate::format::QuantScheme;
 use crate::io::checkpoint::CheckpointFormat;
 use crate::model::LlamaConfig;
@@ -81,7 +83,8 @@ pub struct OverrideSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemeSpec {
-    /// int2, int3, int4, int8, fp8-e4m3 or fp8-e5m2.
+    /// int2, int3, int4, int8, fp8-e4m3, fp8-e5m2, or a GGUF preset (`Q4_K_M`, `Q4_0`, …;
+    /// `format = "gguf"`); overrides also take the GGUF block types (`q4_k`, `q6_k`, …).
     #[serde(rename = "type")]
     pub kind: String,
     /// Input columns per scale group; none: one scale per output channel.
@@ -98,6 +101,15 @@ impl SchemeSpec {
     /// The [`QuantScheme`] this describes.
     pub fn to_scheme(&self) -> Result<QuantScheme> {
         let s = self;
+        if let Some(ty) = self.gguf_type() {
+            if s.group_size.is_some() || s.per_tensor || !s.symmetric {
+                return Err(bad(
+                    "scheme",
+                    format!("{}: a GGUF type fixes its blocks and grid; drop group_size, per_tensor and symmetric", s.kind),
+                ));
+            }
+            return QuantScheme::ggml(ty);
+        }
         let mut q = match s.kind.as_str() {
             "fp8-e4m3" => QuantScheme::fp8_e4m3(),
             "fp8-e5m2" => QuantScheme::fp8_e5m2(),
@@ -106,7 +118,7 @@ impl SchemeSpec {
                 None => {
                     return Err(bad(
                         "scheme.type",
-                        format!("{k:?} is not a scheme (int2, int3, int4, int8, fp8-e4m3, fp8-e5m2)"),
+                        format!("{k:?} is not a scheme (int2, int3, int4, int8, fp8-e4m3, fp8-e5m2, or a GGUF type such as Q4_K_M)"),
                     ))
                 }
             },
@@ -123,6 +135,21 @@ impl SchemeSpec {
             q = q.asymmetric()?;
         }
         Ok(q)
+    }
+}
+
+impl SchemeSpec {
+    /// The GGUF preset this names (`Q4_K_M`), if any.
+    pub fn gguf_preset(&self) -> Option<Preset> {
+        Preset::parse(&self.kind).ok()
+    }
+
+    /// The ggml block type of a preset's base, or of a block type name (`q4_k`).
+    fn gguf_type(&self) -> Option<GgmlType> {
+        if let Some(p) = self.gguf_preset() {
+            return Some(p.base);
+        }
+        crate::format::ggml::encode::WRITABLE.into_iter().find(|t| t.name().eq_ignore_ascii_case(&self.kind))
     }
 }
 
@@ -168,6 +195,10 @@ pub enum ModifierSpec {
         /// Clipping search of the group ranges (GPTQ's `mse`).
         #[serde(default)]
         mse: bool,
+        /// GGUF types: weight the block search by each input column's mean square on the
+        /// calibration windows (the Hessian diagonal), as llama.cpp's imatrix does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        imatrix: bool,
     },
     /// HQQ: calibration-free, proximal refinement of the zero points / scales.
     Hqq {
@@ -397,7 +428,8 @@ impl Recipe {
     pub fn needs_calibration(&self) -> bool {
         self.kv_cache.is_some()
             || self.modifiers.iter().any(|m| match m {
-                ModifierSpec::Rtn { .. } | ModifierSpec::Hqq { .. } => false,
+                ModifierSpec::Rtn { imatrix, .. } => *imatrix,
+                ModifierSpec::Hqq { .. } => false,
                 ModifierSpec::Activations { dynamic, .. } => !dynamic,
                 _ => true,
             })
@@ -458,9 +490,12 @@ impl Recipe {
                 "an FP8 KV cache's scales are measured on calibration windows; add a [calibration] section".into(),
             ));
         }
+        let gguf_scheme = scheme.ggml_type().is_some();
         if self.format.is_none() {
             self.format = Some(
-                if scheme.is_fp8() || has_act || kv {
+                if gguf_scheme {
+                    CheckpointFormat::Gguf
+                } else if scheme.is_fp8() || has_act || kv {
                     CheckpointFormat::CompressedTensors
                 } else {
                     CheckpointFormat::Gptq
@@ -470,10 +505,15 @@ impl Recipe {
             );
         }
         let format = self.checkpoint_format()?;
+        if format == CheckpointFormat::Gguf || gguf_scheme {
+            self.check_gguf(format, &weights)?;
+        } else if matches!(weights, ModifierSpec::Rtn { imatrix: true, .. }) {
+            return Err(bad("rtn.imatrix", "weights GGUF block searches; it goes with a GGUF type".into()));
+        }
         if format == CheckpointFormat::Gptq && scheme.is_fp8() {
             return Err(bad("--format", "gptq cannot store FP8 weights; use --format compressed-tensors".into()));
         }
-        if !self.overrides.is_empty() && format != CheckpointFormat::CompressedTensors {
+        if !self.overrides.is_empty() && !matches!(format, CheckpointFormat::CompressedTensors | CheckpointFormat::Gguf) {
             return Err(bad(
                 "override",
                 format!("per-module schemes are written as compressed-tensors config_groups; {} stores one scheme (set format = \"compressed-tensors\")", format.as_str()),
@@ -546,6 +586,42 @@ impl Recipe {
         Ok(self)
     }
 
+    /// The combinations a GGUF file can hold, checked by [`Recipe::resolve`].
+    fn check_gguf(&self, format: CheckpointFormat, weights: &ModifierSpec) -> Result<()> {
+        let gguf = |msg: String| Err(bad("--format gguf", msg));
+        if format != CheckpointFormat::Gguf {
+            return Err(bad("--format", format!("{} is a GGUF type, written as format = \"gguf\", not {format}", self.scheme.kind)));
+        }
+        if self.scheme.gguf_preset().is_none() {
+            return Err(bad(
+                "scheme.type",
+                format!("{:?} is not a GGUF file type; use a llama-quantize type such as Q4_K_M, Q4_0, Q8_0 (block types such as q6_k go in overrides)", self.scheme.kind),
+            ));
+        }
+        for (i, o) in self.overrides.iter().enumerate() {
+            if o.scheme.to_scheme()?.ggml_type().is_none() {
+                return Err(bad(&format!("override[{i}].scheme"), format!("{} is not a GGUF block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)", o.scheme.kind)));
+            }
+        }
+        if self.activations().is_some() || self.kv_cache.is_some() {
+            return gguf("GGUF files carry no activation or KV cache scales".into());
+        }
+        if self.include_head {
+            return gguf("the head's type comes from the GGUF type's mix (drop --include-head)".into());
+        }
+        if let Some(t) = self.modifiers.iter().find(|m| m.role() == Role::Transform) {
+            return gguf(format!("{} before a GGUF type is not supported yet (rtn and gptq are)", t.name()));
+        }
+        match *weights {
+            ModifierSpec::Rtn { mse: true, .. } => gguf("rtn's mse clipping is for integer schemes; GGUF blocks search their own scales".into()),
+            ModifierSpec::Gptq { mse: true, .. } | ModifierSpec::Gptq { refit_scales: true, .. } => {
+                gguf("gptq's mse and refit_scales are for integer schemes; GGUF grids are solved up front".into())
+            }
+            ModifierSpec::Hqq { .. } => gguf("hqq quantizes to integer schemes, not GGUF blocks".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The modifiers of a resolved recipe, ready for the driver.
     pub fn build(&self, cfg: &LlamaConfig, verbose: bool) -> Result<Modifiers> {
         let scheme = self.weight_scheme()?;
@@ -556,7 +632,9 @@ impl Recipe {
         let mut wq: Option<Box<dyn super::WeightQuantizer>> = None;
         for m in &self.modifiers {
             match m.clone() {
-                ModifierSpec::Rtn { mse } => wq = Some(Box::new(Rtn { clip: mse.then(ClipSearch::default) })),
+                ModifierSpec::Rtn { mse, imatrix } => {
+                    wq = Some(Box::new(Rtn { clip: mse.then(ClipSearch::default), imatrix }))
+                }
                 ModifierSpec::Hqq { lp_norm, beta, kappa, iters } => {
                     wq = Some(Box::new(Hqq { opts: HqqOptions { lp_norm, beta, kappa, iters } }))
                 }
@@ -591,7 +669,13 @@ impl Recipe {
         if self.include_head {
             names.push("lm_head".into());
         }
-        let schemes = self.scheme_policy(&names)?;
+        let mut schemes = self.scheme_policy(&names)?;
+        if let Some(preset) = self.scheme.gguf_preset() {
+            // llama.cpp's mix under the recipe's own overrides and ignores (they come first).
+            let mix = super::gguf_export::preset_policy(cfg, preset, self.needs_calibration())?;
+            schemes.overrides.extend(mix.overrides);
+            schemes.ignore.extend(mix.ignore);
+        }
         Ok(Modifiers { schemes, transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
     }
 

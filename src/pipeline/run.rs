@@ -1,6 +1,7 @@
 //! A whole run from a resolved [`Recipe`]: calibration windows (or a statistics file),
 //! the block driver, the checkpoint with its `recipe.toml`, and the report.
 
+use super::gguf_export::GgufExport;
 use super::driver::{self, DriverOptions, Source};
 use super::recipe::{CalibrationSpec, ModifierSpec, Recipe};
 use crate::calib::dataset::sample_windows;
@@ -106,7 +107,7 @@ pub fn calibration_windows(
 
 /// What the statistics depend on besides the text: a file is reused only when these match.
 fn stats_key(recipe: &Recipe) -> Result<BTreeMap<String, Value>> {
-    let clip = recipe.modifiers.iter().any(|m| matches!(m, ModifierSpec::Rtn { mse: true }));
+    let clip = recipe.modifiers.iter().any(|m| matches!(m, ModifierSpec::Rtn { mse: true, .. }));
     let smooth = recipe.modifiers.iter().find_map(|m| match m {
         ModifierSpec::Smoothquant { alpha } => Some(*alpha),
         _ => None,
@@ -126,6 +127,10 @@ fn check_groups_fit(cfg: &LlamaConfig, schemes: &super::SchemePolicy) -> Result<
     let mut partial: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for (name, _, cols) in crate::model::llama::block_linears(cfg) {
         let Some(scheme) = schemes.scheme_for(&name) else { continue };
+        if let Some(ty) = scheme.ggml_type() {
+            crate::quant::ggml::check_width(&name, ty, cols)?;
+            continue;
+        }
         let crate::format::Granularity::Group(g) = scheme.granularity else { continue };
         if g > cols {
             return Err(Error::option(
@@ -268,11 +273,20 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         driver::check_extra(&mods)?;
     }
     // The checkpoint is written block by block as the driver finishes them.
-    let mut writer = CheckpointWriter::create(dir, out, format, act_spec, &meta)?;
-    writer.set_max_shard_bytes(opts.max_shard_bytes);
+    let mut output = match recipe.scheme.gguf_preset().filter(|_| format == CheckpointFormat::Gguf) {
+        Some(preset) => {
+            let imatrix = recipe.needs_calibration();
+            Output::Gguf(GgufExport::create(dir, out, &cfg, &store, preset, &mods.schemes, imatrix, &meta)?)
+        }
+        None => {
+            let mut writer = CheckpointWriter::create(dir, out, format, act_spec, &meta)?;
+            writer.set_max_shard_bytes(opts.max_shard_bytes);
+            Output::Checkpoint(writer)
+        }
+    };
     let kv_cache = recipe.kv_cache.is_some();
-    if kv_cache {
-        writer.declare_kv_cache()?;
+    if let (true, Output::Checkpoint(w)) = (kv_cache, &mut output) {
+        w.declare_kv_cache()?;
     }
 
     let dopts = DriverOptions {
@@ -284,17 +298,37 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let no_params = BTreeMap::new();
     let mut res = driver::run_streaming(&cfg, &store, source, &mut mods, &dopts, &mut |b, res, mods| {
         let params = mods.inputs.as_ref().map_or(&no_params, |i| i.params());
-        for (m, q) in std::mem::take(&mut res.tensors) {
-            writer.add_quantized(&m, &q, params.get(&m).copied())?;
+        match &mut output {
+            Output::Gguf(g) => {
+                for (name, values) in std::mem::take(&mut res.dense) {
+                    g.replace_dense(&name, &values)?;
+                }
+                for (m, q) in std::mem::take(&mut res.tensors) {
+                    g.add_quantized(&m, &q)?;
+                }
+                g.block_done(&store, b)
+            }
+            Output::Checkpoint(writer) => {
+                for (m, q) in std::mem::take(&mut res.tensors) {
+                    writer.add_quantized(&m, &q, params.get(&m).copied())?;
+                }
+                for (name, values) in std::mem::take(&mut res.dense) {
+                    writer.replace_dense(&name, &values)?;
+                }
+                if kv_cache {
+                    writer.add_kv_scales(b, res.kv_absmax[b].map(kv_cache::scale_for))?;
+                }
+                writer.block_done(b)
+            }
         }
-        for (name, values) in std::mem::take(&mut res.dense) {
-            writer.replace_dense(&name, &values)?;
-        }
-        if kv_cache {
-            writer.add_kv_scales(b, res.kv_absmax[b].map(kv_cache::scale_for))?;
-        }
-        writer.block_done(b)
     })?;
+    let mut writer = match output {
+        Output::Gguf(g) => {
+            g.finish(&store)?;
+            return finish_report(&mods, res, opts, stats_meta, t0, out, format, &method, &label, scheme_text);
+        }
+        Output::Checkpoint(w) => w,
+    };
     if recipe.include_head {
         driver::quantize_extra(&store, &mut mods, "lm_head", head_source, (cfg.vocab_size, cfg.hidden_size), &mut res)?;
         if res.tensors.contains_key("lm_head") && head_source != "lm_head.weight" {
@@ -304,8 +338,31 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             writer.add_quantized(&m, &q, None)?;
         }
     }
-    res.stats.meta = stats_meta;
     writer.finish(&[("recipe.toml", recipe_text.as_bytes())])?;
+    finish_report(&mods, res, opts, stats_meta, t0, out, format, &method, &label, scheme_text)
+}
+
+/// Where the blocks go: a safetensors checkpoint directory or one GGUF file.
+enum Output {
+    Checkpoint(CheckpointWriter),
+    Gguf(GgufExport),
+}
+
+/// After the output is in place: the saved statistics, the summary line and the report.
+#[allow(clippy::too_many_arguments)]
+fn finish_report(
+    mods: &super::Modifiers,
+    mut res: driver::DriverOutput,
+    opts: &RunOptions,
+    stats_meta: BTreeMap<String, Value>,
+    t0: Instant,
+    out: &Path,
+    format: CheckpointFormat,
+    method: &str,
+    label: &str,
+    scheme_text: String,
+) -> Result<Value> {
+    res.stats.meta = stats_meta;
     if let Some(p) = &opts.save_stats {
         res.stats.save(p)?;
         eprintln!("{label}: statistics saved to {}", p.display());
