@@ -14,6 +14,7 @@
 //! applies the inverse (K uses the KV head count).
 
 use crate::error::{Error, Result};
+use crate::format::ggml::GgmlType;
 use crate::io::atomic::AtomicDir;
 use crate::io::gguf::{GgufFile, TensorInfo};
 use crate::io::safetensors::{sort_crate_order, write_file, HeaderLayout, RawTensor};
@@ -184,6 +185,26 @@ fn map_name(name: &str, hp: &LlamaHparams) -> Option<(String, Option<usize>)> {
         _ => return None,
     };
     Some((format!("model.layers.{layer}.{hf}.{kind}"), heads))
+}
+
+/// The ggml type of every linear of a llama GGUF by Hugging Face module name
+/// (`model.layers.0.self_attn.q_proj`, `lm_head`: the output, or the tied embedding).
+pub fn linear_types(g: &GgufFile) -> Result<BTreeMap<String, GgmlType>> {
+    let hp = LlamaHparams::from_gguf(g)?;
+    let mut out = BTreeMap::new();
+    for info in g.tensors() {
+        if let Some((hf, _)) = map_name(&info.name, &hp) {
+            if let Some(m) = hf.strip_suffix(".weight").filter(|m| m.ends_with("_proj") || *m == "lm_head") {
+                out.insert(m.to_string(), info.ggml_type);
+            }
+        }
+    }
+    if !out.contains_key("lm_head") {
+        if let Some(e) = g.tensor("token_embd.weight") {
+            out.insert("lm_head".to_string(), e.ggml_type);
+        }
+    }
+    Ok(out)
 }
 
 /// Expected HF shape of a mapped weight (biases: the first dim).

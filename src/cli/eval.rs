@@ -53,7 +53,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     }
     let t0 = std::time::Instant::now();
     let text = read_text(&a.text)?;
-    let tok = Tokenizer::from_file(&a.model[0].join("tokenizer.json"))?;
+    let tok = Tokenizer::for_model(&a.model[0])?;
     let tokens = tok.encode_long(&text)?;
     eprintln!("tokenized {} ({} tokens) in {:.2}s", a.text.display(), tokens.len(), t0.elapsed().as_secs_f64());
     let opts = EvalOptions { ctx: a.ctx, protocol: a.protocol, max_windows: a.max_windows, batch: a.batch };

@@ -75,7 +75,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if a.ctx == Some(0) {
         anyhow::bail!("invalid option --ctx: 0; the context must hold the prompt and the output");
     }
-    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let tok = Tokenizer::for_model(&a.model)?;
     let template = match a.chat {
         true => Some(ChatTemplate::from_model_dir(&a.model)?.ok_or_else(|| {
             anyhow::anyhow!(

@@ -117,6 +117,12 @@ impl ModelLoader {
     pub(crate) fn load(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
         #[cfg(feature = "gpu")]
         if let Some(ctx) = &self.gpu {
+            if crate::io::tokenizer::is_gguf(dir) {
+                anyhow::bail!(
+                    "{}: a GGUF file runs as llama.cpp's CPU backend computes it: use --device cpu",
+                    dir.display()
+                );
+            }
             let factory = crate::gpu::quantized_factory(ctx.clone(), crate::gpu::Precision::F32);
             return Ok(crate::model::load::load_model_with(dir, &factory)?);
         }

@@ -276,7 +276,8 @@ const AWQ_FLAGS: [&str; 6] =
 const W8A8_FLAGS: [&str; 7] =
     ["dynamic", "static_act", "act_calib", "act_percentile", "act_asym", "smooth", "load_stats"];
 /// Flags that never change what is computed.
-const RUN_FLAGS: [&str; 7] = ["model", "output", "verbose", "json", "format", "save_stats", "max_shard_size"];
+const RUN_FLAGS: [&str; 8] =
+    ["model", "output", "verbose", "json", "format", "save_stats", "max_shard_size", "threads"];
 
 impl QuantizeArgs {
     /// The recipe these flags stand for; a given flag the run would not use is an error.
@@ -300,10 +301,15 @@ impl QuantizeArgs {
             return Err(Error::option("--imatrix", "goes with --method rtn --gguf-type (GPTQ uses the whole Hessian)"));
         }
         let scheme = match (w8a8, &self.gguf_type) {
-            (Some(_), Some(_)) => return Err(Error::option("--gguf-type", "GGUF files carry no W8A8 activation scales")),
+            (Some(_), Some(_)) => {
+                return Err(Error::option("--gguf-type", "GGUF files carry no W8A8 activation scales"))
+            }
             (None, Some(t)) => {
                 if !matches!(m, Method::Rtn | Method::Gptq) {
-                    return Err(Error::option("--gguf-type", format!("goes with --method rtn or gptq, not {}", m.name())));
+                    return Err(Error::option(
+                        "--gguf-type",
+                        format!("goes with --method rtn or gptq, not {}", m.name()),
+                    ));
                 }
                 used.extend(["gguf_type", "imatrix"]);
                 SchemeSpec { kind: t.clone(), group_size: None, per_tensor: false, symmetric: true }
@@ -392,7 +398,11 @@ impl QuantizeArgs {
                 if let Some(alpha) = smooth {
                     modifiers.push(ModifierSpec::Smoothquant { alpha });
                 }
-                modifiers.push(if m == Method::Gptq { gptq() } else { ModifierSpec::Rtn { mse: self.mse, imatrix: false } });
+                modifiers.push(if m == Method::Gptq {
+                    gptq()
+                } else {
+                    ModifierSpec::Rtn { mse: self.mse, imatrix: false }
+                });
                 modifiers.push(ModifierSpec::Activations {
                     format: if fp8 { "fp8-e4m3" } else { "int8" }.into(),
                     dynamic,
@@ -543,8 +553,17 @@ pub fn run(a: QuantizeArgs, given: &Given) -> anyhow::Result<()> {
     };
     let recipe = match &a.recipe {
         Some(path) => {
-            let allowed =
-                ["model", "output", "verbose", "json", "recipe", "save_stats", "load_stats", "max_shard_size"];
+            let allowed = [
+                "model",
+                "output",
+                "verbose",
+                "json",
+                "recipe",
+                "save_stats",
+                "load_stats",
+                "max_shard_size",
+                "threads",
+            ];
             if let Some(id) = given.0.iter().find(|id| !allowed.contains(&id.as_str())) {
                 Err(Error::option(
                     &flag(id),
@@ -560,8 +579,9 @@ pub fn run(a: QuantizeArgs, given: &Given) -> anyhow::Result<()> {
     let out = a.output.clone().unwrap_or_else(|| {
         let canon = dir.canonicalize().unwrap_or(dir.clone());
         let stem = canon.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned());
-        let scheme = recipe.weight_scheme().map_or(String::new(), |s| s.to_string());
-        canon.with_file_name(format!("{stem}-{}-{scheme}", recipe.method_name()))
+        let scheme = recipe.scheme_name().unwrap_or_default();
+        let ext = if recipe.scheme.gguf_preset().is_some() { ".gguf" } else { "" };
+        canon.with_file_name(format!("{stem}-{}-{scheme}{ext}", recipe.method_name()))
     });
     if out.exists() {
         Err(Error::OutputExists { path: out.clone() })?;

@@ -435,7 +435,16 @@ pub fn from_tensors<'a>(
         }
         let (rows, cols) = (wv.shape()[0], wv.shape()[1]);
         check_scales(rows, cols)?;
-        return Ok(QuantizedTensor { scheme, rows, cols, codes: wv.data().to_vec(), scales, zeros: None, g_idx: None, ggml: None });
+        return Ok(QuantizedTensor {
+            scheme,
+            rows,
+            cols,
+            codes: wv.data().to_vec(),
+            scales,
+            zeros: None,
+            g_idx: None,
+            ggml: None,
+        });
     }
     let bits = scheme.bits();
     if let Some(wv) = get(&name("weight")).filter(|v| v.dtype() == Dtype::I8) {

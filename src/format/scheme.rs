@@ -107,7 +107,10 @@ impl QuantScheme {
     pub fn ggml(ty: GgmlType) -> Result<Self> {
         if !ggml_encode::is_writable(ty) {
             let names: Vec<&str> = ggml_encode::WRITABLE.iter().map(|t| t.name()).collect();
-            return Err(Error::option("--scheme", format!("{ty} is not a type this tool writes ({})", names.join(", "))));
+            return Err(Error::option(
+                "--scheme",
+                format!("{ty} is not a type this tool writes ({})", names.join(", ")),
+            ));
         }
         Ok(Self {
             format: NumberFormat::Ggml(ty),

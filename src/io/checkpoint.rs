@@ -306,7 +306,10 @@ impl CheckpointWriter {
         meta: &BTreeMap<String, String>,
     ) -> Result<Self> {
         if format == CheckpointFormat::Gguf {
-            return Err(Error::option("--format", "gguf is one file written by pipeline::gguf_export, not a directory"));
+            return Err(Error::option(
+                "--format",
+                "gguf is one file written by pipeline::gguf_export, not a directory",
+            ));
         }
         if act.is_some() && format != CheckpointFormat::CompressedTensors {
             return Err(Error::option(

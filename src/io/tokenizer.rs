@@ -9,6 +9,19 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a model: `MODEL/tokenizer.json`, or the metadata of a `.gguf` file.
+    pub fn for_model(model: &Path) -> Result<Self> {
+        if !is_gguf(model) {
+            return Self::from_file(&model.join("tokenizer.json"));
+        }
+        let g = crate::io::gguf::GgufFile::open(model)?;
+        let json = crate::io::tokenizer_build::GgufTokenizer::from_gguf(&g)?.tokenizer_json().to_string();
+        let inner = json
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::format(model, format!("cannot load its tokenizer: {e}")))?;
+        Ok(Self { inner, path: model.to_path_buf() })
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
             return Err(Error::format(
@@ -206,6 +219,11 @@ fn join_point(
 }
 
 /// Read a text file, refusing bytes that are not UTF-8 (with the offset).
+/// Whether `path` names a GGUF file (by its extension, as llama.cpp's tools take them).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && path.is_file()
+}
+
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| {

@@ -12,8 +12,8 @@
 
 use crate::error::{Error, Result};
 use crate::io::gguf::{GgufFile, Value as GgufValue};
-use std::path::Path;
 use serde_json::{json, Map, Value as Json};
+use std::path::Path;
 
 /// llama.cpp's token types (`llama_token_type`).
 pub mod token_type {
@@ -162,7 +162,10 @@ impl GgufTokenizer {
         let bad = |msg: String| Error::format(&path, msg);
         let model = &tj["model"];
         if model["type"] != "BPE" {
-            return Err(bad(format!("model.type = {} is not BPE: only byte-level BPE tokenizers are exported to GGUF", model["type"])));
+            return Err(bad(format!(
+                "model.type = {} is not BPE: only byte-level BPE tokenizers are exported to GGUF",
+                model["type"]
+            )));
         }
         let pre = match &tj["pre_tokenizer"] {
             p if p["type"] == "ByteLevel" && p["use_regex"] != false => PreTokenizer::Gpt2,
@@ -481,7 +484,8 @@ mod tests {
             let t = tiny(pre, true);
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("tokenizer.json"), t.tokenizer_json().to_string()).unwrap();
-            std::fs::write(dir.path().join("tokenizer_config.json"), t.tokenizer_config_json(None).to_string()).unwrap();
+            std::fs::write(dir.path().join("tokenizer_config.json"), t.tokenizer_config_json(None).to_string())
+                .unwrap();
             let back = GgufTokenizer::from_hf_dir(dir.path()).unwrap();
             assert_eq!(back.tokens, t.tokens);
             assert_eq!(back.token_types, t.token_types);

@@ -7,11 +7,12 @@ use super::llama::{dense_from_store, LlamaModel};
 use super::qlinear::QuantizedLinear;
 use super::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::format::ggml::GgmlType;
 use crate::format::QuantizedTensor;
 use crate::io::checkpoint::checkpoint_activations;
 use crate::io::checkpoint::read_quantized_checkpoint;
 use crate::io::safetensors::SafetensorsStore;
-use crate::model::act_linear::ActQuantLinear;
+use crate::model::act_linear::{ActQuantLinear, GgmlInput, GgmlInputLinear};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,7 +110,55 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
     Ok((model, info))
 }
 
-/// Load `dir` for CPU inference.
+/// Load `dir` for CPU inference (a `.gguf` file through [`load_gguf`]).
 pub fn load_model(dir: &Path) -> Result<(LlamaModel, LoadInfo)> {
+    if crate::io::tokenizer::is_gguf(dir) {
+        return load_gguf(dir);
+    }
     load_model_with(dir, &cpu_quantized_linear)
+}
+
+/// Load a llama GGUF file as llama.cpp's CPU backend computes it: the weights dequantized
+/// by the ggml reference loops (exact), each linear's input rounded to its weight type's
+/// `vec_dot_type` ([`GgmlInput`]: Q8_0 blocks for Q4_0…Q8_0, Q8_K for the k-quants), so
+/// that `eval` scores a file as `llama-perplexity` does. The file is converted into a
+/// temporary f32 directory (removed once loaded): memory holds the f32 model.
+pub fn load_gguf(path: &Path) -> Result<(LlamaModel, LoadInfo)> {
+    let g = crate::io::gguf::GgufFile::open(path)?;
+    let types = crate::convert::linear_types(&g)?;
+    let tmp =
+        tempfile::Builder::new().prefix("quantize-gguf-").tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let dir = tmp.path().join("model");
+    crate::convert::convert_gguf(path, &dir, crate::convert::OutDType::F32)?;
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    let store = SafetensorsStore::open(&dir)?;
+    let wrap = |name: &str, dense: Box<dyn Linear>| -> Box<dyn Linear> {
+        match types.get(name).and_then(|&t| GgmlInput::for_weights(t)) {
+            Some(input) => Box::new(GgmlInputLinear::new(dense, input)),
+            None => dense,
+        }
+    };
+    let mut model =
+        LlamaModel::load_with(cfg, &store, &|name, o, i| Ok(wrap(name, dense_from_store(&store, name, o, i)?)))?;
+    if model.lm_head.is_none() {
+        // llama.cpp multiplies by the tied embedding as it is stored, input rounded alike.
+        let (v, h) = (model.config.vocab_size, model.config.hidden_size);
+        let dense = Box::new(super::linear::DenseLinear::new(model.embed.as_ref().clone(), v, h));
+        model.lm_head = Some(wrap("lm_head", dense));
+    }
+    let (mut bits, mut weights, mut quantized) = (0u64, 0u64, 0usize);
+    for t in g.tensors().iter().filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight") {
+        bits += t.n_bytes() as u64 * 8;
+        weights += t.n_elements() as u64;
+        quantized += usize::from(!matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+    }
+    let info = LoadInfo {
+        format: Some("gguf".into()),
+        bits_per_weight: (weights > 0).then(|| bits as f64 / weights as f64),
+        quantized_linears: quantized,
+        bytes_on_disk: g.file_len(),
+        resident_weight_bytes: model.weight_bytes(),
+        activations: Some("llama.cpp CPU (Q8_0 / Q8_K inputs)".into()),
+    };
+    Ok((model, info))
 }

@@ -80,7 +80,8 @@ pub fn preset_policy(cfg: &LlamaConfig, preset: Preset, imatrix: bool) -> Result
                     eprintln!("gguf {}: {name}: {note}", preset.name);
                 }
             }
-            let target = crate::format::compressed_tensors::Target::new(name.as_str()).expect("a plain name is a target");
+            let target =
+                crate::format::compressed_tensors::Target::new(name.as_str()).expect("a plain name is a target");
             if c.ty == GgmlType::F16 {
                 policy.ignore.push(target);
             } else if c.ty != preset.base {
@@ -130,7 +131,6 @@ fn rope_row_order(rows: usize, n_heads: usize) -> Vec<usize> {
 pub struct GgufExport {
     writer: GgufWriter,
     cfg: LlamaConfig,
-    preset: Preset,
     /// Dense tensors a transform changed (folded norms), by Hugging Face name.
     replaced: BTreeMap<String, Vec<f32>>,
     /// GGUF type of each tensor, by GGUF name.
@@ -172,14 +172,19 @@ impl GgufExport {
             push(format!("blk.{b}.attn_norm.weight"), GgmlType::F32, vec![h]);
             push(format!("blk.{b}.ffn_norm.weight"), GgmlType::F32, vec![h]);
             for (short, gg, role) in LINEARS {
-                let ty = policy
-                    .scheme_for(&format!("model.layers.{b}.{short}"))
-                    .map_or(Ok(GgmlType::F16), |s| {
-                        s.ggml_type().ok_or_else(|| {
-                            Error::option("--format gguf", format!("model.layers.{b}.{short} has scheme {s}, not a GGUF type"))
-                        })
-                    })?;
-                push(format!("blk.{b}.{gg}.weight"), ty, vec![linear_cols(cfg, role) as u64, linear_rows(cfg, role) as u64]);
+                let ty = policy.scheme_for(&format!("model.layers.{b}.{short}")).map_or(Ok(GgmlType::F16), |s| {
+                    s.ggml_type().ok_or_else(|| {
+                        Error::option(
+                            "--format gguf",
+                            format!("model.layers.{b}.{short} has scheme {s}, not a GGUF type"),
+                        )
+                    })
+                })?;
+                push(
+                    format!("blk.{b}.{gg}.weight"),
+                    ty,
+                    vec![linear_cols(cfg, role) as u64, linear_rows(cfg, role) as u64],
+                );
             }
         }
         push("output_norm.weight".into(), GgmlType::F32, vec![h]);
@@ -190,7 +195,7 @@ impl GgufExport {
         let mut md = metadata(cfg, dir, preset, meta)?;
         md.extend(tokenizer.gguf_metadata());
         let writer = GgufWriter::create(dest, &md, entries)?;
-        Ok(Self { writer, cfg: cfg.clone(), preset, replaced: BTreeMap::new(), types })
+        Ok(Self { writer, cfg: cfg.clone(), replaced: BTreeMap::new(), types })
     }
 
     /// A quantized block linear (`model.layers.B.SHORT`), encoded in its block type.
@@ -272,14 +277,18 @@ impl GgufExport {
                     let bpr = h / ty.block_size();
                     let mut bytes = Vec::with_capacity(v * bpr * ty.type_size());
                     for r in 0..v {
-                        encode_row(ty, &params.headers[r * bpr..(r + 1) * bpr], &q.codes[r * h..(r + 1) * h], &mut bytes);
+                        encode_row(
+                            ty,
+                            &params.headers[r * bpr..(r + 1) * bpr],
+                            &q.codes[r * h..(r + 1) * h],
+                            &mut bytes,
+                        );
                     }
                     bytes
                 }
             };
             self.writer.write_tensor(gg, &bytes)?;
         }
-        let _ = self.preset;
         self.writer.finish()
     }
 }
@@ -299,7 +308,12 @@ fn gguf_linear_name(module: &str) -> Result<(String, TensorRole)> {
 }
 
 /// `general.*` and `llama.*` metadata, plus this tool's run record (`quantize.*`).
-fn metadata(cfg: &LlamaConfig, dir: &Path, preset: Preset, meta: &BTreeMap<String, String>) -> Result<Vec<(String, Value)>> {
+fn metadata(
+    cfg: &LlamaConfig,
+    dir: &Path,
+    preset: Preset,
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Value)>> {
     let s = |v: &str| Value::String(v.to_string());
     let u = |v: usize| Value::U32(v as u32);
     let name = dir
@@ -324,10 +338,9 @@ fn metadata(cfg: &LlamaConfig, dir: &Path, preset: Preset, meta: &BTreeMap<Strin
         ("llama.vocab_size".to_string(), u(cfg.vocab_size)),
         ("llama.rope.dimension_count".to_string(), u(cfg.rope.rotary_dim)),
     ];
-    if cfg.head_dim * cfg.num_heads != cfg.hidden_size {
-        m.push(("llama.attention.key_length".to_string(), u(cfg.head_dim)));
-        m.push(("llama.attention.value_length".to_string(), u(cfg.head_dim)));
-    }
+    // As convert_hf_to_gguf.py writes them (needed when head_dim != hidden / heads).
+    m.push(("llama.attention.key_length".to_string(), u(cfg.head_dim)));
+    m.push(("llama.attention.value_length".to_string(), u(cfg.head_dim)));
     if let RopeScaling::Linear { factor } = cfg.rope.scaling {
         m.push(("llama.rope.scaling.type".to_string(), s("linear")));
         m.push(("llama.rope.scaling.factor".to_string(), Value::F32(factor)));

@@ -105,7 +105,10 @@ impl SchemeSpec {
             if s.group_size.is_some() || s.per_tensor || !s.symmetric {
                 return Err(bad(
                     "scheme",
-                    format!("{}: a GGUF type fixes its blocks and grid; drop group_size, per_tensor and symmetric", s.kind),
+                    format!(
+                        "{}: a GGUF type fixes its blocks and grid; drop group_size, per_tensor and symmetric",
+                        s.kind
+                    ),
                 ));
             }
             return QuantScheme::ggml(ty);
@@ -115,6 +118,8 @@ impl SchemeSpec {
             "fp8-e5m2" => QuantScheme::fp8_e5m2(),
             k => match k.strip_prefix("int").and_then(|b| b.parse::<u8>().ok()) {
                 Some(bits) => QuantScheme::int(bits).map_err(|e| bad("scheme.type", format!("{k}: {e}")))?,
+                // A GGUF-like name gets the list of GGUF types.
+                None if k.to_ascii_lowercase().starts_with('q') => return Err(Preset::parse(k).expect_err("not a preset")),
                 None => {
                     return Err(bad(
                         "scheme.type",
@@ -379,6 +384,14 @@ impl Recipe {
         self.scheme.to_scheme()
     }
 
+    /// The scheme as users name it: `int4-g128-asym`, or a GGUF type (`Q4_K_M`).
+    pub fn scheme_name(&self) -> Result<String> {
+        match self.scheme.gguf_preset() {
+            Some(p) => Ok(p.name.to_string()),
+            None => Ok(self.weight_scheme()?.to_string()),
+        }
+    }
+
     /// Which scheme each linear gets ([`SchemePolicy`]); every ignore and override
     /// pattern must match one of `names` (the model's linears).
     pub fn scheme_policy(&self, names: &[String]) -> Result<SchemePolicy> {
@@ -513,7 +526,8 @@ impl Recipe {
         if format == CheckpointFormat::Gptq && scheme.is_fp8() {
             return Err(bad("--format", "gptq cannot store FP8 weights; use --format compressed-tensors".into()));
         }
-        if !self.overrides.is_empty() && !matches!(format, CheckpointFormat::CompressedTensors | CheckpointFormat::Gguf) {
+        if !self.overrides.is_empty() && !matches!(format, CheckpointFormat::CompressedTensors | CheckpointFormat::Gguf)
+        {
             return Err(bad(
                 "override",
                 format!("per-module schemes are written as compressed-tensors config_groups; {} stores one scheme (set format = \"compressed-tensors\")", format.as_str()),
@@ -590,7 +604,10 @@ impl Recipe {
     fn check_gguf(&self, format: CheckpointFormat, weights: &ModifierSpec) -> Result<()> {
         let gguf = |msg: String| Err(bad("--format gguf", msg));
         if format != CheckpointFormat::Gguf {
-            return Err(bad("--format", format!("{} is a GGUF type, written as format = \"gguf\", not {format}", self.scheme.kind)));
+            return Err(bad(
+                "--format",
+                format!("{} is a GGUF type, written as format = \"gguf\", not {format}", self.scheme.kind),
+            ));
         }
         if self.scheme.gguf_preset().is_none() {
             return Err(bad(
@@ -600,7 +617,13 @@ impl Recipe {
         }
         for (i, o) in self.overrides.iter().enumerate() {
             if o.scheme.to_scheme()?.ggml_type().is_none() {
-                return Err(bad(&format!("override[{i}].scheme"), format!("{} is not a GGUF block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)", o.scheme.kind)));
+                return Err(bad(
+                    &format!("override[{i}].scheme"),
+                    format!(
+                        "{} is not a GGUF block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)",
+                        o.scheme.kind
+                    ),
+                ));
             }
         }
         if self.activations().is_some() || self.kv_cache.is_some() {
@@ -613,7 +636,9 @@ impl Recipe {
             return gguf(format!("{} before a GGUF type is not supported yet (rtn and gptq are)", t.name()));
         }
         match *weights {
-            ModifierSpec::Rtn { mse: true, .. } => gguf("rtn's mse clipping is for integer schemes; GGUF blocks search their own scales".into()),
+            ModifierSpec::Rtn { mse: true, .. } => {
+                gguf("rtn's mse clipping is for integer schemes; GGUF blocks search their own scales".into())
+            }
             ModifierSpec::Gptq { mse: true, .. } | ModifierSpec::Gptq { refit_scales: true, .. } => {
                 gguf("gptq's mse and refit_scales are for integer schemes; GGUF grids are solved up front".into())
             }

@@ -1,8 +1,8 @@
 //! A whole run from a resolved [`Recipe`]: calibration windows (or a statistics file),
 //! the block driver, the checkpoint with its `recipe.toml`, and the report.
 
-use super::gguf_export::GgufExport;
 use super::driver::{self, DriverOptions, Source};
+use super::gguf_export::GgufExport;
 use super::recipe::{CalibrationSpec, ModifierSpec, Recipe};
 use crate::calib::dataset::sample_windows;
 use crate::calib::stats_file::CalibStats;
@@ -178,7 +178,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let scheme = recipe.weight_scheme()?;
     let format = recipe.checkpoint_format()?;
     let method = recipe.method_name();
-    let label = format!("{method} {scheme}");
+    let label = format!("{method} {}", recipe.scheme_name()?);
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     if format == CheckpointFormat::Awq {
         // Refuse an unstorable scheme before a long run, not after it.
@@ -255,7 +255,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             }
             format!("weights {scheme}, activations {a}")
         }
-        None => scheme.to_string(),
+        None => recipe.scheme_name()?,
     };
     meta.insert("quantize_scheme".to_string(), scheme_text.clone());
     let act_spec = act.map(|(a, c)| ActivationSpec { scheme: a, observer: c.name().to_string() });

@@ -60,7 +60,7 @@ pub fn solve_row(ty: GgmlType, row: &[f32], importance: Option<&[f32]>) -> RowGr
 
 /// Refuse a width that is not a whole number of `ty`'s blocks, naming the tensor.
 pub fn check_width(name: &str, ty: GgmlType, cols: usize) -> Result<()> {
-    if cols % ty.block_size() != 0 {
+    if !cols.is_multiple_of(ty.block_size()) {
         return Err(Error::tensor(
             name,
             format!("{cols} input columns are not a multiple of {ty}'s block of {} values", ty.block_size()),
@@ -171,7 +171,10 @@ fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
         }
         _ => unreachable!("{ty} is not a writable block type"),
     }
-    debug_assert_eq!(is_symmetric(ty), !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K));
+    debug_assert_eq!(
+        is_symmetric(ty),
+        !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K)
+    );
     h
 }
 
@@ -253,7 +256,7 @@ fn search_affine(x: &[f32], w: &[f32], nmax: u32) -> (f32, f32) {
             this_min = 0.0;
             this_scale = if sum_l2 > 0.0 { sum_xl / sum_l2 } else { 0.0 };
         }
-        if !(this_scale > 0.0) {
+        if this_scale.is_nan() || this_scale <= 0.0 {
             continue;
         }
         // The codes of this candidate on its own refit grid.
@@ -284,7 +287,7 @@ mod tests {
 
     fn rows(rng: &mut impl Rng, cols: usize) -> Vec<Vec<f32>> {
         let normal = |rng: &mut dyn rand::RngCore| {
-            (0..cols).map(|_| rng.gen_range(-1.0f32..1.0) + rng.gen_range(-1.0f32..1.0)).collect::<Vec<f32>>()
+            (0..cols).map(|_| rng.random_range(-1.0f32..1.0) + rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>()
         };
         let mut out = vec![vec![0.0; cols], normal(rng)];
         let mut outlier = normal(rng);
@@ -304,7 +307,7 @@ mod tests {
         let cols = 2 * QK_K;
         for ty in WRITABLE {
             for (k, row) in rows(&mut rng, cols).into_iter().enumerate() {
-                let imp: Vec<f32> = (0..cols).map(|_| rng.gen_range(0.0f32..4.0)).collect();
+                let imp: Vec<f32> = (0..cols).map(|_| rng.random_range(0.0f32..4.0)).collect();
                 for importance in [None, Some(&imp[..])] {
                     let grid = solve_row(ty, &row, importance);
                     let codes = codes_on(ty, &row, &grid);
@@ -340,7 +343,7 @@ mod tests {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_1] {
             let (mut with, mut without) = (0.0f64, 0.0f64);
             for _ in 0..50 {
-                let row: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0f32..1.0).powi(3)).collect();
+                let row: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0f32..1.0).powi(3)).collect();
                 let imp: Vec<f32> = (0..cols).map(|c| if c % 7 == 0 { 50.0 } else { 0.1 }).collect();
                 let err = |g: &RowGrid| -> f64 {
                     let codes = codes_on(ty, &row, g);

@@ -32,14 +32,14 @@
 //! vectorize. The partition depends on the shape only and every product runs with
 //! `Par::Seq`, so the result is the same bits for any number of threads.
 
-use super::linalg::{cholesky_inverse_upper_of, LinalgError};
 use super::ggml::{check_width, nearest_code, solve_row, RowGrid};
+use super::linalg::{cholesky_inverse_upper_of, LinalgError};
 use super::refit::{refit_scales, RefitStats};
 use super::rtn::{fp8_group_scale, group_params, ClipSearch};
 use crate::error::{Error, Result};
 use crate::format::fp8;
-use crate::format::quantized::QuantizedTensor;
 use crate::format::ggml::GgmlType;
+use crate::format::quantized::QuantizedTensor;
 use crate::format::scheme::{Granularity, IntParams, NumberFormat, QuantScheme};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatMut, MatRef, Par};

@@ -142,12 +142,7 @@ impl GgmlBlock for BlockQ5_1 {
     const QK: usize = 32;
     const BYTES: usize = size_of::<Self>();
     fn read(b: &[u8]) -> Self {
-        Self {
-            d: f16::from_le_bytes([b[0], b[1]]),
-            m: f16::from_le_bytes([b[2], b[3]]),
-            qh: arr(b, 4),
-            qs: arr(b, 8),
-        }
+        Self { d: f16::from_le_bytes([b[0], b[1]]), m: f16::from_le_bytes([b[2], b[3]]), qh: arr(b, 4), qs: arr(b, 8) }
     }
     fn dequantize(&self, y: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());

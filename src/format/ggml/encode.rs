@@ -206,11 +206,13 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn random_header(ty: GgmlType, rng: &mut impl Rng) -> BlockHeader {
-        let f = |rng: &mut dyn rand::RngCore| f16::from_f32(rng.gen_range(-2.0f32..2.0) * 2f32.powi(rng.gen_range(-12..4)));
+        let f = |rng: &mut dyn rand::RngCore| {
+            f16::from_f32(rng.random_range(-2.0f32..2.0) * 2f32.powi(rng.random_range(-12..4)))
+        };
         let mut h = BlockHeader { d: f(rng), dmin: f(rng), ..Default::default() };
         for j in 0..16 {
-            h.sc[j] = if ty == GgmlType::Q6_K { rng.gen::<u8>() } else { rng.gen_range(0..64) };
-            h.m[j] = rng.gen_range(0..64);
+            h.sc[j] = if ty == GgmlType::Q6_K { rng.random::<u8>() } else { rng.random_range(0..64) };
+            h.m[j] = rng.random_range(0..64);
         }
         h
     }
@@ -222,7 +224,7 @@ mod tests {
         for ty in WRITABLE {
             for _ in 0..200 {
                 let h = random_header(ty, &mut rng);
-                let codes: Vec<u8> = (0..ty.block_size()).map(|_| rng.gen_range(0..=maxq(ty)) as u8).collect();
+                let codes: Vec<u8> = (0..ty.block_size()).map(|_| rng.random_range(0..=maxq(ty)) as u8).collect();
                 let mut bytes = vec![];
                 h.encode(ty, &codes, &mut bytes);
                 assert_eq!(bytes.len(), ty.type_size(), "{ty}");

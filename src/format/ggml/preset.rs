@@ -65,20 +65,37 @@ impl Preset {
             } else {
                 ""
             };
-            Error::option("--scheme", format!("{name:?} is not a GGUF type this tool writes{hint}: {}", names.join(", ")))
+            Error::option(
+                "--scheme",
+                format!("{name:?} is not a GGUF type this tool writes{hint}: {}", names.join(", ")),
+            )
         })
     }
 
     /// The type of a tensor of `role` in block `layer` of `n_layers`, `cols` wide; `tied`:
     /// the embedding doubles as the output; `imatrix`: calibration statistics are used
     /// (llama.cpp then guards the first `ffn_down`s of Q4_0/Q5_0 with Q4_1/Q5_1).
-    pub fn tensor_type(&self, role: TensorRole, layer: usize, n_layers: usize, cols: usize, tied: bool, imatrix: bool) -> Choice {
+    pub fn tensor_type(
+        &self,
+        role: TensorRole,
+        layer: usize,
+        n_layers: usize,
+        cols: usize,
+        tied: bool,
+        imatrix: bool,
+    ) -> Choice {
         use GgmlType::*;
         let name = self.name;
         let mut ty = self.base;
         match role {
             TensorRole::Output | TensorRole::TokenEmbd if role == TensorRole::Output || tied => {
-                ty = if cols % ty.block_size() != 0 { Q8_0 } else if ty != Q8_0 { Q6_K } else { ty };
+                ty = if cols % ty.block_size() != 0 {
+                    Q8_0
+                } else if ty != Q8_0 {
+                    Q6_K
+                } else {
+                    ty
+                };
             }
             TensorRole::TokenEmbd => {}
             TensorRole::AttnV => {
@@ -99,7 +116,7 @@ impl Preset {
             }
             _ => {}
         }
-        if cols % ty.block_size() == 0 {
+        if cols.is_multiple_of(ty.block_size()) {
             return Choice { ty, fallback: None };
         }
         let to = match ty {
@@ -109,7 +126,7 @@ impl Preset {
             other => other,
         };
         let note = format!("{cols} columns are not a multiple of {} ({ty})", ty.block_size());
-        let to = if cols % to.block_size() == 0 { to } else { F16 };
+        let to = if cols.is_multiple_of(to.block_size()) { to } else { F16 };
         Choice { ty: to, fallback: Some(format!("{note}: {to}")) }
     }
 }

@@ -105,7 +105,12 @@ impl GgufWriter {
             if e.bytes().is_none() || e.dims.is_empty() || e.dims.len() > 4 {
                 return Err(Error::tensor(
                     &e.name,
-                    format!("shape {:?} (innermost first) is not whole {} blocks of {}", e.dims, e.ty, e.ty.block_size()),
+                    format!(
+                        "shape {:?} (innermost first) is not whole {} blocks of {}",
+                        e.dims,
+                        e.ty,
+                        e.ty.block_size()
+                    ),
                 ));
             }
         }
@@ -145,16 +150,20 @@ impl GgufWriter {
 
     /// Write the data of tensor `name` (exactly its size in bytes).
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let i = self
-            .entries
-            .iter()
-            .position(|e| e.name == name)
-            .ok_or_else(|| Error::tensor(name, "is not in the GGUF tensor list laid out for this file".to_string()))?;
+        let i =
+            self.entries.iter().position(|e| e.name == name).ok_or_else(|| {
+                Error::tensor(name, "is not in the GGUF tensor list laid out for this file".to_string())
+            })?;
         let want = self.entries[i].bytes().expect("checked at create");
         if data.len() as u64 != want {
             return Err(Error::tensor(
                 name,
-                format!("{} bytes of data, but {} {:?} takes {want}", data.len(), self.entries[i].ty, self.entries[i].dims),
+                format!(
+                    "{} bytes of data, but {} {:?} takes {want}",
+                    data.len(),
+                    self.entries[i].ty,
+                    self.entries[i].dims
+                ),
             ));
         }
         if self.written[i] {
@@ -226,13 +235,18 @@ mod tests {
     fn unfinished_file_is_removed_and_bad_shapes_refused() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("t.gguf");
-        let e = GgufWriter::create(&dest, &[], vec![TensorEntry { name: "w".into(), ty: GgmlType::Q4_K, dims: vec![576, 2] }])
-            .err()
-            .unwrap()
-            .to_string();
+        let e = GgufWriter::create(
+            &dest,
+            &[],
+            vec![TensorEntry { name: "w".into(), ty: GgmlType::Q4_K, dims: vec![576, 2] }],
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("w") && e.contains("Q4_K") && e.contains("256"), "{e}");
-        let w = GgufWriter::create(&dest, &[], vec![TensorEntry { name: "w".into(), ty: GgmlType::F32, dims: vec![4] }])
-            .unwrap();
+        let w =
+            GgufWriter::create(&dest, &[], vec![TensorEntry { name: "w".into(), ty: GgmlType::F32, dims: vec![4] }])
+                .unwrap();
         let e = w.finish().unwrap_err().to_string();
         assert!(e.contains("never written"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left behind");
