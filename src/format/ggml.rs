@@ -128,7 +128,7 @@ impl GgmlType {
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K)
+        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
     }
 }
 
@@ -186,12 +186,14 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> 
         GgmlType::Q4_1 => dequantize_blocks::<BlockQ4_1>(src, dst),
         GgmlType::Q5_0 => dequantize_blocks::<BlockQ5_0>(src, dst),
         GgmlType::Q5_1 => dequantize_blocks::<BlockQ5_1>(src, dst),
+        GgmlType::Q2_K => dequantize_blocks::<BlockQ2K>(src, dst),
+        GgmlType::Q3_K => dequantize_blocks::<BlockQ3K>(src, dst),
         GgmlType::Q4_K => dequantize_blocks::<BlockQ4K>(src, dst),
         GgmlType::Q5_K => dequantize_blocks::<BlockQ5K>(src, dst),
         GgmlType::Q6_K => dequantize_blocks::<BlockQ6K>(src, dst),
         _ => {
             return Err(Error::Other(format!(
-                "GGML type {ty} (id {}) cannot be dequantized yet; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K",
+                "GGML type {ty} (id {}) cannot be dequantized yet; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K",
                 ty.id()
             )))
         }
@@ -262,7 +264,7 @@ mod tests {
     fn wrong_sizes_and_unsupported_types_are_errors() {
         let e = dequantize(GgmlType::Q4_0, &[0u8; 17], 32).unwrap_err().to_string();
         assert!(e.contains("17 bytes") && e.contains("32 elements"), "{e}");
-        let e = dequantize(GgmlType::Q3_K, &[0u8; 110], 256).unwrap_err().to_string();
-        assert!(e.contains("Q3_K") && e.contains("cannot be dequantized"), "{e}");
+        let e = dequantize(GgmlType::IQ4_NL, &[0u8; 18], 32).unwrap_err().to_string();
+        assert!(e.contains("IQ4_NL") && e.contains("cannot be dequantized"), "{e}");
     }
 }

@@ -73,7 +73,8 @@ pub fn preset_policy(cfg: &LlamaConfig, preset: Preset, imatrix: bool) -> Result
         for (short, _, role) in LINEARS {
             let name = format!("model.layers.{b}.{short}");
             let cols = linear_cols(cfg, role);
-            let c = preset.tensor_type(role, b, cfg.num_layers, cols, cfg.tie_word_embeddings, imatrix);
+            let gqa = cfg.num_heads / cfg.num_kv_heads.max(1);
+            let c = preset.tensor_type(role, b, cfg.num_layers, cols, cfg.tie_word_embeddings, imatrix, gqa);
             if let Some(note) = &c.fallback {
                 fallbacks += 1;
                 if fallbacks <= 3 {
@@ -166,7 +167,8 @@ impl GgufExport {
             types.insert(name.clone(), ty);
             entries.push(TensorEntry { name, ty, dims });
         };
-        let embd = preset.tensor_type(TensorRole::TokenEmbd, 0, n, cfg.hidden_size, tied, imatrix);
+        let gqa = cfg.num_heads / cfg.num_kv_heads.max(1);
+        let embd = preset.tensor_type(TensorRole::TokenEmbd, 0, n, cfg.hidden_size, tied, imatrix, gqa);
         push("token_embd.weight".into(), embd.ty, vec![h, cfg.vocab_size as u64]);
         for b in 0..n {
             push(format!("blk.{b}.attn_norm.weight"), GgmlType::F32, vec![h]);
@@ -189,7 +191,7 @@ impl GgufExport {
         }
         push("output_norm.weight".into(), GgmlType::F32, vec![h]);
         if !tied {
-            let out = preset.tensor_type(TensorRole::Output, 0, n, cfg.hidden_size, false, imatrix);
+            let out = preset.tensor_type(TensorRole::Output, 0, n, cfg.hidden_size, false, imatrix, gqa);
             push("output.weight".into(), out.ty, vec![h, cfg.vocab_size as u64]);
         }
         let mut md = metadata(cfg, dir, preset, meta)?;

@@ -169,11 +169,41 @@ fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
                 h.sc[j] = if d != 0.0 { (scales[j] / d).round().clamp(-128.0, 127.0) as i8 as u8 } else { 0 };
             }
         }
+        GgmlType::Q3_K => {
+            let mut scales = [0f32; 16];
+            for (j, s) in scales.iter_mut().enumerate() {
+                *s = search_symmetric(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], 4);
+            }
+            // The scale of largest magnitude maps to -32 (`quantize_row_q3_K_ref`), stored +32.
+            let max = scales.iter().fold(0.0f32, |a, &b| if b.abs() > a.abs() { b } else { a });
+            h.d = f16::from_f32(max / -32.0);
+            let d = h.d.to_f32();
+            for j in 0..16 {
+                h.sc[j] = if d != 0.0 { ((scales[j] / d).round().clamp(-32.0, 31.0) + 32.0) as u8 } else { 32 };
+            }
+        }
+        GgmlType::Q2_K => {
+            let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+            for j in 0..16 {
+                let (s, m) = search_affine(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], 3);
+                scales[j] = s;
+                mins[j] = -m;
+            }
+            let max_scale = scales.iter().fold(0.0f32, |a, &b| a.max(b));
+            let max_min = mins.iter().fold(0.0f32, |a, &b| a.max(b));
+            h.d = f16::from_f32(max_scale / 15.0);
+            h.dmin = f16::from_f32(max_min / 15.0);
+            let (d, dmin) = (h.d.to_f32(), h.dmin.to_f32());
+            for j in 0..16 {
+                h.sc[j] = if d > 0.0 { (scales[j] / d).round().clamp(0.0, 15.0) as u8 } else { 0 };
+                h.m[j] = if dmin > 0.0 { (mins[j] / dmin).round().clamp(0.0, 15.0) as u8 } else { 0 };
+            }
+        }
         _ => unreachable!("{ty} is not a writable block type"),
     }
     debug_assert_eq!(
         is_symmetric(ty),
-        !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K)
+        !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q2_K)
     );
     h
 }

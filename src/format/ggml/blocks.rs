@@ -95,6 +95,95 @@ impl GgmlBlock for BlockQ4_1 {
     }
 }
 
+/// `block_q2_K`: 16 sub-blocks of 16, each a byte of 4-bit scale (low) and min (high),
+/// 2-bit codes, `w = d·sc·q - dmin·m` (`dequantize_row_q2_K`).
+#[repr(C)]
+pub struct BlockQ2K {
+    pub scales: [u8; 16],
+    pub qs: [u8; 64],
+    pub d: f16,
+    pub dmin: f16,
+}
+const _: () = assert!(size_of::<BlockQ2K>() == 84);
+
+impl GgmlBlock for BlockQ2K {
+    const QK: usize = QK_K;
+    const BYTES: usize = size_of::<Self>();
+    fn read(b: &[u8]) -> Self {
+        Self {
+            scales: arr(b, 0),
+            qs: arr(b, 16),
+            d: f16::from_le_bytes([b[80], b[81]]),
+            dmin: f16::from_le_bytes([b[82], b[83]]),
+        }
+    }
+    fn dequantize(&self, y: &mut [f32]) {
+        let (d, min) = (self.d.to_f32(), self.dmin.to_f32());
+        let mut k = 0;
+        for half in 0..2 {
+            let q = &self.qs[32 * half..32 * half + 32];
+            for j in 0..4 {
+                for part in 0..2 {
+                    let sc = self.scales[8 * half + 2 * j + part];
+                    let (dl, ml) = (d * (sc & 0x0F) as f32, min * (sc >> 4) as f32);
+                    for l in 0..16 {
+                        y[k] = dl * ((q[16 * part + l] >> (2 * j)) & 3) as f32 - ml;
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `block_q3_K`: 16 sub-blocks of 16 with 6-bit scales (stored `+32`, packed in 12 bytes),
+/// 3-bit codes (2 low bits in `qs`, the high bit in `hmask`), `w = d·(sc-32)·(q-4)`
+/// (`dequantize_row_q3_K`).
+#[repr(C)]
+pub struct BlockQ3K {
+    pub hmask: [u8; 32],
+    pub qs: [u8; 64],
+    pub scales: [u8; 12],
+    pub d: f16,
+}
+const _: () = assert!(size_of::<BlockQ3K>() == 110);
+
+/// The 16 6-bit scales of Q3_K (`scale - 32` is the signed value).
+pub fn scales_q3k(s: &[u8; 12]) -> [u8; 16] {
+    std::array::from_fn(|j| {
+        let low = if j < 8 { s[j] & 0x0F } else { s[j - 8] >> 4 };
+        low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)
+    })
+}
+
+impl GgmlBlock for BlockQ3K {
+    const QK: usize = QK_K;
+    const BYTES: usize = size_of::<Self>();
+    fn read(b: &[u8]) -> Self {
+        Self { hmask: arr(b, 0), qs: arr(b, 32), scales: arr(b, 96), d: f16::from_le_bytes([b[108], b[109]]) }
+    }
+    fn dequantize(&self, y: &mut [f32]) {
+        let d = self.d.to_f32();
+        let sc = scales_q3k(&self.scales);
+        let mut k = 0;
+        for half in 0..2 {
+            let q = &self.qs[32 * half..32 * half + 32];
+            for j in 0..4 {
+                let m = 1u8 << (4 * half + j);
+                for part in 0..2 {
+                    let dl = d * (sc[8 * half + 2 * j + part] as i32 - 32) as f32;
+                    for l in 0..16 {
+                        let i = 16 * part + l;
+                        let v = ((q[i] >> (2 * j)) & 3) as i32 - if self.hmask[i] & m != 0 { 0 } else { 4 };
+                        y[k] = dl * v as f32;
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `block_q5_0`: `d`, the fifth bits `qh` (u32, bit j = element j), low nibbles as Q4_0.
 #[repr(C)]
 pub struct BlockQ5_0 {

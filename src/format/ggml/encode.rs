@@ -10,6 +10,8 @@
 //! | Q4_1 / Q5_1 | 32 | 32 | 15 / 31 | `d`, `m` |
 //! | Q4_K / Q5_K | 256 | 32 | 15 / 31 | `d·sc[j]`, `-(dmin·m[j])` (6-bit `sc`, `m`) |
 //! | Q6_K | 256 | 16 | 63 | `d·sc[j]`, `-32·d·sc[j]` (i8 `sc`) |
+//! | Q3_K | 256 | 16 | 7 | `d·(sc[j]-32)`, `-4·d·(sc[j]-32)` (6-bit `sc`) |
+//! | Q2_K | 256 | 16 | 3 | `d·sc[j]`, `-(dmin·m[j])` (4-bit `sc`, `m`) |
 //!
 //! `d`, `dmin`, `m` are f16. With these operands every product is exact in f32 (at most
 //! 24 significant bits), so `scale · u + offset` rounds once, where ggml's dequantizers
@@ -38,7 +40,9 @@ impl Default for BlockHeader {
 }
 
 /// The block types this tool writes.
-pub const WRITABLE: [GgmlType; 8] = [
+pub const WRITABLE: [GgmlType; 10] = [
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -52,7 +56,7 @@ pub const WRITABLE: [GgmlType; 8] = [
 /// Elements per sub-block (one scale each).
 pub fn sub_block(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q6_K => 16,
+        GgmlType::Q6_K | GgmlType::Q3_K | GgmlType::Q2_K => 16,
         _ => 32,
     }
 }
@@ -64,13 +68,15 @@ pub fn maxq(ty: GgmlType) -> u32 {
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => 15,
         GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 31,
         GgmlType::Q6_K => 63,
+        GgmlType::Q3_K => 7,
+        GgmlType::Q2_K => 3,
         _ => 0,
     }
 }
 
 /// Whether the offset is a fixed multiple of the scale (a symmetric grid).
 pub fn is_symmetric(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q6_K)
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q6_K | GgmlType::Q3_K)
 }
 
 pub fn is_writable(ty: GgmlType) -> bool {
@@ -91,6 +97,11 @@ impl BlockHeader {
                 let s = d * self.sc[j] as i8 as f32;
                 (s, -32.0 * s)
             }
+            GgmlType::Q3_K => {
+                let s = d * (self.sc[j] as i32 - 32) as f32;
+                (s, -4.0 * s)
+            }
+            GgmlType::Q2_K => (d * self.sc[j] as f32, -(self.dmin.to_f32() * self.m[j] as f32)),
             _ => unreachable!("{ty} is not a writable block type"),
         }
     }
@@ -166,6 +177,32 @@ impl BlockHeader {
                 out.extend(self.sc);
                 out.extend(h(self.d));
             }
+            GgmlType::Q3_K => {
+                let mut hmask = [0u8; 32];
+                for (j, &u) in codes.iter().enumerate() {
+                    hmask[j % 32] |= ((u >> 2) & 1) << (j / 32);
+                }
+                out.extend(hmask);
+                out.extend(pack_2bit(codes));
+                let mut s = [0u8; 12];
+                for j in 0..16 {
+                    let l = self.sc[j] & 63;
+                    if j < 8 {
+                        s[j] |= l & 0x0F;
+                    } else {
+                        s[j - 8] |= (l & 0x0F) << 4;
+                    }
+                    s[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
+                }
+                out.extend(s);
+                out.extend(h(self.d));
+            }
+            GgmlType::Q2_K => {
+                out.extend((0..16).map(|j| (self.sc[j] & 0x0F) | ((self.m[j] & 0x0F) << 4)));
+                out.extend(pack_2bit(codes));
+                out.extend(h(self.d));
+                out.extend(h(self.dmin));
+            }
             _ => unreachable!("{ty} is not a writable block type"),
         }
         debug_assert_eq!(out.len() - start, ty.type_size());
@@ -190,6 +227,19 @@ impl BlockHeader {
     }
 }
 
+/// The 2 low bits of 256 codes, four per byte (`qs` of Q2_K / Q3_K): byte `32h + l` holds
+/// elements `128h + l + 32k` at bits `2k`.
+fn pack_2bit(codes: &[u8]) -> [u8; 64] {
+    let mut qs = [0u8; 64];
+    for half in 0..2 {
+        for l in 0..32 {
+            let c = |k: usize| codes[128 * half + l + 32 * k] & 3;
+            qs[32 * half + l] = c(0) | (c(1) << 2) | (c(2) << 4) | (c(3) << 6);
+        }
+    }
+    qs
+}
+
 /// Encode one row: `headers` (one per block) and `codes` (`[cols]`) into ggml bytes.
 pub fn encode_row(ty: GgmlType, headers: &[BlockHeader], codes: &[u8], out: &mut Vec<u8>) {
     for (h, c) in headers.iter().zip(codes.chunks_exact(ty.block_size())) {
@@ -211,8 +261,12 @@ mod tests {
         };
         let mut h = BlockHeader { d: f(rng), dmin: f(rng), ..Default::default() };
         for j in 0..16 {
-            h.sc[j] = if ty == GgmlType::Q6_K { rng.random::<u8>() } else { rng.random_range(0..64) };
-            h.m[j] = rng.random_range(0..64);
+            h.sc[j] = match ty {
+                GgmlType::Q6_K => rng.random::<u8>(),
+                GgmlType::Q2_K => rng.random_range(0..16),
+                _ => rng.random_range(0..64),
+            };
+            h.m[j] = if ty == GgmlType::Q2_K { rng.random_range(0..16) } else { rng.random_range(0..64) };
         }
         h
     }

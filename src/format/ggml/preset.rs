@@ -30,7 +30,11 @@ pub struct Preset {
 }
 
 /// The presets this tool writes (`llama_ftype` ids of `llama.h`).
-pub const PRESETS: [Preset; 10] = [
+pub const PRESETS: [Preset; 14] = [
+    Preset { name: "Q2_K", ftype: 10, base: GgmlType::Q2_K },
+    Preset { name: "Q3_K_S", ftype: 11, base: GgmlType::Q3_K },
+    Preset { name: "Q3_K_M", ftype: 12, base: GgmlType::Q3_K },
+    Preset { name: "Q3_K_L", ftype: 13, base: GgmlType::Q3_K },
     Preset { name: "Q8_0", ftype: 7, base: GgmlType::Q8_0 },
     Preset { name: "Q4_0", ftype: 2, base: GgmlType::Q4_0 },
     Preset { name: "Q4_1", ftype: 3, base: GgmlType::Q4_1 },
@@ -60,21 +64,15 @@ impl Preset {
     pub fn parse(name: &str) -> Result<Self> {
         PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name)).copied().ok_or_else(|| {
             let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-            let hint = if ["q2_k", "q3_k_s", "q3_k_m", "q3_k_l"].contains(&name.to_ascii_lowercase().as_str()) {
-                " (Q2_K and Q3_K are not written yet)"
-            } else {
-                ""
-            };
-            Error::option(
-                "--scheme",
-                format!("{name:?} is not a GGUF type this tool writes{hint}: {}", names.join(", ")),
-            )
+            Error::option("--gguf-type", format!("{name:?} is not a GGUF type this tool writes: {}", names.join(", ")))
         })
     }
 
     /// The type of a tensor of `role` in block `layer` of `n_layers`, `cols` wide; `tied`:
     /// the embedding doubles as the output; `imatrix`: calibration statistics are used
-    /// (llama.cpp then guards the first `ffn_down`s of Q4_0/Q5_0 with Q4_1/Q5_1).
+    /// (llama.cpp then guards the first `ffn_down`s of Q4_0/Q5_0 with Q4_1/Q5_1); `gqa`:
+    /// query heads per key/value head.
+    #[allow(clippy::too_many_arguments)]
     pub fn tensor_type(
         &self,
         role: TensorRole,
@@ -83,13 +81,14 @@ impl Preset {
         cols: usize,
         tied: bool,
         imatrix: bool,
+        gqa: usize,
     ) -> Choice {
         use GgmlType::*;
         let name = self.name;
         let mut ty = self.base;
         match role {
             TensorRole::Output | TensorRole::TokenEmbd if role == TensorRole::Output || tied => {
-                ty = if cols % ty.block_size() != 0 {
+                ty = if !cols.is_multiple_of(ty.block_size()) {
                     Q8_0
                 } else if ty != Q8_0 {
                     Q6_K
@@ -99,20 +98,37 @@ impl Preset {
             }
             TensorRole::TokenEmbd => {}
             TensorRole::AttnV => {
-                if matches!(name, "Q4_K_M" | "Q5_K_M") && use_more_bits(layer, n_layers) {
-                    ty = Q6_K;
-                } else if name == "Q4_K_S" && layer < 4 {
-                    ty = Q5_K;
-                }
+                ty = match name {
+                    "Q2_K" if gqa >= 4 => Q4_K,
+                    "Q2_K" => Q3_K,
+                    "Q3_K_M" if layer < 2 => Q5_K,
+                    "Q3_K_M" => Q4_K,
+                    "Q3_K_L" => Q5_K,
+                    "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n_layers) => Q6_K,
+                    "Q4_K_S" if layer < 4 => Q5_K,
+                    _ => ty,
+                };
             }
             TensorRole::FfnDown => {
-                if matches!(name, "Q4_K_M" | "Q5_K_M") && use_more_bits(layer, n_layers) {
-                    ty = Q6_K;
-                } else if name == "Q4_K_S" && layer < n_layers / 8 {
-                    ty = Q5_K;
-                } else if matches!(name, "Q4_0" | "Q5_0") && imatrix && layer < n_layers / 8 {
-                    ty = if name == "Q4_0" { Q4_1 } else { Q5_1 };
-                }
+                ty = match name {
+                    "Q2_K" => Q3_K,
+                    "Q3_K_M" if layer < n_layers / 16 => Q5_K,
+                    "Q3_K_M" => Q4_K,
+                    "Q3_K_L" => Q5_K,
+                    "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n_layers) => Q6_K,
+                    "Q4_K_S" if layer < n_layers / 8 => Q5_K,
+                    "Q4_0" if imatrix && layer < n_layers / 8 => Q4_1,
+                    "Q5_0" if imatrix && layer < n_layers / 8 => Q5_1,
+                    _ => ty,
+                };
+            }
+            TensorRole::AttnOutput => {
+                ty = match name {
+                    "Q2_K" => Q3_K,
+                    "Q3_K_M" => Q4_K,
+                    "Q3_K_L" => Q5_K,
+                    _ => ty,
+                };
             }
             _ => {}
         }
@@ -120,6 +136,7 @@ impl Preset {
             return Choice { ty, fallback: None };
         }
         let to = match ty {
+            Q2_K | Q3_K => Q4_0,
             Q4_K => Q5_0,
             Q5_K => Q5_1,
             Q6_K => Q8_0,
@@ -145,21 +162,31 @@ mod tests {
         // 30 layers (SmolLM2-135M): use_more_bits picks 0..3, 26..29 and every third from 5.
         let more: Vec<usize> = (0..30).filter(|&i| use_more_bits(i, 30)).collect();
         assert_eq!(more, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]);
-        assert_eq!(p.tensor_type(TensorRole::FfnDown, 5, 30, 1536, true, false).ty, Q6_K);
-        assert_eq!(p.tensor_type(TensorRole::FfnDown, 6, 30, 1536, true, false).ty, Q4_K);
-        let c = p.tensor_type(TensorRole::AttnQ, 6, 30, 576, true, false);
+        assert_eq!(p.tensor_type(TensorRole::FfnDown, 5, 30, 1536, true, false, 3).ty, Q6_K);
+        assert_eq!(p.tensor_type(TensorRole::FfnDown, 6, 30, 1536, true, false, 3).ty, Q4_K);
+        let c = p.tensor_type(TensorRole::AttnQ, 6, 30, 576, true, false, 3);
         assert_eq!(c.ty, Q5_0);
         assert!(c.fallback.unwrap().contains("576 columns"));
-        assert_eq!(p.tensor_type(TensorRole::AttnV, 0, 30, 576, true, false).ty, Q8_0); // Q6_K -> Q8_0
-        assert_eq!(p.tensor_type(TensorRole::TokenEmbd, 0, 30, 576, true, false).ty, Q8_0);
-        assert_eq!(p.tensor_type(TensorRole::TokenEmbd, 0, 30, 4096, false, false).ty, Q4_K);
-        assert_eq!(p.tensor_type(TensorRole::Output, 0, 30, 4096, false, false).ty, Q6_K);
+        assert_eq!(p.tensor_type(TensorRole::AttnV, 0, 30, 576, true, false, 3).ty, Q8_0); // Q6_K -> Q8_0
+        assert_eq!(p.tensor_type(TensorRole::TokenEmbd, 0, 30, 576, true, false, 3).ty, Q8_0);
+        assert_eq!(p.tensor_type(TensorRole::TokenEmbd, 0, 30, 4096, false, false, 3).ty, Q4_K);
+        assert_eq!(p.tensor_type(TensorRole::Output, 0, 30, 4096, false, false, 3).ty, Q6_K);
         let q40 = Preset::parse("Q4_0").unwrap();
-        assert_eq!(q40.tensor_type(TensorRole::FfnDown, 2, 30, 1536, true, true).ty, Q4_1);
-        assert_eq!(q40.tensor_type(TensorRole::FfnDown, 2, 30, 1536, true, false).ty, Q4_0);
-        assert_eq!(q40.tensor_type(TensorRole::AttnK, 2, 30, 576, true, true).ty, Q4_0);
-        assert_eq!(q40.tensor_type(TensorRole::AttnK, 2, 30, 100, true, true).ty, F16);
-        let e = Preset::parse("q3_k_m").unwrap_err().to_string();
-        assert!(e.contains("Q3_K are not written yet") && e.contains("Q4_K_M"), "{e}");
+        assert_eq!(q40.tensor_type(TensorRole::FfnDown, 2, 30, 1536, true, true, 3).ty, Q4_1);
+        assert_eq!(q40.tensor_type(TensorRole::FfnDown, 2, 30, 1536, true, false, 3).ty, Q4_0);
+        assert_eq!(q40.tensor_type(TensorRole::AttnK, 2, 30, 576, true, true, 3).ty, Q4_0);
+        assert_eq!(q40.tensor_type(TensorRole::AttnK, 2, 30, 100, true, true, 3).ty, F16);
+        let e = Preset::parse("iq4_xs").unwrap_err().to_string();
+        assert!(e.contains("iq4_xs") && e.contains("Q4_K_M"), "{e}");
+        let q3 = Preset::parse("Q3_K_M").unwrap();
+        assert_eq!(q3.tensor_type(TensorRole::AttnV, 1, 30, 4096, true, false, 3).ty, Q5_K);
+        assert_eq!(q3.tensor_type(TensorRole::AttnV, 2, 30, 4096, true, false, 3).ty, Q4_K);
+        assert_eq!(q3.tensor_type(TensorRole::FfnDown, 0, 30, 1536, true, false, 3).ty, Q5_K);
+        assert_eq!(q3.tensor_type(TensorRole::FfnDown, 1, 30, 1536, true, false, 3).ty, Q4_K);
+        assert_eq!(q3.tensor_type(TensorRole::FfnGate, 2, 30, 576, true, false, 3).ty, Q4_0);
+        let q2 = Preset::parse("Q2_K").unwrap();
+        assert_eq!(q2.tensor_type(TensorRole::AttnV, 2, 30, 4096, true, false, 3).ty, Q3_K);
+        assert_eq!(q2.tensor_type(TensorRole::AttnV, 2, 30, 4096, true, false, 4).ty, Q4_K);
+        assert_eq!(q2.tensor_type(TensorRole::AttnQ, 2, 30, 4096, true, false, 3).ty, Q2_K);
     }
 }
