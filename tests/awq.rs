@@ -196,7 +196,7 @@ fn run_awq(
     };
     let mut mods = Modifiers {
         schemes: SchemePolicy::uniform(scheme),
-        transforms: vec![Box::new(Awq::new(cfg, scheme, opts).unwrap())],
+        transforms: vec![Box::new(Awq::new(cfg, quantize::pipeline::SchemePolicy::uniform(scheme), opts).unwrap())],
         weights,
         inputs: None,
     };

@@ -148,11 +148,12 @@ fn bad_gguf_requests_are_refused_before_writing() {
     let m = model.to_str().unwrap();
     let out = root.path().join("x.gguf");
     let o = out.to_str().unwrap();
-    fails_with(&[m, "-o", o, "--gguf-type", "Q3_K_M"], &["Q3_K_M", "not written yet"]);
+    fails_with(&[m, "-o", o, "--gguf-type", "IQ4_XS"], &["IQ4_XS", "Q4_K_M", "Q2_K"]);
     fails_with(&[m, "-o", o, "--gguf-type", "Q9"], &["Q9", "Q4_K_M"]);
     fails_with(&[m, "-o", o, "--gguf-type", "Q4_0", "--bits", "3"], &["--bits"]);
     fails_with(&[m, "-o", o, "--format", "gguf"], &["--gguf-type"]);
-    fails_with(&[m, "-o", o, "--method", "awq", "--gguf-type", "Q4_0"], &["--gguf-type", "awq"]);
+    fails_with(&[m, "-o", o, "--method", "hqq", "--gguf-type", "Q4_0"], &["--gguf-type", "hqq"]);
+    fails_with(&[m, "-o", o, "--method", "awq+gptq", "--awq-clip", "--gguf-type", "Q4_0"], &["clip"]);
     fails_with(&[m, "-o", o, "--imatrix"], &["--imatrix", "--gguf-type"]);
     fails_with(&[m, "-o", o, "--gguf-type", "Q4_0", "--mse"], &["mse"]);
     // A block type the width cannot hold, asked for explicitly: named, no silent fallback.

@@ -114,8 +114,9 @@ pub struct QuantizeArgs {
     #[arg(long, help_heading = "Weight scheme")]
     pub asym: bool,
     /// Write one GGUF file for llama.cpp / Ollama in this llama-quantize type: Q8_0, Q4_0,
-    /// Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (llama.cpp's per-tensor mix and
-    /// fallbacks). With --method gptq the blocks are solved by GPTQ onto the GGUF grids.
+    /// Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K
+    /// (llama.cpp's per-tensor mix and fallbacks). With --method gptq the blocks are solved
+    /// by GPTQ onto the GGUF grids.
     #[arg(long, help_heading = "GGUF export (llama.cpp)")]
     pub gguf_type: Option<String>,
     /// With --method rtn --gguf-type: weight each block's scale search by the calibration
@@ -305,12 +306,13 @@ impl QuantizeArgs {
                 return Err(Error::option("--gguf-type", "GGUF files carry no W8A8 activation scales"))
             }
             (None, Some(t)) => {
-                if !matches!(m, Method::Rtn | Method::Gptq) {
+                if !matches!(m, Method::Rtn | Method::Gptq | Method::Awq | Method::AwqGptq) {
                     return Err(Error::option(
                         "--gguf-type",
-                        format!("goes with --method rtn or gptq, not {}", m.name()),
+                        format!("goes with --method rtn, gptq, awq or awq+gptq, not {}", m.name()),
                     ));
                 }
+                crate::format::ggml::preset::Preset::parse(t)?;
                 used.extend(["gguf_type", "imatrix"]);
                 SchemeSpec { kind: t.clone(), group_size: None, per_tensor: false, symmetric: true }
             }
@@ -457,7 +459,12 @@ impl QuantizeArgs {
                     modifiers.push(ModifierSpec::Awq {
                         grid: self.awq_grid,
                         duo_scaling: self.awq_duo_scaling,
-                        clip: Some(!self.awq_no_clip && (!plus || self.awq_clip)),
+                        // GGUF blocks search their own scales: no clipping unless asked.
+                        clip: Some(if self.gguf_type.is_some() {
+                            self.awq_clip
+                        } else {
+                            !self.awq_no_clip && (!plus || self.awq_clip)
+                        }),
                         clip_tokens: self.awq_clip_tokens,
                         clip_symmetric: self.awq_clip_symmetric,
                         search: Some(if plus && !self.awq_rtn_search { "gptq" } else { "rtn" }.into()),

@@ -561,7 +561,7 @@ impl Recipe {
                     if scheme.is_fp8() {
                         return Err(bad("--method", format!("awq quantizes to integer schemes; {scheme} is FP8")));
                     }
-                    clip.get_or_insert(!follows_gptq);
+                    clip.get_or_insert(!follows_gptq && scheme.ggml_type().is_none());
                     let s = search.get_or_insert_with(|| if follows_gptq { "gptq" } else { "rtn" }.into());
                     match (s.as_str(), follows_gptq) {
                         ("rtn", _) | ("gptq", true) => {}
@@ -632,8 +632,14 @@ impl Recipe {
         if self.include_head {
             return gguf("the head's type comes from the GGUF type's mix (drop --include-head)".into());
         }
-        if let Some(t) = self.modifiers.iter().find(|m| m.role() == Role::Transform) {
-            return gguf(format!("{} before a GGUF type is not supported yet (rtn and gptq are)", t.name()));
+        if let Some(t) = self.modifiers.iter().find(|m| matches!(m, ModifierSpec::Smoothquant { .. })) {
+            return gguf(format!("{} moves scales into activations that GGUF files do not quantize", t.name()));
+        }
+        if self.modifiers.iter().any(|m| matches!(m, ModifierSpec::Awq { clip: Some(true), .. })) {
+            return gguf(
+                "awq's clipping search is for integer groups; GGUF blocks search their own scales (awq.clip = false)"
+                    .into(),
+            );
         }
         match *weights {
             ModifierSpec::Rtn { mse: true, .. } => {
@@ -649,7 +655,17 @@ impl Recipe {
 
     /// The modifiers of a resolved recipe, ready for the driver.
     pub fn build(&self, cfg: &LlamaConfig, verbose: bool) -> Result<Modifiers> {
-        let scheme = self.weight_scheme()?;
+        let mut names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
+        if self.include_head {
+            names.push("lm_head".into());
+        }
+        let mut schemes = self.scheme_policy(&names)?;
+        if let Some(preset) = self.scheme.gguf_preset() {
+            // llama.cpp's mix under the recipe's own overrides and ignores (they come first).
+            let mix = super::gguf_export::preset_policy(cfg, preset, self.needs_calibration())?;
+            schemes.overrides.extend(mix.overrides);
+            schemes.ignore.extend(mix.ignore);
+        }
         let weights = self.weights()?;
         let gptq_follows = weights.gptq_options();
         let mut transforms: Vec<Box<dyn BlockTransform>> = Vec::new();
@@ -681,7 +697,7 @@ impl Recipe {
                             .map(|g| GptqOptions { mse: false, ..g }),
                         search_windows,
                     };
-                    transforms.push(Box::new(awq::Awq::new(cfg, scheme, opts)?));
+                    transforms.push(Box::new(awq::Awq::new(cfg, schemes.clone(), opts)?));
                 }
                 ModifierSpec::Smoothquant { alpha } => transforms.push(Box::new(SmoothQuant::new(alpha)?)),
                 ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
@@ -689,17 +705,6 @@ impl Recipe {
                     inputs = Some(Box::new(Activations::new(act, ActCalib::parse(&observer, percentile)?)?));
                 }
             }
-        }
-        let mut names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
-        if self.include_head {
-            names.push("lm_head".into());
-        }
-        let mut schemes = self.scheme_policy(&names)?;
-        if let Some(preset) = self.scheme.gguf_preset() {
-            // llama.cpp's mix under the recipe's own overrides and ignores (they come first).
-            let mix = super::gguf_export::preset_policy(cfg, preset, self.needs_calibration())?;
-            schemes.overrides.extend(mix.overrides);
-            schemes.ignore.extend(mix.ignore);
         }
         Ok(Modifiers { schemes, transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
     }

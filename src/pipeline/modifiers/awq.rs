@@ -16,10 +16,9 @@
 
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::{Error, Result};
-use crate::format::QuantScheme;
 use crate::model::llama::{linear_shape, scale_groups, site_width, InputSite, ScaleGroup, ScaleSource, SCORE_LINEARS};
 use crate::model::LlamaConfig;
-use crate::pipeline::{BlockContext, BlockTransform};
+use crate::pipeline::{BlockContext, BlockTransform, SchemePolicy};
 use crate::quant::awq::clip::{clip_weights, AwqClip};
 use crate::quant::awq::search::{search_group, GroupSearch, SearchContext};
 use crate::quant::awq::weights::BlockWeights;
@@ -80,8 +79,8 @@ pub struct AwqTimings {
 }
 
 pub struct Awq {
-    /// The scheme the weights will be quantized into (the search and clip score it).
-    pub scheme: QuantScheme,
+    /// The schemes the weights will be quantized into (the search and clip score them).
+    pub schemes: SchemePolicy,
     pub opts: AwqOptions,
     groups: Vec<ScaleGroup>,
     /// This block's searched groups and clipping samples of each site's input.
@@ -93,15 +92,22 @@ pub struct Awq {
 }
 
 impl Awq {
-    pub fn new(cfg: &LlamaConfig, scheme: QuantScheme, opts: AwqOptions) -> Result<Self> {
+    pub fn new(cfg: &LlamaConfig, schemes: SchemePolicy, opts: AwqOptions) -> Result<Self> {
+        let scheme = schemes.default;
         if scheme.is_fp8() {
             return Err(Error::option("--method", format!("awq quantizes to integer schemes; {scheme} is FP8")));
         }
         if opts.clip.is_some_and(|c| c.tokens == 0) {
             return Err(Error::option("--awq-clip-tokens", "0: the clipping search needs at least one token"));
         }
+        if opts.clip.is_some() && scheme.ggml_type().is_some() {
+            return Err(Error::option(
+                "awq.clip",
+                "the clipping search is for integer groups; GGUF blocks search their own scales",
+            ));
+        }
         Ok(Self {
-            scheme,
+            schemes,
             opts,
             groups: scale_groups(cfg)?,
             found: vec![],
@@ -152,7 +158,7 @@ impl BlockTransform for Awq {
             rope: ctx.rope,
             seqlen: ctx.seqlen,
             chunk_windows: ctx.chunk_windows,
-            scheme: self.scheme,
+            scheme_of: &|name| self.schemes.scheme_for(name),
             grid: self.opts.grid,
             duo_scaling: self.opts.duo_scaling,
             gptq: self.opts.search_gptq,
@@ -211,7 +217,8 @@ impl BlockTransform for Awq {
                         row.iter_mut().zip(&r.scales).for_each(|(v, s)| *v /= s);
                     }
                 }
-                if let Some((before, after)) = clip_weights(&mut bw.linears[k], o, i, &xs, self.scheme, c) {
+                let Some(scheme) = self.schemes.scheme_for(&format!("model.layers.{b}.{short}")) else { continue };
+                if let Some((before, after)) = clip_weights(&mut bw.linears[k], o, i, &xs, scheme, c) {
                     self.clip_reports.push(AwqClipReport {
                         name: format!("model.layers.{b}.{short}"),
                         error_before: before,

@@ -28,7 +28,9 @@ pub struct SearchContext<'a> {
     pub seqlen: usize,
     /// Windows per forward chunk.
     pub chunk_windows: usize,
-    pub scheme: QuantScheme,
+    /// The scheme each linear (by full name) will be quantized into; `None`: left at full
+    /// precision (its search weights are not rounded).
+    pub scheme_of: &'a dyn Fn(&str) -> Option<QuantScheme>,
     /// Alphas `i / grid` for `i = 0 .. grid`.
     pub grid: usize,
     pub duo_scaling: bool,
@@ -147,11 +149,12 @@ pub fn search_group(
     am.observe(x);
     let x_mean = am.mean();
     let x = &x[..search_windows.map_or(tokens, |n| (n.max(1) * ctx.seqlen).min(tokens)) * width];
+    let names: Vec<String> = group.linears.iter().map(|l| format!("model.layers.{}.{l}", bw.index)).collect();
+    let schemes: Vec<Option<QuantScheme>> = names.iter().map(|n| (ctx.scheme_of)(n)).collect();
     let w_mean = ctx.duo_scaling.then(|| {
         let ws: Vec<&[f32]> = idx.iter().map(|&k| bw.linears[k].as_slice()).collect();
-        weight_mean(&ws, width, ctx.scheme.group_width(width))
+        weight_mean(&ws, width, schemes.iter().flatten().next().map_or(width, |s| s.group_width(width)))
     });
-    let names: Vec<String> = group.linears.iter().map(|l| format!("model.layers.{}.{l}", bw.index)).collect();
     // 2/n XᵀX of the search tokens: the Linears target's score and GPTQ's Hessian.
     let hessian = (group.target == ScaleTarget::Linears || ctx.gptq.is_some()).then(|| {
         let mut acc = HessianAccumulator::new(width);
@@ -178,9 +181,10 @@ pub fn search_group(
         };
         idx.iter()
             .zip(shapes)
-            .zip(&names)
-            .map(|((&k, &(o, i)), name)| {
-                Ok((k, quantized_effective(name, &bw.linears[k], o, i, s, ctx.scheme, quantizer)?))
+            .zip(names.iter().zip(&schemes))
+            .map(|((&k, &(o, i)), (name, scheme))| match scheme {
+                Some(scheme) => Ok((k, quantized_effective(name, &bw.linears[k], o, i, s, *scheme, quantizer)?)),
+                None => Ok((k, bw.linears[k].clone())),
             })
             .collect()
     };
