@@ -90,3 +90,45 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// GPTQ onto GGUF grids against round-to-nearest onto the same grids with the Hessian
+/// diagonal as importance (llama.cpp's imatrix): held-out output error.
+#[test]
+fn gptq_beats_imatrix_rtn_on_gguf_grids() {
+    use quantize::format::ggml::GgmlType;
+    let dir = common::smollm2_dir();
+    let model = LlamaModel::load(&dir).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let calib = sample_windows(&tokens(&tok, &common::brown_calib()), CALIB_WINDOWS, SEQ, 0).unwrap();
+    let held: Vec<Vec<u32>> =
+        tokens(&tok, &common::brown_heldout()).chunks_exact(SEQ).take(HELDOUT_WINDOWS).map(|c| c.to_vec()).collect();
+    let (cq, cd) = site_inputs(&model, &calib);
+    let (hq, hd) = site_inputs(&model, &held);
+    let store = quantize::io::safetensors::SafetensorsStore::open(&dir).unwrap();
+    let mut failures = vec![];
+    for (name, calib_x, held_x, ty) in [
+        ("model.layers.0.self_attn.q_proj", &cq, &hq, GgmlType::Q4_0),
+        ("model.layers.10.mlp.down_proj", &cd, &hd, GgmlType::Q4_0),
+        ("model.layers.10.mlp.down_proj", &cd, &hd, GgmlType::Q4_K),
+        ("model.layers.10.mlp.down_proj", &cd, &hd, GgmlType::Q3_K),
+    ] {
+        let (w, shape) = store.f32(&format!("{name}.weight")).unwrap();
+        let (rows, cols) = (shape[0], shape[1]);
+        let mut acc = HessianAccumulator::new(cols);
+        acc.add_batch(calib_x, calib_x.len() / cols);
+        let h = acc.hessian();
+        let diag: Vec<f32> = (0..cols).map(|c| h[c * cols + c]).collect();
+        let scheme = QuantScheme::ggml(ty).unwrap();
+        let g = gptq_quantize(name, &w, rows, cols, &h, scheme, &GptqOptions::default()).unwrap();
+        let r = quantize::quant::ggml::quantize_tensor(name, &w, rows, cols, ty, Some(&diag)).unwrap();
+        let plain = quantize::quant::ggml::quantize_tensor(name, &w, rows, cols, ty, None).unwrap();
+        let eg = output_error(&w, &g.tensor.dequantize(), rows, cols, held_x);
+        let er = output_error(&w, &r.dequantize(), rows, cols, held_x);
+        let ep = output_error(&w, &plain.dequantize(), rows, cols, held_x);
+        eprintln!("{name} {ty}: GPTQ {eg:.4} RTN+imatrix {er:.4} RTN {ep:.4} ratio {:.3}", eg / er);
+        if !(eg < er && er < ep) {
+            failures.push(format!("{name} {ty}: GPTQ {eg:.4} RTN+imatrix {er:.4} RTN {ep:.4}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

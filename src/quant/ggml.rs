@@ -37,13 +37,9 @@ pub fn nearest_code(w: f32, scale: f32, offset: f32, maxq: f32) -> u8 {
 /// Solve `row` (`cols` a multiple of `ty.block_size()`) with per-column `importance`
 /// (`None`: all 1).
 pub fn solve_row(ty: GgmlType, row: &[f32], importance: Option<&[f32]>) -> RowGrid {
-    let n = row.len();
-    let sigma2 = row.iter().map(|&x| x * x).sum::<f32>() / n.max(1) as f32;
-    let weights: Vec<f32> = row
-        .iter()
-        .enumerate()
-        .map(|(c, &x)| importance.map_or(1.0, |i| i[c].max(0.0)) * (sigma2 + x * x).sqrt())
-        .collect();
+    let sigma2 = mean_square(row);
+    let weights: Vec<f32> =
+        row.iter().enumerate().map(|(c, &x)| element_weight(importance.map_or(1.0, |i| i[c]), sigma2, x)).collect();
     let qk = ty.block_size();
     let mut grid = RowGrid::default();
     for (x, w) in row.chunks_exact(qk).zip(weights.chunks_exact(qk)) {
@@ -56,6 +52,17 @@ pub fn solve_row(ty: GgmlType, row: &[f32], importance: Option<&[f32]>) -> RowGr
         grid.headers.push(h);
     }
     grid
+}
+
+/// The row's mean square `σ²` of the element weights.
+pub fn mean_square(row: &[f32]) -> f32 {
+    row.iter().map(|&x| x * x).sum::<f32>() / row.len().max(1) as f32
+}
+
+/// The weight of one element in the block searches: `importance · sqrt(σ² + x²)`.
+#[inline]
+pub fn element_weight(importance: f32, sigma2: f32, x: f32) -> f32 {
+    importance.max(0.0) * (sigma2 + x * x).sqrt()
 }
 
 /// Refuse a width that is not a whole number of `ty`'s blocks, naming the tensor.
@@ -123,7 +130,8 @@ pub fn codes_on(ty: GgmlType, row: &[f32], grid: &RowGrid) -> Vec<u8> {
     row.iter().enumerate().map(|(c, &w)| nearest_code(w, grid.scales[c / sb], grid.offsets[c / sb], mq)).collect()
 }
 
-fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
+/// The header of one block of values `x` with element weights `w` ([`element_weight`]).
+pub fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
     let mut h = BlockHeader::default();
     match ty {
         GgmlType::Q8_0 => {

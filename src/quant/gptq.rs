@@ -32,12 +32,13 @@
 //! vectorize. The partition depends on the shape only and every product runs with
 //! `Par::Seq`, so the result is the same bits for any number of threads.
 
-use super::ggml::{check_width, nearest_code, solve_row, RowGrid};
+use super::ggml::{check_width, element_weight, mean_square, nearest_code, solve_block, solve_row, RowGrid};
 use super::linalg::{cholesky_inverse_upper_of, LinalgError};
 use super::refit::{refit_scales, RefitStats};
 use super::rtn::{fp8_group_scale, group_params, ClipSearch};
 use crate::error::{Error, Result};
 use crate::format::fp8;
+use crate::format::ggml::encode::BlockHeader;
 use crate::format::ggml::GgmlType;
 use crate::format::quantized::QuantizedTensor;
 use crate::format::scheme::{Granularity, IntParams, NumberFormat, QuantScheme};
@@ -225,9 +226,11 @@ enum Params {
     Static,
     /// Per row and position group, found when the sweep reaches the group.
     Dynamic,
-    /// A ggml block type: each row's grid solved up front from the original row, with the
-    /// Hessian diagonal as the importance of each column (static, like `Static`).
-    Ggml(GgmlType),
+    /// A ggml block type, the Hessian diagonal as each column's importance in the block
+    /// searches: `fixed` (static groups or act-order), every block solved up front from the
+    /// original row; otherwise each block solved when the sweep reaches it, from the
+    /// weights as of that GPTQ block's start (as `Dynamic`).
+    Ggml { ty: GgmlType, fixed: bool },
 }
 
 /// What every chunk shares.
@@ -289,15 +292,17 @@ fn quantize_impl(
             Params::Tensor(find_params(&all, scheme, opts.mse))
         }
         Granularity::PerChannel => Params::Channel,
-        _ if scheme.ggml_type().is_some() => Params::Ggml(scheme.ggml_type().expect("ggml")),
+        _ if scheme.ggml_type().is_some() => {
+            Params::Ggml { ty: scheme.ggml_type().expect("ggml"), fixed: opts.static_groups || opts.act_order }
+        }
         Granularity::Group(_) if opts.static_groups => Params::Static,
         Granularity::Group(_) => Params::Dynamic,
     };
-    if let Params::Ggml(ty) = params {
+    if let Params::Ggml { ty, .. } = params {
         check_width(name, ty, cols)?;
     }
     let importance = match params {
-        Params::Ggml(_) => (0..cols).map(|c| hessian[c * cols + c]).collect(),
+        Params::Ggml { .. } => (0..cols).map(|c| hessian[c * cols + c]).collect(),
         _ => vec![],
     };
     let plan = Plan {
@@ -355,7 +360,7 @@ fn quantize_impl(
         g
     });
     let mut tensor = match params {
-        Params::Ggml(_) => {
+        Params::Ggml { .. } => {
             let solved = grids.into_iter().zip(codes.chunks(cols.max(1)).map(<[u8]>::to_vec)).collect();
             crate::quant::ggml::assemble(scheme, rows, cols, solved)
         }
@@ -444,9 +449,16 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
     let fp8 = plan.scheme.is_fp8().then_some(plan.scheme.format);
     let mut scales = vec![0.0f32; cr * groups];
     let mut zeros = vec![0u8; cr * groups];
-    // ggml grids: offsets beside `scales` (the column kernel reads them as `cur_z`).
+    // ggml grids: offsets beside `scales` (the column kernel reads them as `cur_z`), the
+    // block headers, and each row's mean square for the element weights.
     let mut offsets = vec![0.0f32; cr * groups];
-    let mut grids = vec![];
+    let ggml_qk = match plan.params {
+        Params::Ggml { ty, .. } => ty.block_size(),
+        _ => 1,
+    };
+    let bpr = cols / ggml_qk;
+    let mut headers = vec![BlockHeader::default(); if ggml_qk > 1 { cr * bpr } else { 0 }];
+    let mut sigma2 = vec![0.0f32; cr];
 
     // Rows with dead columns zeroed (original order) for up-front parameters, and the
     // transposed working copy: wl[p * cr + r] = W[r0 + r, perm[p]].
@@ -470,11 +482,14 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             }
             Params::Tensor(p) => set(&mut scales, &mut zeros, r, p),
             Params::Dynamic => {}
-            Params::Ggml(ty) => {
-                let g = solve_row(ty, &row, Some(&plan.importance));
-                scales[r * groups..(r + 1) * groups].copy_from_slice(&g.scales);
-                offsets[r * groups..(r + 1) * groups].copy_from_slice(&g.offsets);
-                grids.push(g);
+            Params::Ggml { ty, fixed } => {
+                sigma2[r] = mean_square(&row);
+                if fixed {
+                    let g = solve_row(ty, &row, Some(&plan.importance));
+                    scales[r * groups..(r + 1) * groups].copy_from_slice(&g.scales);
+                    offsets[r * groups..(r + 1) * groups].copy_from_slice(&g.offsets);
+                    headers[r * bpr..(r + 1) * bpr].copy_from_slice(&g.headers);
+                }
             }
         }
     }
@@ -502,19 +517,41 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
                 }
             }
         }
+        if let Params::Ggml { ty, fixed: false } = plan.params {
+            // ggml blocks starting in this GPTQ block, from the weights as of its start.
+            let per = ggml_qk / gw;
+            let (mut x, mut w) = (vec![0.0f32; ggml_qk], vec![0.0f32; ggml_qk]);
+            for b in i1.div_ceil(ggml_qk)..i2.div_ceil(ggml_qk) {
+                for r in 0..cr {
+                    for k in 0..ggml_qk {
+                        let c = b * ggml_qk + k;
+                        x[k] = wl[c * cr + r];
+                        w[k] = element_weight(plan.importance[c], sigma2[r], x[k]);
+                    }
+                    let h = solve_block(ty, &x, &w);
+                    for j in 0..per {
+                        let (sj, oj) = h.grid(ty, j);
+                        scales[r * groups + b * per + j] = sj;
+                        offsets[r * groups + b * per + j] = oj;
+                    }
+                    headers[r * bpr + b] = h;
+                }
+            }
+            cur_g = usize::MAX;
+        }
         let block = &mut wl[i1 * cr..i2 * cr];
         for i in 0..count {
             let p = i1 + i;
             let g = match plan.params {
                 Params::Tensor(_) | Params::Channel => 0,
-                Params::Static | Params::Ggml(_) => plan.perm[p] / gw,
+                Params::Static | Params::Ggml { .. } => plan.perm[p] / gw,
                 Params::Dynamic => p / gw,
             };
             if g != cur_g {
                 for r in 0..cr {
                     cur_s[r] = scales[r * groups + g];
                     cur_z[r] = match plan.params {
-                        Params::Ggml(_) => offsets[r * groups + g],
+                        Params::Ggml { .. } => offsets[r * groups + g],
                         _ => zeros[r * groups + g] as f32,
                     };
                 }
@@ -528,7 +565,7 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             let codes = &mut codes_l[p * cr..(p + 1) * cr];
             loss += match (fp8, plan.params) {
                 (Some(format), _) => quantize_column_fp8(col, format, codes, e, q),
-                (None, Params::Ggml(_)) => quantize_column_affine(col, codes, e, q),
+                (None, Params::Ggml { .. }) => quantize_column_affine(col, codes, e, q),
                 (None, _) => kernels::quantize_column(col, codes, e, q),
             } as f64;
             // W1[:, i+1:] -= err ⊗ Hinv1[i, i+1:]
@@ -553,6 +590,14 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
             }
         }
     }
+    let grids = (0..cr)
+        .take(if ggml_qk > 1 { cr } else { 0 })
+        .map(|r| RowGrid {
+            headers: headers[r * bpr..(r + 1) * bpr].to_vec(),
+            scales: scales[r * groups..(r + 1) * groups].to_vec(),
+            offsets: offsets[r * groups..(r + 1) * groups].to_vec(),
+        })
+        .collect();
     ChunkOut { codes, scales, zeros, grids, q, loss }
 }
 
@@ -722,9 +767,10 @@ mod tests {
         QuantScheme::int(4).unwrap().asymmetric().unwrap()
     }
 
-    /// GPTQ onto ggml blocks: the grids are those RTN solves with the Hessian diagonal as
-    /// importance (only the codes move), `dequantize` is the computed `Q`, and the
-    /// calibration error `tr((W-Q) H (W-Q)ᵀ)` is below RTN's on every type.
+    /// GPTQ onto ggml blocks: `dequantize` is the computed `Q`; with fixed grids (static
+    /// groups, act-order) they are those RTN solves with the Hessian diagonal as importance
+    /// (only the codes move); the calibration error `tr((W-Q) H (W-Q)ᵀ)` is below RTN's on
+    /// every type, with fixed or dynamic grids.
     #[test]
     fn ggml_grids_are_fixed_and_the_error_drops() {
         use crate::format::ggml::encode::WRITABLE;
@@ -745,16 +791,22 @@ mod tests {
         for ty in WRITABLE {
             let scheme = QuantScheme::ggml(ty).unwrap();
             let rtn = crate::quant::ggml::quantize_tensor("t", &w, rows, cols, ty, Some(&diag)).unwrap();
-            for act_order in [false, true] {
-                let opts = GptqOptions { act_order, ..Default::default() };
+            for (act_order, static_groups) in [(false, false), (false, true), (true, false)] {
+                let opts = GptqOptions { act_order, static_groups, ..Default::default() };
                 let factor = HessianFactor::new("t", &h, cols, &opts).unwrap();
                 let (r, q) = quantize_impl("t", &w, rows, &h, &factor, scheme, &opts, true).unwrap();
                 let (g, q) = (r.tensor, q.unwrap());
                 assert_eq!(g.dequantize(), q, "{ty}");
-                assert_eq!(g.ggml.as_ref().unwrap().headers, rtn.ggml.as_ref().unwrap().headers, "{ty}");
-                assert_eq!(g.scales, rtn.scales, "{ty}");
+                if act_order || static_groups {
+                    // Fixed up front: the grids RTN solves, only the codes move.
+                    assert_eq!(g.ggml.as_ref().unwrap().headers, rtn.ggml.as_ref().unwrap().headers, "{ty}");
+                    assert_eq!(g.scales, rtn.scales, "{ty}");
+                }
                 let (e_gptq, e_rtn) = (err(&q), err(&rtn.dequantize()));
-                assert!(e_gptq < e_rtn, "{ty} act_order={act_order}: gptq {e_gptq} vs rtn {e_rtn}");
+                assert!(
+                    e_gptq < e_rtn,
+                    "{ty} act_order={act_order} static={static_groups}: gptq {e_gptq} vs rtn {e_rtn}"
+                );
             }
         }
         let (w, h) = layer(12, rows, 500, 600, None);
