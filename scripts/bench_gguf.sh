@@ -3,7 +3,8 @@
 #
 #   LLAMA_CPP=/path/to/llama.cpp/build/bin scripts/bench_gguf.sh OUTDIR [TYPE...]
 #
-# TYPEs default to Q4_0 Q4_K_M. For each: llama-quantize without and with an imatrix
+# TYPEs default to Q4_0 Q4_K_M; METHODS (default "rtn rtn-imat gptq") picks this tool's runs.
+# For each type: llama-quantize without and with an imatrix
 # (llama-imatrix on the Brown calibration split, 256 chunks of 512 tokens), and this tool's
 # rtn, rtn --imatrix and gptq (256 windows of 512 tokens of the same text: the same token
 # count), all from the same f32 weights; llama-perplexity (ctx 512, 40 chunks, 2 threads)
@@ -15,6 +16,7 @@ set -euo pipefail
 out=${1:?usage: LLAMA_CPP=... scripts/bench_gguf.sh OUTDIR [TYPE...]}
 shift
 types=("$@")
+methods=${METHODS:-rtn rtn-imat gptq}
 [ ${#types[@]} -gt 0 ] || types=(Q4_0 Q4_K_M)
 root=$(cd "$(dirname "$0")/.." && pwd)
 Q="$root/target/release/quantize"
@@ -45,11 +47,12 @@ for t in "${types[@]}"; do
   [ -f "$out/lq-$t.gguf" ] || timed "lq-$t" "$LLAMA_CPP/llama-quantize" "$out/f32.gguf" "$out/lq-$t.gguf" "$t" 2
   [ -f "$out/lq-imat-$t.gguf" ] || timed "lq-imat-$t" "$LLAMA_CPP/llama-quantize" --imatrix "$out/imatrix.gguf" \
     "$out/f32.gguf" "$out/lq-imat-$t.gguf" "$t" 2
-  [ -f "$out/rtn-$t.gguf" ] || timed "rtn-$t" "$Q" --method rtn --gguf-type "$t" "$out/smollm2" -o "$out/rtn-$t.gguf"
-  [ -f "$out/rtn-imat-$t.gguf" ] || timed "rtn-imat-$t" "$Q" "$out/smollm2" -o "$out/rtn-imat-$t.gguf" \
-    --method rtn --imatrix --gguf-type "$t" --nsamples 256 --seqlen 512 --calib "$calib"
-  [ -f "$out/gptq-$t.gguf" ] || timed "gptq-$t" "$Q" "$out/smollm2" -o "$out/gptq-$t.gguf" \
-    --method gptq --gguf-type "$t" --nsamples 256 --seqlen 512 --calib "$calib"
+  has() { [[ " $methods " == *" $1 "* ]]; }
+  has rtn && { [ -f "$out/rtn-$t.gguf" ] || timed "rtn-$t" "$Q" --method rtn --gguf-type "$t" "$out/smollm2" -o "$out/rtn-$t.gguf"; }
+  has rtn-imat && { [ -f "$out/rtn-imat-$t.gguf" ] || timed "rtn-imat-$t" "$Q" "$out/smollm2" -o "$out/rtn-imat-$t.gguf" \
+    --method rtn --imatrix --gguf-type "$t" --nsamples 256 --seqlen 512 --calib "$calib"; }
+  has gptq && { [ -f "$out/gptq-$t.gguf" ] || timed "gptq-$t" "$Q" "$out/smollm2" -o "$out/gptq-$t.gguf" \
+    --method gptq --gguf-type "$t" --nsamples 256 --seqlen 512 --calib "$calib"; }
 done
 
 ppl() { # file text -> perplexity
@@ -58,7 +61,7 @@ ppl() { # file text -> perplexity
 {
   echo "| file | bytes | Brown ppl (llama.cpp) | Shakespeare ppl (llama.cpp) |"
   echo "|---|---:|---:|---:|"
-  for f in f32 $(for t in "${types[@]}"; do echo "lq-$t lq-imat-$t rtn-$t rtn-imat-$t gptq-$t"; done); do
+  for f in f32 $(for t in "${types[@]}"; do echo "lq-$t lq-imat-$t"; for m in $methods; do echo "$m-$t"; done; done); do
     b=$(ppl "$out/$f.gguf" "$heldout"); s=$(ppl "$out/$f.gguf" "$shakes")
     echo "| $f | $(stat -c %s "$out/$f.gguf") | ${b% *} ± ${b#* } | ${s% *} ± ${s#* } |"
   done
