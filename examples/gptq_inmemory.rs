@@ -36,7 +36,7 @@ fn main() {
         let opts = GptqOptions { act_order, ..Default::default() };
         (Source::Windows(&calib), Box::new(Gptq { opts, verbose: false }))
     } else {
-        (Source::None, Box::new(Rtn { clip: None }))
+        (Source::None, Box::new(Rtn { clip: None, imatrix: false }))
     };
     let mut mods = Modifiers { schemes: SchemePolicy::uniform(scheme), transforms: vec![], weights, inputs: None };
     let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into(), observe_kv: false };

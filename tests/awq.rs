@@ -192,7 +192,7 @@ fn run_awq(
 ) -> (DriverOutput, Vec<AwqGroupReport>, serde_json::Value) {
     let weights: Box<dyn WeightQuantizer> = match gptq {
         Some(opts) => Box::new(Gptq { opts, verbose: false }),
-        None => Box::new(Rtn { clip: None }),
+        None => Box::new(Rtn { clip: None, imatrix: false }),
     };
     let mut mods = Modifiers {
         schemes: SchemePolicy::uniform(scheme),

@@ -23,50 +23,8 @@ pub struct Gguf {
     pub tensors: Vec<Tensor>,
 }
 
-pub fn type_id(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
-pub fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend((s.len() as u64).to_le_bytes());
-    b.extend(s.as_bytes());
-}
-
-pub fn put_value(b: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::U8(x) => b.push(*x),
-        Value::I8(x) => b.push(*x as u8),
-        Value::U16(x) => b.extend(x.to_le_bytes()),
-        Value::I16(x) => b.extend(x.to_le_bytes()),
-        Value::U32(x) => b.extend(x.to_le_bytes()),
-        Value::I32(x) => b.extend(x.to_le_bytes()),
-        Value::U64(x) => b.extend(x.to_le_bytes()),
-        Value::I64(x) => b.extend(x.to_le_bytes()),
-        Value::F32(x) => b.extend(x.to_le_bytes()),
-        Value::F64(x) => b.extend(x.to_le_bytes()),
-        Value::Bool(x) => b.push(*x as u8),
-        Value::String(s) => put_str(b, s),
-        Value::Array(a) => {
-            b.extend(a.first().map_or(0, type_id).to_le_bytes());
-            b.extend((a.len() as u64).to_le_bytes());
-            a.iter().for_each(|x| put_value(b, x));
-        }
-    }
-}
+// The value encoding is the library writer's (one place for the GGUF value layout).
+pub use quantize::io::gguf::writer::{put_str, put_value, type_id};
 
 impl Gguf {
     pub fn new() -> Self {

@@ -30,12 +30,14 @@ impl TensorEntry {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+/// A GGUF string: u64 length, then the bytes.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u64).to_le_bytes());
     out.extend(s.as_bytes());
 }
 
-fn type_id(v: &Value) -> u32 {
+/// The GGUF value type id of `v`.
+pub fn type_id(v: &Value) -> u32 {
     match v {
         Value::U8(_) => 0,
         Value::I8(_) => 1,
@@ -53,7 +55,8 @@ fn type_id(v: &Value) -> u32 {
     }
 }
 
-fn put_value(out: &mut Vec<u8>, v: &Value) {
+/// The bytes of `v` (its type id written by the caller; arrays carry their element type).
+pub fn put_value(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::U8(x) => out.push(*x),
         Value::I8(x) => out.push(*x as u8),
