@@ -50,6 +50,19 @@ fn site_inputs(model: &LlamaModel, windows: &[Vec<u32>]) -> (Vec<f32>, Vec<f32>)
     (q_in, b.mlp_act(cfg, &h2))
 }
 
+/// The (q_proj 0, down_proj 10) inputs of the calibration windows and of the held-out ones.
+#[allow(clippy::type_complexity)]
+fn real_site_inputs() -> ((Vec<f32>, Vec<f32>), (Vec<f32>, Vec<f32>)) {
+    let dir = common::smollm2_dir();
+    let model = LlamaModel::load(&dir).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let calib = sample_windows(&tokens(&tok, &common::brown_calib()), CALIB_WINDOWS, SEQ, 0).unwrap();
+    let held: Vec<Vec<u32>> =
+        tokens(&tok, &common::brown_heldout()).chunks_exact(SEQ).take(HELDOUT_WINDOWS).map(|c| c.to_vec()).collect();
+    assert_eq!(held.len(), HELDOUT_WINDOWS);
+    (site_inputs(&model, &calib), site_inputs(&model, &held))
+}
+
 fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, x: &[f32]) -> f64 {
     let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
     let t = x.len() / cols;
@@ -60,16 +73,8 @@ fn output_error(w: &[f32], q: &[f32], rows: usize, cols: usize, x: &[f32]) -> f6
 
 #[test]
 fn gptq_beats_rtn_on_real_smollm2_layers() {
-    let dir = common::smollm2_dir();
-    let model = LlamaModel::load(&dir).unwrap();
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let calib = sample_windows(&tokens(&tok, &common::brown_calib()), CALIB_WINDOWS, SEQ, 0).unwrap();
-    let held: Vec<Vec<u32>> =
-        tokens(&tok, &common::brown_heldout()).chunks_exact(SEQ).take(HELDOUT_WINDOWS).map(|c| c.to_vec()).collect();
-    assert_eq!(held.len(), HELDOUT_WINDOWS);
-    let (cq, cd) = site_inputs(&model, &calib);
-    let (hq, hd) = site_inputs(&model, &held);
-    let store = quantize::io::safetensors::SafetensorsStore::open(&dir).unwrap();
+    let ((cq, cd), (hq, hd)) = real_site_inputs();
+    let store = quantize::io::safetensors::SafetensorsStore::open(&common::smollm2_dir()).unwrap();
     let scheme = QuantScheme::int(4).unwrap().group(128).unwrap().asymmetric().unwrap();
     // (linear, calibration inputs, held-out inputs, ratio GPTQ must beat)
     let cases = [("model.layers.0.self_attn.q_proj", &cq, &hq, 0.6), ("model.layers.10.mlp.down_proj", &cd, &hd, 0.9)];
@@ -96,15 +101,8 @@ fn gptq_beats_rtn_on_real_smollm2_layers() {
 #[test]
 fn gptq_beats_imatrix_rtn_on_gguf_grids() {
     use quantize::format::ggml::GgmlType;
-    let dir = common::smollm2_dir();
-    let model = LlamaModel::load(&dir).unwrap();
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let calib = sample_windows(&tokens(&tok, &common::brown_calib()), CALIB_WINDOWS, SEQ, 0).unwrap();
-    let held: Vec<Vec<u32>> =
-        tokens(&tok, &common::brown_heldout()).chunks_exact(SEQ).take(HELDOUT_WINDOWS).map(|c| c.to_vec()).collect();
-    let (cq, cd) = site_inputs(&model, &calib);
-    let (hq, hd) = site_inputs(&model, &held);
-    let store = quantize::io::safetensors::SafetensorsStore::open(&dir).unwrap();
+    let ((cq, cd), (hq, hd)) = real_site_inputs();
+    let store = quantize::io::safetensors::SafetensorsStore::open(&common::smollm2_dir()).unwrap();
     let mut failures = vec![];
     for (name, calib_x, held_x, ty) in [
         ("model.layers.0.self_attn.q_proj", &cq, &hq, GgmlType::Q4_0),

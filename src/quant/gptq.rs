@@ -611,20 +611,18 @@ struct Column<'a> {
     maxq: f32,
 }
 
-/// [`kernels::quantize_column`] on the FP8 grid: `code = fp8(w / s)`, `q = s · value(code)`
-/// (scalar: the rounding is a table-free bit operation of the `float8` crate).
-fn quantize_column_fp8(
+/// One column on a scalar grid: `round(w, s, z)` gives each row's code and its value;
+/// writes the codes, the scaled errors `(w - q) / d` and (if asked) `q`; returns `Σ err²`.
+fn quantize_column_scalar(
     c: Column,
-    format: NumberFormat,
     codes: &mut [u8],
     e: &mut [f32],
     mut q: Option<&mut [f32]>,
+    round: impl Fn(f32, f32, f32) -> (u8, f32),
 ) -> f32 {
-    let table = fp8::decode_table(format);
     let mut sum = 0.0f32;
     for r in 0..c.w.len() {
-        let code = fp8::encode(format, c.w[r] / c.s[r]);
-        let deq = c.s[r] * table[code as usize];
+        let (code, deq) = round(c.w[r], c.s[r], c.z[r]);
         codes[r] = code;
         e[r] = (c.w[r] - deq) / c.d;
         sum += e[r] * e[r];
@@ -635,21 +633,24 @@ fn quantize_column_fp8(
     sum
 }
 
+/// [`kernels::quantize_column`] on the FP8 grid: `code = fp8(w / s)`, `q = s · value(code)`
+/// (the rounding is a table-free bit operation of the `float8` crate).
+fn quantize_column_fp8(c: Column, format: NumberFormat, codes: &mut [u8], e: &mut [f32], q: Option<&mut [f32]>) -> f32 {
+    let table = fp8::decode_table(format);
+    quantize_column_scalar(c, codes, e, q, |w, s, _| {
+        let code = fp8::encode(format, w / s);
+        (code, s * table[code as usize])
+    })
+}
+
 /// [`kernels::quantize_column`] on a ggml grid, `w = s·u + o` with the offset `o` in
 /// `c.z`: `u = clamp(round((w - o) / s), 0, maxq)` ([`nearest_code`]).
-fn quantize_column_affine(c: Column, codes: &mut [u8], e: &mut [f32], mut q: Option<&mut [f32]>) -> f32 {
-    let mut sum = 0.0f32;
-    for r in 0..c.w.len() {
-        let code = nearest_code(c.w[r], c.s[r], c.z[r], c.maxq);
-        let deq = c.s[r] * code as f32 + c.z[r];
-        codes[r] = code;
-        e[r] = (c.w[r] - deq) / c.d;
-        sum += e[r] * e[r];
-        if let Some(q) = q.as_deref_mut() {
-            q[r] = deq;
-        }
-    }
-    sum
+fn quantize_column_affine(c: Column, codes: &mut [u8], e: &mut [f32], q: Option<&mut [f32]>) -> f32 {
+    let maxq = c.maxq;
+    quantize_column_scalar(c, codes, e, q, |w, s, o| {
+        let code = nearest_code(w, s, o, maxq);
+        (code, s * code as f32 + o)
+    })
 }
 
 /// The two per-column loops, compiled twice: for the baseline target and, picked at
