@@ -147,66 +147,12 @@ pub fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
             h.d = f16::from_f32(scale);
             h.dmin = f16::from_f32(min);
         }
-        GgmlType::Q4_K | GgmlType::Q5_K => {
-            let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-            for j in 0..8 {
-                let (s, m) = search_affine(&x[32 * j..32 * (j + 1)], &w[32 * j..32 * (j + 1)], maxq(ty));
-                scales[j] = s;
-                mins[j] = -m; // >= 0
-            }
-            let max_scale = scales.iter().fold(0.0f32, |a, &b| a.max(b));
-            let max_min = mins.iter().fold(0.0f32, |a, &b| a.max(b));
-            h.d = f16::from_f32(max_scale / 63.0);
-            h.dmin = f16::from_f32(max_min / 63.0);
-            let (d, dmin) = (h.d.to_f32(), h.dmin.to_f32());
-            for j in 0..8 {
-                h.sc[j] = if d > 0.0 { (scales[j] / d).round().clamp(0.0, 63.0) as u8 } else { 0 };
-                h.m[j] = if dmin > 0.0 { (mins[j] / dmin).round().clamp(0.0, 63.0) as u8 } else { 0 };
-            }
-        }
-        GgmlType::Q6_K => {
-            let mut scales = [0f32; 16];
-            for (j, s) in scales.iter_mut().enumerate() {
-                *s = search_symmetric(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], 32);
-            }
-            // The scale of largest magnitude maps to -128 (`quantize_row_q6_K_ref`).
-            let max = scales.iter().fold(0.0f32, |a, &b| if b.abs() > a.abs() { b } else { a });
-            h.d = f16::from_f32(max / -128.0);
-            let d = h.d.to_f32();
-            for j in 0..16 {
-                h.sc[j] = if d != 0.0 { (scales[j] / d).round().clamp(-128.0, 127.0) as i8 as u8 } else { 0 };
-            }
-        }
-        GgmlType::Q3_K => {
-            let mut scales = [0f32; 16];
-            for (j, s) in scales.iter_mut().enumerate() {
-                *s = search_symmetric(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], 4);
-            }
-            // The scale of largest magnitude maps to -32 (`quantize_row_q3_K_ref`), stored +32.
-            let max = scales.iter().fold(0.0f32, |a, &b| if b.abs() > a.abs() { b } else { a });
-            h.d = f16::from_f32(max / -32.0);
-            let d = h.d.to_f32();
-            for j in 0..16 {
-                h.sc[j] = if d != 0.0 { ((scales[j] / d).round().clamp(-32.0, 31.0) + 32.0) as u8 } else { 32 };
-            }
-        }
-        GgmlType::Q2_K => {
-            let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-            for j in 0..16 {
-                let (s, m) = search_affine(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], 3);
-                scales[j] = s;
-                mins[j] = -m;
-            }
-            let max_scale = scales.iter().fold(0.0f32, |a, &b| a.max(b));
-            let max_min = mins.iter().fold(0.0f32, |a, &b| a.max(b));
-            h.d = f16::from_f32(max_scale / 15.0);
-            h.dmin = f16::from_f32(max_min / 15.0);
-            let (d, dmin) = (h.d.to_f32(), h.dmin.to_f32());
-            for j in 0..16 {
-                h.sc[j] = if d > 0.0 { (scales[j] / d).round().clamp(0.0, 15.0) as u8 } else { 0 };
-                h.m[j] = if dmin > 0.0 { (mins[j] / dmin).round().clamp(0.0, 15.0) as u8 } else { 0 };
-            }
-        }
+        GgmlType::Q4_K | GgmlType::Q5_K => affine_super_block(&mut h, x, w, 32, maxq(ty), 63.0),
+        // The scale of largest magnitude maps to -128 (`quantize_row_q6_K_ref`).
+        GgmlType::Q6_K => symmetric_super_block(&mut h, x, w, 32, 128.0, 0.0),
+        // ... to -32, stored +32 (`quantize_row_q3_K_ref`).
+        GgmlType::Q3_K => symmetric_super_block(&mut h, x, w, 4, 32.0, 32.0),
+        GgmlType::Q2_K => affine_super_block(&mut h, x, w, 16, 3, 15.0),
         _ => unreachable!("{ty} is not a writable block type"),
     }
     debug_assert_eq!(
@@ -214,6 +160,44 @@ pub fn solve_block(ty: GgmlType, x: &[f32], w: &[f32]) -> BlockHeader {
         !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q2_K)
     );
     h
+}
+
+/// A k-quant super-block of affine sub-blocks (Q4_K, Q5_K: 8 of 32; Q2_K: 16 of 16): each
+/// sub-block's `(scale, min)` searched, then quantized to `levels` steps of `d = max / levels`
+/// and `dmin` (`quantize_row_q4_K_ref`, `quantize_row_q2_K_ref`).
+fn affine_super_block(h: &mut BlockHeader, x: &[f32], w: &[f32], sub: usize, nmax: u32, levels: f32) {
+    let n = x.len() / sub;
+    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    for j in 0..n {
+        let (s, m) = search_affine(&x[sub * j..sub * (j + 1)], &w[sub * j..sub * (j + 1)], nmax);
+        scales[j] = s;
+        mins[j] = -m; // >= 0
+    }
+    let max_scale = scales[..n].iter().fold(0.0f32, |a, &b| a.max(b));
+    let max_min = mins[..n].iter().fold(0.0f32, |a, &b| a.max(b));
+    h.d = f16::from_f32(max_scale / levels);
+    h.dmin = f16::from_f32(max_min / levels);
+    let (d, dmin) = (h.d.to_f32(), h.dmin.to_f32());
+    for j in 0..n {
+        h.sc[j] = if d > 0.0 { (scales[j] / d).round().clamp(0.0, levels) as u8 } else { 0 };
+        h.m[j] = if dmin > 0.0 { (mins[j] / dmin).round().clamp(0.0, levels) as u8 } else { 0 };
+    }
+}
+
+/// A k-quant super-block of 16 symmetric sub-blocks of 16 (Q6_K: codes `-32..32`, i8
+/// scales; Q3_K: codes `-4..4`, 6-bit scales stored `+ bias`): the scale of largest
+/// magnitude maps to `-top`, the others round to the nearest step in `-top..top`.
+fn symmetric_super_block(h: &mut BlockHeader, x: &[f32], w: &[f32], nmax: i32, top: f32, bias: f32) {
+    let mut scales = [0f32; 16];
+    for (j, s) in scales.iter_mut().enumerate() {
+        *s = search_symmetric(&x[16 * j..16 * (j + 1)], &w[16 * j..16 * (j + 1)], nmax);
+    }
+    let max = scales.iter().fold(0.0f32, |a, &b| if b.abs() > a.abs() { b } else { a });
+    h.d = f16::from_f32(max / -top);
+    let d = h.d.to_f32();
+    for j in 0..16 {
+        h.sc[j] = if d != 0.0 { ((scales[j] / d).round().clamp(-top, top - 1.0) + bias) as i8 as u8 } else { bias as u8 };
+    }
 }
 
 /// `make_qx_quants(n, nmax, x, L, rmse_type = 1, weights)`: the scale `d` of codes
