@@ -204,18 +204,13 @@ impl GgufExport {
     pub fn add_quantized(&mut self, module: &str, q: &QuantizedTensor) -> Result<()> {
         let (gguf, role) = gguf_linear_name(module)?;
         let want = self.types[&gguf];
-        let (Some(ty), Some(params)) = (q.scheme.ggml_type(), q.ggml.as_ref()) else {
+        let (Some(ty), Some(_)) = (q.scheme.ggml_type(), q.ggml.as_ref()) else {
             return Err(Error::tensor(module, format!("scheme {} is not a GGUF block type", q.scheme)));
         };
         if ty != want {
             return Err(Error::tensor(module, format!("quantized as {ty}, but the GGUF layout has {want}")));
         }
-        let bpr = q.cols / ty.block_size();
-        let order = self.row_order(role, q.rows);
-        let mut bytes = Vec::with_capacity(q.rows * bpr * ty.type_size());
-        for &r in &order {
-            encode_row(ty, &params.headers[r * bpr..(r + 1) * bpr], &q.codes[r * q.cols..(r + 1) * q.cols], &mut bytes);
-        }
+        let bytes = encode_rows(ty, q, &self.row_order(role, q.rows));
         self.writer.write_tensor(&gguf, &bytes)
     }
 
@@ -273,26 +268,23 @@ impl GgufExport {
             let bytes = match ty {
                 GgmlType::F16 => w.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
                 GgmlType::F32 => f32_bytes(&w),
-                ty => {
-                    let q = quantize_tensor(hf, &w, v, h, ty, None)?;
-                    let params = q.ggml.as_ref().expect("ggml tensor");
-                    let bpr = h / ty.block_size();
-                    let mut bytes = Vec::with_capacity(v * bpr * ty.type_size());
-                    for r in 0..v {
-                        encode_row(
-                            ty,
-                            &params.headers[r * bpr..(r + 1) * bpr],
-                            &q.codes[r * h..(r + 1) * h],
-                            &mut bytes,
-                        );
-                    }
-                    bytes
-                }
+                ty => encode_rows(ty, &quantize_tensor(hf, &w, v, h, ty, None)?, &(0..v).collect::<Vec<_>>()),
             };
             self.writer.write_tensor(gg, &bytes)?;
         }
         self.writer.finish()
     }
+}
+
+/// The ggml bytes of `q` (a tensor of block type `ty`), its rows in `order`.
+fn encode_rows(ty: GgmlType, q: &QuantizedTensor, order: &[usize]) -> Vec<u8> {
+    let params = q.ggml.as_ref().expect("a ggml tensor carries its block headers");
+    let bpr = q.cols / ty.block_size();
+    let mut bytes = Vec::with_capacity(order.len() * bpr * ty.type_size());
+    for &r in order {
+        encode_row(ty, &params.headers[r * bpr..(r + 1) * bpr], &q.codes[r * q.cols..(r + 1) * q.cols], &mut bytes);
+    }
+    bytes
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

@@ -196,7 +196,8 @@ fn symmetric_super_block(h: &mut BlockHeader, x: &[f32], w: &[f32], nmax: i32, t
     h.d = f16::from_f32(max / -top);
     let d = h.d.to_f32();
     for j in 0..16 {
-        h.sc[j] = if d != 0.0 { ((scales[j] / d).round().clamp(-top, top - 1.0) + bias) as i8 as u8 } else { bias as u8 };
+        h.sc[j] =
+            if d != 0.0 { ((scales[j] / d).round().clamp(-top, top - 1.0) + bias) as i8 as u8 } else { bias as u8 };
     }
 }
 
