@@ -34,12 +34,13 @@ fn main() {
         let text = tok.encode(&read_text(Path::new(&a[2])).unwrap()).unwrap();
         calib = sample_windows(&text, nsamples, seqlen, 0).unwrap();
         let opts = GptqOptions { act_order, ..Default::default() };
-        (Source::Windows(&calib), Box::new(Gptq { opts, verbose: false }))
+        (Source::Windows(&calib), Box::new(Gptq { opts }))
     } else {
         (Source::None, Box::new(Rtn { clip: None, imatrix: false }))
     };
     let mut mods = Modifiers { schemes: SchemePolicy::uniform(scheme), transforms: vec![], weights, inputs: None };
-    let dopts = DriverOptions { chunk_windows: 8, progress: true, label: method.into(), observe_kv: false };
+    let dopts =
+        DriverOptions { chunk_windows: 8, progress: true, verbose: false, label: method.into(), observe_kv: false };
     let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
     let tensors = &report.tensors;
     eprintln!("{method} {scheme}: {:.1}s timings {:?}", t0.elapsed().as_secs_f64(), report.timings);

@@ -191,7 +191,7 @@ fn run_awq(
     gptq: Option<GptqOptions>,
 ) -> (DriverOutput, Vec<AwqGroupReport>, serde_json::Value) {
     let weights: Box<dyn WeightQuantizer> = match gptq {
-        Some(opts) => Box::new(Gptq { opts, verbose: false }),
+        Some(opts) => Box::new(Gptq { opts }),
         None => Box::new(Rtn { clip: None, imatrix: false }),
     };
     let mut mods = Modifiers {
@@ -200,7 +200,8 @@ fn run_awq(
         weights,
         inputs: None,
     };
-    let dopts = DriverOptions { chunk_windows: 2, progress: false, label: "awq".into(), observe_kv: false };
+    let dopts =
+        DriverOptions { chunk_windows: 2, progress: false, verbose: false, label: "awq".into(), observe_kv: false };
     let out = driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts).unwrap();
     let report = serde_json::Value::Object(mods.transforms[0].report());
     let groups = serde_json::from_value(report["awq_groups"].clone()).unwrap();

@@ -45,7 +45,7 @@ fn every_method_gives_the_pinned_checkpoint() {
     let runs: [(&str, &[&str], bool, &str); 8] = [
         (
             "rtn-int4-g128",
-            &["--method", "rtn", "--bits", "4", "--group-size", "128"],
+            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym"],
             false,
             "8bdcfbfb358931c3c6e29f629bb61ae17140903427a8589f36219b8286f00cb2",
         ),
@@ -75,7 +75,18 @@ fn every_method_gives_the_pinned_checkpoint() {
         ),
         (
             "awq-gptq-int4-g64-asym",
-            &["--method", "awq+gptq", "--group-size", "64", "--asym", "--awq-grid", "2", "--act-order"],
+            &[
+                "--method",
+                "awq+gptq",
+                "--group-size",
+                "64",
+                "--asym",
+                "--awq-grid",
+                "2",
+                "--act-order",
+                "--no-static-groups",
+                "--no-mse",
+            ],
             true,
             "b0f02e06b4a220094ee9973548e485553e6c72d58516390a34d28958c8b61c23",
         ),

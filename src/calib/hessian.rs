@@ -92,6 +92,28 @@ impl HessianAccumulator {
         });
     }
 
+    /// `Σ_r d_rᵀ (Σ xᵀx) d_r` over the given rows `d_r` of `d` (`[rows, cols]` row-major):
+    /// the squared output error of a weight error `d` on those rows, summed over the
+    /// calibration tokens. Reads the lower triangle in place (no `[cols, cols]` copy);
+    /// rows in parallel, summed in order (the same bits for any thread count).
+    pub fn output_error_sum(&self, d: &[f32], rows: &[usize]) -> f64 {
+        let n = self.cols;
+        let per_row: Vec<f64> = rows
+            .par_iter()
+            .map(|&r| {
+                let x = &d[r * n..(r + 1) * n];
+                let mut total = 0.0f64;
+                for j in 0..n {
+                    let col = &self.sum[j * n + j..(j + 1) * n]; // S[j.., j]
+                    let below: f32 = col[1..].iter().zip(&x[j + 1..]).map(|(s, v)| s * v).sum();
+                    total += x[j] as f64 * (col[0] as f64 * x[j] as f64 + 2.0 * below as f64);
+                }
+                total
+            })
+            .collect();
+        per_row.iter().sum()
+    }
+
     /// The full symmetric `[cols, cols]` Hessian `2/n Σ xᵀx` (row- and column-major alike).
     pub fn hessian(&self) -> Vec<f32> {
         let n = self.cols;
@@ -105,5 +127,41 @@ impl HessianAccumulator {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the plain formula on the mirrored matrix, including a zero row and an
+    /// outlier (tolerance: f32 sums of ~40 products, relative).
+    #[test]
+    fn output_error_sum_is_the_quadratic_form_of_the_full_matrix() {
+        let (tokens, cols, rows) = (37, 41, 5);
+        let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0)).collect();
+        let mut acc = HessianAccumulator::new(cols);
+        acc.add_batch(&x, tokens);
+        let mut d: Vec<f32> = (0..rows * cols).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5)).collect();
+        d[2 * cols..3 * cols].fill(0.0);
+        d[4 * cols + 3] = 300.0;
+        let h = acc.hessian(); // 2/n Σ xᵀx
+        let scale = tokens as f64 / 2.0;
+        for r in 0..rows {
+            let row = &d[r * cols..(r + 1) * cols];
+            let mut want = 0.0f64;
+            for i in 0..cols {
+                for j in 0..cols {
+                    want += row[i] as f64 * h[i * cols + j] as f64 * row[j] as f64;
+                }
+            }
+            want *= scale;
+            let got = acc.output_error_sum(&d, &[r]);
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "row {r}: {got} vs {want}");
+        }
+        assert_eq!(acc.output_error_sum(&d, &[2]), 0.0, "a zero row has no error");
+        let all = acc.output_error_sum(&d, &[0, 1, 3]);
+        let parts: f64 = [0, 1, 3].iter().map(|&r| acc.output_error_sum(&d, &[r])).sum();
+        assert_eq!(all, parts);
     }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod quantize;
+pub mod report;
 
 use crate::model::load::LoadInfo;
 use crate::model::LlamaModel;
@@ -39,6 +40,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Prefill and decode speed (tokens/s), as llama-bench's pp512 / tg128.
     Bench(bench::BenchArgs),
+    /// Merge eval reports into one table, and plot perplexity increase against bits/weight.
+    Report(report::ReportArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,6 +72,7 @@ pub fn run(cli: Cli, given: &quantize::Given) -> anyhow::Result<()> {
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Report(a)) => report::run(a),
         None => quantize::run(cli.quantize, given),
     }
 }

@@ -1,6 +1,8 @@
 //! Evaluation: perplexity of a model, and of a quantized model against its baseline
 //! (delta, KL divergence of the token distributions, top-1 agreement).
+pub mod merge;
 pub mod perplexity;
+pub mod plot;
 pub mod report;
 
 use crate::error::Result;

@@ -352,7 +352,7 @@ pub fn check_tensor(name: &str, q: &QuantizedTensor) -> Result<()> {
                     return bad(format!("zero point {} at index {i} exceeds {bits}-bit range", z[i]));
                 }
             }
-            other => return bad(format!("{:?} zero points, expected {n_params}", other.as_ref().map(|z| z.len()))),
+            other => return bad(format!("{} zero points, expected {n_params}", other.as_ref().map_or(0, |z| z.len()))),
         }
     }
     if let Some(g) = &q.g_idx {

@@ -31,6 +31,9 @@ pub struct LoadInfo {
     pub resident_weight_bytes: usize,
     /// Activation quantization of the quantized linears (e.g. `int8-sym-static-tensor`).
     pub activations: Option<String>,
+    /// The method that made the checkpoint (`gptq`, `awq+gptq`...), when this tool wrote it
+    /// (its `quantize_method` metadata).
+    pub method: Option<String>,
 }
 
 /// True when `dir/config.json` carries a `quantization_config`.
@@ -66,6 +69,7 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
     let model = if is_quantized_dir(dir) {
         let ckpt = read_quantized_checkpoint(dir)?;
         info.format = Some(ckpt.format.as_str().to_string());
+        info.method = ckpt.store.user_metadata().get("quantize_method").cloned();
         info.quantized_linears = ckpt.quantized.len();
         let (bits, weights) = ckpt
             .quantized
@@ -159,6 +163,7 @@ pub fn load_gguf(path: &Path) -> Result<(LlamaModel, LoadInfo)> {
         bytes_on_disk: g.file_len(),
         resident_weight_bytes: model.weight_bytes(),
         activations: Some("llama.cpp CPU (Q8_0 / Q8_K inputs)".into()),
+        method: g.get_str("quantize.method").ok().map(str::to_string),
     };
     Ok((model, info))
 }

@@ -87,7 +87,7 @@ impl QuantizedLinear {
         let zeros = match (&q.scheme.format, &q.zeros) {
             (NumberFormat::Int { .. }, Some(z)) if z.len() == n => z.clone(),
             (NumberFormat::Int { .. }, z) => {
-                return bad(format!("{:?} zero points, expected {n}", z.as_ref().map(Vec::len)))
+                return bad(format!("{} zero points, expected {n}", z.as_ref().map_or(0, Vec::len)))
             }
             _ => vec![],
         };

@@ -29,9 +29,10 @@ use crate::io::safetensors::SafetensorsStore;
 use crate::model::layers::{first_non_finite, Rope};
 use crate::model::linear::{DenseLinear, Linear};
 use crate::model::llama::{
-    embed_tokens, linear_shape, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
+    block_sites, embed_tokens, linear_shape, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
 };
 use crate::model::LlamaConfig;
+use crate::pipeline::progress::BlockProgress;
 use crate::quant::awq::weights::BlockWeights;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,6 +53,8 @@ pub struct DriverOptions {
     /// Windows per forward chunk.
     pub chunk_windows: usize,
     pub progress: bool,
+    /// Print every linear's size, error against RTN's and time as it is quantized.
+    pub verbose: bool,
     /// Prefix of the progress bar and of messages (e.g. `gptq int4-g128`).
     pub label: String,
     /// Record each block's largest |key| and |value| (after RoPE, from the quantized block)
@@ -110,7 +113,8 @@ pub fn site_readers(cfg: &LlamaConfig, b: usize, site: InputSite) -> String {
 
 /// Run every stage of `block` on `x` (`[windows·seq, hidden]`, in place), chunk by chunk,
 /// handing each site's input to `on_site(block, site, input)`, which may replace the
-/// site's linears before the next stage runs.
+/// site's linears before the next stage runs. Each chunk through a stage is a
+/// progress event (`pass` names the pass in the message).
 #[allow(clippy::too_many_arguments)]
 fn run_stages(
     cfg: &LlamaConfig,
@@ -121,10 +125,13 @@ fn run_stages(
     chunk: usize,
     t: &mut Timings,
     mut kv_absmax: Option<&mut [f32; 2]>,
-    mut on_site: impl FnMut(&mut Block, InputSite, &[f32], &mut Timings) -> Result<()>,
+    progress: &mut BlockProgress,
+    pass: &str,
+    mut on_site: impl FnMut(&mut Block, InputSite, &[f32], &mut Timings, &mut BlockProgress) -> Result<()>,
 ) -> Result<()> {
     let h = cfg.hidden_size;
     let rows = chunk * seq;
+    let windows = x.len() / h / seq.max(1);
     let mut cur: Vec<f32> = Vec::new();
     let mut width = 0;
     for stage in BLOCK_STAGES {
@@ -136,11 +143,13 @@ fn run_stages(
             let prev = if width == 0 { &[][..] } else { &cur[c * rows * width..][..tokens * width] };
             let mut how = Attend::Windows { rope, windows: tokens / seq, seq, kv_absmax: kv_absmax.as_deref_mut() };
             next.extend_from_slice(&block.run_stage_with(cfg, stage, xc, prev, &mut how));
+            let done = ((c + 1) * chunk).min(windows);
+            progress.event(&format!("{pass}: {stage:?} {done}/{windows} windows"));
         }
         t.forward += tf.elapsed().as_secs_f64();
         (cur, width) = (next, out_width);
         if let Some(site) = stage.site() {
-            on_site(block, site, &cur, t)?;
+            on_site(block, site, &cur, t, progress)?;
         }
     }
     Ok(())
@@ -280,21 +289,16 @@ pub fn run_streaming(
         kv_absmax: Vec::new(),
     };
     t.load += t0.elapsed().as_secs_f64();
-    let pb = if opts.progress {
-        indicatif::ProgressBar::new(cfg.num_layers as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
+    let passes = match &source {
+        Source::Windows(w) => {
+            (1 + usize::from(!mods.transforms.is_empty())) * w.len().div_ceil(chunk) * BLOCK_STAGES.len()
+        }
+        _ => 0,
     };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{} block {{pos}}/{{len}} [{{bar:30}}] {{elapsed_precise}} eta {{eta}}",
-            opts.label
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let mut progress = BlockProgress::new(&opts.label, cfg.num_layers, passes + block_sites().count(), opts.progress);
 
     for b in 0..cfg.num_layers {
+        progress.start_block(b);
         let tl = Instant::now();
         let mut bw = BlockWeights::load(cfg, store, b)?;
         t.load += tl.elapsed().as_secs_f64();
@@ -315,19 +319,32 @@ pub fn run_streaming(
                 Source::Windows(_) => {
                     let mut fp = bw.to_block(cfg);
                     let mut xr = x.clone();
-                    run_stages(cfg, &rope, &mut fp, &mut xr, seqlen, chunk, &mut t, None, |_, site, input, t| {
-                        let width = site_width(cfg, site);
-                        check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
-                        let ts = Instant::now();
-                        let stats = observe(input, width, chunk * seqlen, fp_req);
-                        if let Some(mm) = &stats.min_max {
-                            let r = out.stats.site_mut(b, site, width);
-                            r.tokens = stats.tokens;
-                            r.min_max = Some((mm.min.clone(), mm.max.clone()));
-                        }
-                        t.statistics += ts.elapsed().as_secs_f64();
-                        seen(site, Some(input), &stats, t)
-                    })?;
+                    let pass = "full precision";
+                    run_stages(
+                        cfg,
+                        &rope,
+                        &mut fp,
+                        &mut xr,
+                        seqlen,
+                        chunk,
+                        &mut t,
+                        None,
+                        &mut progress,
+                        pass,
+                        |_, site, input, t, _| {
+                            let width = site_width(cfg, site);
+                            check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
+                            let ts = Instant::now();
+                            let stats = observe(input, width, chunk * seqlen, fp_req);
+                            if let Some(mm) = &stats.min_max {
+                                let r = out.stats.site_mut(b, site, width);
+                                r.tokens = stats.tokens;
+                                r.min_max = Some((mm.min.clone(), mm.max.clone()));
+                            }
+                            t.statistics += ts.elapsed().as_secs_f64();
+                            seen(site, Some(input), &stats, t)
+                        },
+                    )?;
                 }
                 Source::Stats(st, path) => {
                     for site in crate::model::llama::block_sites() {
@@ -340,12 +357,8 @@ pub fn run_streaming(
             for m in mods.transforms.iter_mut() {
                 let (dense, line) = m.apply(&ctx, &mut bw)?;
                 out.dense.extend(dense);
-                if let Some(line) = line {
-                    if opts.progress && !pb.is_hidden() {
-                        pb.println(line);
-                    } else if opts.progress {
-                        eprintln!("{line}"); // indicatif drops println when it does not draw
-                    }
+                if let Some(line) = line.filter(|_| opts.progress) {
+                    progress.println(line);
                 }
             }
             t.transform += tt.elapsed().as_secs_f64();
@@ -353,7 +366,11 @@ pub fn run_streaming(
 
         // (b) Quantize site by site, each site seeing the quantized sites before it.
         let (tensors, layers) = (&mut out.tensors, &mut out.layers);
-        let mut quantize = |site: InputSite, stats: &SiteStats, t: &mut Timings| -> Result<Vec<(usize, Vec<f32>)>> {
+        let mut quantize = |site: InputSite,
+                            stats: &SiteStats,
+                            t: &mut Timings,
+                            progress: &mut BlockProgress|
+         -> Result<Vec<(usize, Vec<f32>)>> {
             let tq = Instant::now();
             let idx = site_linears(cfg, site);
             let names: Vec<String> = idx.iter().map(|&k| format!("model.layers.{b}.{}", cfg.linears()[k].0)).collect();
@@ -379,12 +396,29 @@ pub fn run_streaming(
             if !linears.is_empty() {
                 let quantized = mods.weights.quantize_site(&linears, stats)?;
                 assert_eq!(quantized.len(), linears.len(), "a quantizer returns one tensor per linear");
-                for ((k, l), (q, report)) in kept.into_iter().zip(&linears).zip(quantized) {
-                    replaced.push((k, q.dequantize()));
+                for ((k, l), (q, mut report)) in kept.into_iter().zip(&linears).zip(quantized) {
+                    let deq = q.dequantize();
+                    report.measure(l, &q, &deq, stats)?;
+                    if opts.verbose {
+                        let damp = report.damp.map_or(String::new(), |d| format!(", damp {d}"));
+                        progress.println(format!(
+                            "{:<40} {:.3} bits/w, {} error {:.5} (RTN {:.5}, x{:.3}){damp}, {:.2}s",
+                            l.name,
+                            report.bits_per_weight,
+                            report.error_metric,
+                            report.error,
+                            report.rtn_error,
+                            report.error / report.rtn_error.max(f64::MIN_POSITIVE),
+                            report.seconds
+                        ));
+                    }
+                    replaced.push((k, deq));
                     tensors.insert(l.name.clone(), q);
                     layers.push(report);
                 }
             }
+            let names: Vec<&str> = names.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+            progress.event(&format!("quantized {}", names.join("/")));
             t.quantize += tq.elapsed().as_secs_f64();
             Ok(replaced)
         };
@@ -403,7 +437,9 @@ pub fn run_streaming(
                     chunk,
                     &mut t,
                     observe_kv,
-                    |block, site, input, t| {
+                    &mut progress,
+                    "quantized",
+                    |block, site, input, t, progress| {
                         let width = site_width(cfg, site);
                         check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                         let ts = Instant::now();
@@ -412,7 +448,7 @@ pub fn run_streaming(
                             histograms.push((site, width, stats.tokens, h.clone()));
                         }
                         t.statistics += ts.elapsed().as_secs_f64();
-                        for (k, w) in quantize(site, &stats, t)? {
+                        for (k, w) in quantize(site, &stats, t, progress)? {
                             let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
                             block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
                         }
@@ -426,12 +462,13 @@ pub fn run_streaming(
             }
             Source::Stats(st, path) => {
                 for site in crate::model::llama::block_sites() {
-                    quantize(site, &stored(st.site(b, site, path)?), &mut t)?;
+                    quantize(site, &stored(st.site(b, site, path)?), &mut t, &mut progress)?;
                 }
             }
             Source::None => {
                 for site in crate::model::llama::block_sites() {
-                    quantize(site, &SiteStats::new(site_width(cfg, site), StatsRequest::default()), &mut t)?;
+                    let stats = SiteStats::new(site_width(cfg, site), StatsRequest::default());
+                    quantize(site, &stats, &mut t, &mut progress)?;
                 }
             }
         }
@@ -441,9 +478,9 @@ pub fn run_streaming(
             r.histogram = Some(h);
         }
         sink(b, &mut out, mods)?;
-        pb.inc(1);
+        progress.end_block();
     }
-    pb.finish_and_clear();
+    progress.finish();
     out.timings = t;
     Ok(out)
 }

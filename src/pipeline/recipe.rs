@@ -10,7 +10,7 @@
 //! [calibration]
 //! files = ["brown_calib.txt"]
 //! nsamples = 128
-//! seqlen = 2048
+//! seqlen = 512
 //! [[modifier]]
 //! type = "awq"
 //! [[modifier]]
@@ -184,7 +184,7 @@ fn default_nsamples() -> usize {
     128
 }
 fn default_seqlen() -> usize {
-    2048
+    512
 }
 fn default_chunk() -> usize {
     8
@@ -654,7 +654,7 @@ impl Recipe {
     }
 
     /// The modifiers of a resolved recipe, ready for the driver.
-    pub fn build(&self, cfg: &LlamaConfig, verbose: bool) -> Result<Modifiers> {
+    pub fn build(&self, cfg: &LlamaConfig) -> Result<Modifiers> {
         let mut names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
         if self.include_head {
             names.push("lm_head".into());
@@ -679,9 +679,7 @@ impl Recipe {
                 ModifierSpec::Hqq { lp_norm, beta, kappa, iters } => {
                     wq = Some(Box::new(Hqq { opts: HqqOptions { lp_norm, beta, kappa, iters } }))
                 }
-                ModifierSpec::Gptq { .. } => {
-                    wq = Some(Box::new(Gptq { opts: m.gptq_options().expect("gptq"), verbose }))
-                }
+                ModifierSpec::Gptq { .. } => wq = Some(Box::new(Gptq { opts: m.gptq_options().expect("gptq") })),
                 ModifierSpec::Awq { grid, duo_scaling, clip, clip_tokens, clip_symmetric, search, search_windows } => {
                     let opts = awq::AwqOptions {
                         grid,

@@ -92,6 +92,8 @@ pub fn calibration_windows(
             ),
         ));
     }
+    let bytes: u64 = spec.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    eprintln!("{label}: tokenizing {names} ({:.1} MB)", bytes as f64 / 1e6);
     let mut tokens = Vec::new();
     for f in &spec.files {
         tokens.extend(tok.encode_long(&read_text(f)?)?);
@@ -200,7 +202,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     }
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
-    let mut mods = recipe.build(&cfg, opts.verbose)?;
+    let mut mods = recipe.build(&cfg)?;
     check_groups_fit(&cfg, &mods.schemes)?;
     let key = stats_key(&recipe)?;
     let (loaded, windows);
@@ -292,6 +294,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let dopts = DriverOptions {
         chunk_windows: recipe.calibration.as_ref().map_or(8, |c| c.chunk_windows),
         progress: opts.progress,
+        verbose: opts.verbose,
         label: label.clone(),
         observe_kv: kv_cache,
     };
@@ -367,17 +370,24 @@ fn finish_report(
         res.stats.save(p)?;
         eprintln!("{label}: statistics saved to {}", p.display());
     }
-    let loss: f64 = res.layers.iter().map(|l| l.loss).sum();
     let seconds = t0.elapsed().as_secs_f64();
+    let weights: f64 = res.layers.iter().map(|l| (l.shape[0] * l.shape[1]) as f64).sum();
+    let bits =
+        res.layers.iter().map(|l| l.bits_per_weight * (l.shape[0] * l.shape[1]) as f64).sum::<f64>() / weights.max(1.0);
+    if opts.progress && !res.layers.is_empty() {
+        eprint!("{}", super::summary::table(&res.layers, &res.timings, seconds));
+    }
     eprintln!(
-        "{label}: {} linears in {seconds:.1}s (total loss {loss:.3}); wrote {} ({})",
+        "{label}: {} linears, {bits:.3} bits/weight, in {}; wrote {} ({})",
         res.layers.len(),
+        super::progress::clock(seconds),
         out.display(),
         format.as_str()
     );
     let mut report = json!({
         "method": method,
         "scheme": scheme_text,
+        "bits_per_weight": bits,
         "layers": res.layers,
         "timings": res.timings,
         "calibration_tokens": res.tokens,

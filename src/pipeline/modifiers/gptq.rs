@@ -9,8 +9,6 @@ use crate::quant::gptq::{gptq_quantize_factored, GptqOptions, HessianFactor};
 
 pub struct Gptq {
     pub opts: GptqOptions,
-    /// Print every layer's loss.
-    pub verbose: bool,
 }
 
 impl WeightQuantizer for Gptq {
@@ -55,17 +53,11 @@ impl WeightQuantizer for Gptq {
                 if k == 0 {
                     r.seconds += factor.seconds;
                 }
-                if self.verbose {
-                    eprintln!("gptq: {:<36} loss {:>12.4} damp {:.4} {:.2}s", l.name, r.loss, r.damp_used, r.seconds);
-                }
                 let report = LayerReport {
-                    name: l.name.clone(),
-                    shape: [l.out_features, l.in_features],
-                    loss: r.loss,
                     damp: Some(r.damp_used),
                     damp_retries: r.damp_retries,
                     refit: r.refit,
-                    seconds: r.seconds,
+                    ..LayerReport::new(l, r.loss, r.seconds)
                 };
                 Ok((r.tensor, report))
             })
