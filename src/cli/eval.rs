@@ -16,9 +16,10 @@ pub struct EvalArgs {
     /// Full-precision model to compare against (perplexity delta, KL, top-1 agreement).
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    /// Evaluation text (UTF-8).
+    /// Evaluation text (UTF-8; default: the Brown held-out split of the asset cache,
+    /// fetched into the per-user cache if missing).
     #[arg(long)]
-    pub text: PathBuf,
+    pub text: Option<PathBuf>,
     /// Window length in tokens.
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
@@ -51,11 +52,15 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(j) = a.json.as_ref().filter(|j| j.exists()) {
         anyhow::bail!("invalid option --json: {} already exists (choose another name or remove it)", j.display());
     }
+    let text_path = match &a.text {
+        Some(t) => t.clone(),
+        None => crate::io::assets::default_heldout()?,
+    };
     let t0 = std::time::Instant::now();
-    let text = read_text(&a.text)?;
+    let text = read_text(&text_path)?;
     let tok = Tokenizer::for_model(&a.model[0])?;
     let tokens = tok.encode_long(&text)?;
-    eprintln!("tokenized {} ({} tokens) in {:.2}s", a.text.display(), tokens.len(), t0.elapsed().as_secs_f64());
+    eprintln!("tokenized {} ({} tokens) in {:.2}s", text_path.display(), tokens.len(), t0.elapsed().as_secs_f64());
     let opts = EvalOptions { ctx: a.ctx, protocol: a.protocol, max_windows: a.max_windows, batch: a.batch };
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;

@@ -13,6 +13,8 @@ pub struct Entry {
     pub name: String,
     /// The method that made it (`load.method`), when the report says.
     pub method: Option<String>,
+    /// The checkpoint's format (`gptq`, `compressed-tensors`, `gguf`...).
+    pub format: Option<String>,
     pub bits_per_weight: f64,
     pub perplexity: f64,
     pub perplexity_stderr: f64,
@@ -22,6 +24,17 @@ pub struct Entry {
     /// What the numbers were measured on: they compare only when these agree.
     pub setting: Setting,
     pub source: PathBuf,
+}
+
+impl Entry {
+    /// The plot's series: the method, and GGUF files apart (computed as llama.cpp does).
+    pub fn series(&self) -> String {
+        let method = self.method.as_deref().unwrap_or("other");
+        match self.format.as_deref() {
+            Some("gguf") => format!("{method} (GGUF)"),
+            _ => method.to_string(),
+        }
+    }
 }
 
 /// The evaluation setting of a report: protocol, window length, windows, the baseline's
@@ -78,6 +91,7 @@ fn entry(m: &Value, file: &Path) -> Result<Entry> {
     Ok(Entry {
         name,
         method: m.pointer("/load/method").and_then(Value::as_str).map(str::to_string),
+        format: m.pointer("/load/format").and_then(Value::as_str).map(str::to_string),
         bits_per_weight: number(m, &["size", "bits_per_weight"], file)?,
         perplexity: number(m, &["comparison", "quantized", "perplexity"], file)?,
         perplexity_stderr: number(m, &["comparison", "quantized", "perplexity_stderr"], file)?,
@@ -181,14 +195,14 @@ pub fn table(entries: &[Entry], peers: &[Peer]) -> String {
         None => String::new(),
     };
     s += &format!(
-        "{:<w$}  {:<9}  {:>6}  {:>19}  {:>9}  {:>8}  {:>7}\n",
+        "{:<w$}  {:<10}  {:>6}  {:>19}  {:>9}  {:>8}  {:>7}\n",
         "model", "method", "bits/w", "perplexity", "delta", "KL", "top-1"
     );
     for e in rows {
         s += &format!(
-            "{:<w$}  {:<9}  {:>6.3}  {:>10.4} ± {:<6.4}  {:>+8.2}%  {:>8.4}  {:>6.2}%\n",
+            "{:<w$}  {:<10}  {:>6.3}  {:>10.4} ± {:<6.4}  {:>+8.2}%  {:>8.4}  {:>6.2}%\n",
             e.name,
-            e.method.as_deref().unwrap_or("-"),
+            e.series(),
             e.bits_per_weight,
             e.perplexity,
             e.perplexity_stderr,
@@ -199,7 +213,7 @@ pub fn table(entries: &[Entry], peers: &[Peer]) -> String {
     }
     for p in peers {
         s += &format!(
-            "{:<w$}  {:<9}  {:>6.3}  {:>19}  {:>+8.2}%  {:>8}  {:>7}\n",
+            "{:<w$}  {:<10}  {:>6.3}  {:>19}  {:>+8.2}%  {:>8}  {:>7}\n",
             p.name, "peer", p.bits_per_weight, "-", p.delta_pct, "-", "-"
         );
     }

@@ -40,7 +40,7 @@ fn draw(out: &mut String, entries: &[Entry], peers: &[Peer], title: &str) -> Res
     let mut methods: BTreeMap<usize, (String, Vec<&Entry>)> = BTreeMap::new();
     let mut index: Vec<String> = Vec::new();
     for e in entries {
-        let m = e.method.clone().unwrap_or_else(|| "other".into());
+        let m = e.series();
         let i = index.iter().position(|x| *x == m).unwrap_or_else(|| {
             index.push(m.clone());
             index.len() - 1
@@ -94,6 +94,7 @@ mod tests {
         Entry {
             name: name.into(),
             method: Some(method.into()),
+            format: None,
             bits_per_weight: bits,
             perplexity: 40.0,
             perplexity_stderr: 0.5,

@@ -31,47 +31,6 @@ pub struct RunOptions {
     pub max_shard_bytes: usize,
 }
 
-/// Where the pinned assets are looked for, in order: `QUANTIZE_ASSETS`; the per-user
-/// cache `${XDG_CACHE_HOME:-$HOME/.cache}/quantize/assets`; the asset cache of the
-/// checkout this binary was built from (`scripts/fetch_assets.sh [DIR]` fills any of them).
-pub fn asset_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = std::env::var_os("QUANTIZE_ASSETS").filter(|d| !d.is_empty()) {
-        dirs.push(PathBuf::from(d));
-    }
-    let xdg = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(x) = xdg {
-        dirs.push(x.join("quantize/assets"));
-    }
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/assets"));
-    dirs
-}
-
-/// The default calibration text (the Brown calibration split), from the first asset
-/// directory that holds it, said on stderr; an error listing where it was looked for.
-pub fn default_calib() -> Result<PathBuf> {
-    const FILE: &str = "brown/brown_calib.txt";
-    let dirs = asset_dirs();
-    match dirs.iter().map(|d| d.join(FILE)).find(|p| p.is_file()) {
-        Some(p) => {
-            eprintln!("calibration text: {} (the default; --calib FILE to use another)", p.display());
-            Ok(p)
-        }
-        None => Err(Error::option(
-            "--calib",
-            format!(
-                "not given, and the default calibration text {FILE} is in none of {}; pass --calib FILE \
-                 (any UTF-8 text), set QUANTIZE_ASSETS to a directory holding {FILE}, or fetch it with \
-                 scripts/fetch_assets.sh DIR from the repository",
-                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-            ),
-        )),
-    }
-}
-
 /// The calibration windows of `spec`, tokenized with the model's tokenizer. A text too
 /// short for one window is an error naming the files.
 pub fn calibration_windows(
@@ -172,7 +131,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     // The default text is looked for only when a text will be read.
     let reads_text = opts.load_stats.is_none() && (recipe.needs_calibration() || opts.save_stats.is_some());
     if let Some(c) = recipe.calibration.as_mut().filter(|c| reads_text && c.files.is_empty()) {
-        c.files = vec![default_calib()?];
+        c.files = vec![crate::io::assets::default_calib()?];
     }
     let recipe = recipe.resolve()?;
     // The output location is checked before any work (a run can take many minutes).

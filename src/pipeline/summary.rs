@@ -41,7 +41,7 @@ pub fn table(layers: &[LayerReport], timings: &Timings, seconds: f64) -> String 
     };
     let ratio = |l: &LayerReport| l.error / l.rtn_error.max(f64::MIN_POSITIVE);
     let mut s = format!(
-        "{:<22} {:>5} {:>7} {:>11} {:>11} {:>9} {:>14} {:>9}\n",
+        "{:<22} {:>5} {:>7} {:>11} {:>11} {:>9} {:>15} {:>9}\n",
         "linear", "count", "bits/w", "error", "RTN's", "x RTN", "worst x RTN", "time"
     );
     let row = |s: &mut String, name: &str, ls: &[&LayerReport]| {
@@ -53,7 +53,7 @@ pub fn table(layers: &[LayerReport], timings: &Timings, seconds: f64) -> String 
             None => String::new(),
         };
         *s += &format!(
-            "{:<22} {:>5} {:>7.3} {:>11.5} {:>11.5} {:>9.3} {:>14} {:>9}\n",
+            "{:<22} {:>5} {:>7.3} {:>11.5} {:>11.5} {:>9.3} {:>15} {:>9}\n",
             name,
             ls.len(),
             bits,
