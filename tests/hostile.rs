@@ -108,6 +108,17 @@ fn eval_options_that_gave_nonsense() {
         &["--json", "report.json", "already exists"],
     );
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "mine");
+    // A baseline of another vocabulary gave a perplexity of about 2 billion.
+    let other = common::repo_root().join("tests/fixtures/families/llama3");
+    fails_with(
+        &["eval", "--model", s(&m), "--baseline", s(&other), "--text", s(&text), "--max-windows", "1"],
+        &["--baseline", "vocab_size", "384", "49152"],
+    );
+    // quantize --json refuses an existing report before the run, not after it.
+    let out = tmp.path().join("q");
+    fails_with(&["--method", "rtn", s(&m), "-o", s(&out), "--json", s(&json)], &["--json", "report.json", "already exists"]);
+    assert!(!out.exists(), "nothing is written");
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "mine");
 }
 
 /// 15.8: a dangling symlink at `-o` and an output under a regular file are refused
