@@ -4,10 +4,70 @@
 
 use super::merge::{Entry, Peer};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::collections::BTreeMap;
 
 /// Increases below this (%) are drawn at it: the log axis has no zero.
 pub const FLOOR_PCT: f64 = 0.05;
+
+/// ColorBrewer's Set1 without its yellow (unreadable on white), one per method.
+const SERIES_COLORS: [RGBColor; 7] = [
+    RGBColor(228, 26, 28),
+    RGBColor(77, 175, 74),
+    RGBColor(255, 127, 0),
+    RGBColor(55, 126, 184),
+    RGBColor(152, 78, 163),
+    RGBColor(166, 86, 40),
+    RGBColor(247, 129, 191),
+];
+
+/// Pixels between two label lines.
+const LINE_PX: i32 = 13;
+
+/// A point's label: where it is drawn (`y`, in pixels) may move off its point to clear others.
+struct Label {
+    at: (f64, f64),
+    point: (i32, i32),
+    y: i32,
+    text: String,
+    /// Drawn to the left of the point.
+    left: bool,
+}
+
+impl Label {
+    fn new(at: (f64, f64), point: (i32, i32), text: String, left: bool) -> Self {
+        Self { at, point, y: point.1, text, left }
+    }
+}
+
+/// A label's horizontal extent in pixels (12 px sans-serif: about 6.5 px a character).
+fn extent(l: &Label) -> (i32, i32) {
+    let w = (l.text.chars().count() as f64 * 6.5) as i32;
+    if l.left {
+        (l.point.0 - 9 - w, l.point.0 - 9)
+    } else {
+        (l.point.0 + 9, l.point.0 + 9 + w)
+    }
+}
+
+/// Move labels to the nearest line where no two whose extents meet print over each other
+/// (greedy, top to bottom).
+fn spread(labels: &mut [Label]) {
+    labels.sort_by_key(|l| (l.point.1, l.point.0));
+    for i in 0..labels.len() {
+        let (a0, a1) = extent(&labels[i]);
+        let free = |y: i32| {
+            !labels[..i].iter().any(|o| {
+                let (b0, b1) = extent(o);
+                a0 < b1 && b0 < a1 && (o.y - y).abs() < LINE_PX
+            })
+        };
+        // The nearest free line, below first, then above.
+        let p = labels[i].point.1;
+        let y = (0..).flat_map(|d| [p + d, p - d]).find(|&y| free(y)).expect("some line is free");
+        labels[i].y = y;
+    }
+}
 
 /// The SVG text of the plot.
 pub fn svg(entries: &[Entry], peers: &[Peer], title: &str) -> Result<String, String> {
@@ -22,7 +82,7 @@ fn draw(out: &mut String, entries: &[Entry], peers: &[Peer], title: &str) -> Res
     let ys = entries.iter().map(|e| y(e.delta_pct)).chain(peers.iter().map(|p| y(p.delta_pct)));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
-    let root = SVGBackend::with_string(out, (960, 600)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (1000, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -48,32 +108,41 @@ fn draw(out: &mut String, entries: &[Entry], peers: &[Peer], title: &str) -> Res
         methods.entry(i).or_insert_with(|| (m, vec![])).1.push(e);
     }
     let label = ("sans-serif", 12).into_font();
-    for (i, (method, mut points)) in methods {
-        let color = Palette99::pick(i).to_rgba();
-        points.sort_by(|a, b| a.bits_per_weight.total_cmp(&b.bits_per_weight));
-        chart
-            .draw_series(LineSeries::new(points.iter().map(|e| (e.bits_per_weight, y(e.delta_pct))), color.mix(0.5)))?;
+    // Labels: ours to the right of their point, peers' to the left; placed in pixels so
+    // that near points do not print over each other.
+    let mut labels: Vec<Label> = Vec::new();
+    for (i, (method, points)) in methods {
+        let color = SERIES_COLORS[i % SERIES_COLORS.len()];
         chart
             .draw_series(points.iter().map(|e| Circle::new((e.bits_per_weight, y(e.delta_pct)), 5, color.filled())))?
             .label(method)
             .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
-        chart.draw_series(points.iter().map(|e| {
-            EmptyElement::at((e.bits_per_weight, y(e.delta_pct)))
-                + Text::new(format!("{} {:+.1}%", e.name, e.delta_pct), (8, -6), label.clone())
-        }))?;
+        for e in points {
+            let at = (e.bits_per_weight, y(e.delta_pct));
+            labels.push(Label::new(at, chart.backend_coord(&at), format!("{} {:+.1}%", e.name, e.delta_pct), false));
+        }
     }
+    let grey = RGBColor(110, 110, 110);
     if !peers.is_empty() {
-        let grey = RGBColor(110, 110, 110);
         chart
             .draw_series(
                 peers.iter().map(|p| TriangleMarker::new((p.bits_per_weight, y(p.delta_pct)), 6, grey.filled())),
             )?
             .label("peers (docs/peers.csv)")
             .legend(move |(x, y)| TriangleMarker::new((x, y), 6, grey.filled()));
-        chart.draw_series(peers.iter().map(|p| {
-            EmptyElement::at((p.bits_per_weight, y(p.delta_pct)))
-                + Text::new(format!("{} {:+.1}%", p.name, p.delta_pct), (8, 6), label.clone().color(&grey))
-        }))?;
+        for p in peers {
+            let at = (p.bits_per_weight, y(p.delta_pct));
+            labels.push(Label::new(at, chart.backend_coord(&at), format!("{} {:+.1}%", p.name, p.delta_pct), true));
+        }
+    }
+    spread(&mut labels);
+    for l in &labels {
+        let (style, dx, anchor) = match l.left {
+            false => (label.clone().color(&BLACK), 9, Pos::new(HPos::Left, VPos::Center)),
+            true => (label.clone().color(&grey), -9, Pos::new(HPos::Right, VPos::Center)),
+        };
+        let text = Text::new(l.text.clone(), (dx, l.y - l.point.1), style.pos(anchor));
+        chart.draw_series(std::iter::once(EmptyElement::at(l.at) + text))?;
     }
     chart
         .configure_series_labels()
@@ -120,7 +189,23 @@ mod tests {
         {
             assert!(s.contains(text), "missing {text:?}");
         }
-        // 3 checkpoints + 3 legend circles (rtn, gptq... one per series) as circles.
-        assert_eq!(s.matches("<circle").count(), 3 + 2, "a circle per point and per legend entry");
+        assert_eq!(s.matches("<circle").count(), 3 + 2, "a circle per point and per legend entry (rtn, gptq)");
+    }
+
+    #[test]
+    fn labels_of_near_points_do_not_overlap() {
+        let text = "a label of twenty ch".to_string(); // 130 px
+        let mut labels: Vec<Label> = [(100, 50), (110, 52), (400, 51), (105, 200)]
+            .iter()
+            .map(|&p| Label::new((0.0, 0.0), p, text.clone(), false))
+            .collect();
+        labels.push(Label::new((0.0, 0.0), (100, 50), text.clone(), true));
+        spread(&mut labels);
+        let y = |x: i32, left: bool| labels.iter().find(|l| l.point.0 == x && l.left == left).unwrap().y;
+        assert_eq!(y(100, false), 50);
+        assert_eq!(y(110, false), 50 + LINE_PX, "pushed below its neighbour");
+        assert_eq!(y(400, false), 51, "far apart: stays");
+        assert_eq!(y(105, false), 200, "well below: stays");
+        assert_eq!(y(100, true), 50, "the other side does not clash");
     }
 }
