@@ -50,6 +50,7 @@ g Q4_K_M-imatrix --method rtn --imatrix --gguf-type Q4_K_M "${cal[@]}"
 g Q3_K_M-gptq    --method gptq --gguf-type Q3_K_M "${cal[@]}"
 [ -f "$O/eval-gguf.json" ] || $Q eval --baseline out/smollm2 --text "$A/brown/brown_heldout.txt" --protocol llama.cpp \
   --ctx 512 --max-windows 40 --json "$O/eval-gguf.json" --model "$O"/Q4_0-imatrix.gguf "$O"/Q4_K_M-imatrix.gguf "$O"/Q3_K_M-gptq.gguf
-rm -f "$O/ppl-vs-bpw.svg"
-$Q report "$O/eval.json" "$O/eval-gguf.json" --peers docs/peers.csv --plot "$O/ppl-vs-bpw.svg" \
+# The README's picture is replaced by this run's.
+rm -f docs/img/smollm2-ppl-vs-bpw.svg
+$Q report "$O/eval.json" "$O/eval-gguf.json" --peers docs/peers.csv --plot docs/img/smollm2-ppl-vs-bpw.svg \
   --title "SmolLM2-135M: perplexity increase on Brown held-out (llama.cpp protocol, 40 x 512)" | tee "$O/report.txt"
