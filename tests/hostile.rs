@@ -116,7 +116,10 @@ fn eval_options_that_gave_nonsense() {
     );
     // quantize --json refuses an existing report before the run, not after it.
     let out = tmp.path().join("q");
-    fails_with(&["--method", "rtn", s(&m), "-o", s(&out), "--json", s(&json)], &["--json", "report.json", "already exists"]);
+    fails_with(
+        &["--method", "rtn", s(&m), "-o", s(&out), "--json", s(&json)],
+        &["--json", "report.json", "already exists"],
+    );
     assert!(!out.exists(), "nothing is written");
     assert_eq!(std::fs::read_to_string(&json).unwrap(), "mine");
 }

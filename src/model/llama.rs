@@ -57,6 +57,17 @@ impl Stage {
         }
     }
 
+    /// What the stage computes, for progress messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stage::AttnNorm => "input norm",
+            Stage::Attention => "attention",
+            Stage::AttnResidual => "attention residual + norm",
+            Stage::MlpAct => "MLP gate/up",
+            Stage::MlpResidual => "MLP down + residual",
+        }
+    }
+
     /// Width of this stage's output (0 for the last).
     pub fn out_width(self, cfg: &LlamaConfig) -> usize {
         match self {

@@ -144,7 +144,7 @@ fn run_stages(
             let mut how = Attend::Windows { rope, windows: tokens / seq, seq, kv_absmax: kv_absmax.as_deref_mut() };
             next.extend_from_slice(&block.run_stage_with(cfg, stage, xc, prev, &mut how));
             let done = ((c + 1) * chunk).min(windows);
-            progress.event(&format!("{pass}: {stage:?} {done}/{windows} windows"));
+            progress.event(&format!("{pass}: {} {done}/{windows} windows", stage.describe()));
         }
         t.forward += tf.elapsed().as_secs_f64();
         (cur, width) = (next, out_width);
