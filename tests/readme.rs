@@ -121,7 +121,7 @@ fn every_readme_line_runs_from_another_directory() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().filter(|l| l.starts_with(":::")).last().unwrap_or("(none)");
+    let last = err.lines().rfind(|l| l.starts_with(":::")).unwrap_or("(none)");
     assert!(out.status.success(), "README line failed: {last}\n{}", &err[err.len().saturating_sub(3000)..]);
     // Each line and its time (cargo test -- --nocapture shows them).
     eprintln!("{}", err.lines().filter(|l| l.starts_with(":::")).collect::<Vec<_>>().join("\n"));

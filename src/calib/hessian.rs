@@ -139,10 +139,10 @@ mod tests {
     #[test]
     fn output_error_sum_is_the_quadratic_form_of_the_full_matrix() {
         let (tokens, cols, rows) = (37, 41, 5);
-        let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0)).collect();
+        let x: Vec<f32> = (0..tokens * cols).map(|i| (i * 7919 % 1013) as f32 / 500.0 - 1.0).collect();
         let mut acc = HessianAccumulator::new(cols);
         acc.add_batch(&x, tokens);
-        let mut d: Vec<f32> = (0..rows * cols).map(|i| ((i * 104729 % 997) as f32 / 997.0 - 0.5)).collect();
+        let mut d: Vec<f32> = (0..rows * cols).map(|i| (i * 104729 % 997) as f32 / 997.0 - 0.5).collect();
         d[2 * cols..3 * cols].fill(0.0);
         d[4 * cols + 3] = 300.0;
         let h = acc.hessian(); // 2/n Σ xᵀx

@@ -264,7 +264,7 @@ mod tests {
         assert!(err.contains("39.0000") && err.contains("38.0000"), "another baseline is refused: {err}");
 
         std::fs::write(&c, r#"{"method": "gptq", "layers": []}"#).unwrap();
-        let err = read_reports(&[c.clone()]).unwrap_err().to_string();
+        let err = read_reports(std::slice::from_ref(&c)).unwrap_err().to_string();
         assert!(err.contains("quantize run"), "{err}");
         std::fs::write(&c, r#"{"model": "m", "perplexity": {}}"#).unwrap();
         let err = read_reports(&[c]).unwrap_err().to_string();
