@@ -10,13 +10,9 @@
 # Usage: scripts/bench_plot.sh [OUTDIR]   (default out/plot); QUANTIZE=path overrides the binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/fetch_assets.sh >/dev/null
-if [ -z "${QUANTIZE:-}" ]; then cargo build --release -q; fi
-Q=${QUANTIZE:-target/release/quantize}
-A=${QUANTIZE_ASSETS:-.cache/assets}
-O=${1:-out/plot}
-mkdir -p "$O"
-[ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
+default_out=out/plot
+# shellcheck source=scripts/bench_setup.sh
+. scripts/bench_setup.sh "$@"
 cal=(--nsamples 32 --seqlen 512 --calib "$A/brown/brown_calib.txt")
 q() {
   local name=$1; shift

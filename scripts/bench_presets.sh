@@ -5,13 +5,9 @@
 # 40 windows). Usage: scripts/bench_presets.sh [OUTDIR]   (default out/presets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/fetch_assets.sh >/dev/null
-if [ -z "${QUANTIZE:-}" ]; then cargo build --release -q; fi
-Q=${QUANTIZE:-target/release/quantize}
-A=${QUANTIZE_ASSETS:-.cache/assets}
-O=${1:-out/presets}
-mkdir -p "$O"
-[ -d out/smollm2 ] || $Q convert "$A/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o out/smollm2
+default_out=out/presets
+# shellcheck source=scripts/bench_setup.sh
+. scripts/bench_setup.sh "$@"
 types=(Q8_0 Q6_K Q5_K_M Q5_K_S Q5_1 Q5_0 Q4_K_M Q4_K_S Q4_1 Q4_0 Q3_K_L Q3_K_M Q3_K_S Q2_K)
 for t in "${types[@]}"; do
   [ -f "$O/$t.gguf" ] || $Q --method rtn --gguf-type "$t" out/smollm2 -o "$O/$t.gguf" 2> "$O/$t.log" >/dev/null
