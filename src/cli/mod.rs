@@ -38,7 +38,10 @@ llama.cpp's llama-perplexity on the exported file):
   Q4_0     rtn +16.5%   rtn --imatrix +8.5%   gptq +17.6%   (llama-quantize +imatrix +8.4%)
   Q4_K_M   rtn +4.3%    rtn --imatrix +2.1%   gptq +3.3%    (llama-quantize +imatrix +2.2%)
   Q3_K_M   rtn +9.3%    rtn --imatrix +8.1%   gptq +7.5%    (llama-quantize +imatrix +7.8%)
-  The other types are not measured here yet (scripts/bench_presets.sh measures them all).
+  Scored by this tool's eval as llama.cpp computes the file (same protocol), rtn:
+  Q8_0 +0.22% (8.50 bits/w), Q6_K +0.98% (8.02: 576-wide tensors fall back to Q8_0),
+  Q5_K_M +0.73% (6.04). The other types are not measured here yet
+  (scripts/bench_presets.sh measures them all).
 
 A flag given twice counts once: the last one.";
 
