@@ -49,8 +49,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.max_windows == Some(0) {
         anyhow::bail!("invalid option --max-windows: 0; evaluate at least one window (or leave it out for all)");
     }
-    if let Some(j) = a.json.as_ref().filter(|j| j.exists()) {
-        anyhow::bail!("invalid option --json: {} already exists (choose another name or remove it)", j.display());
+    if let Some(j) = &a.json {
+        crate::io::atomic::refuse_existing("--json", j)?;
     }
     let text_path = match &a.text {
         Some(t) => t.clone(),

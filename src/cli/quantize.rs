@@ -631,8 +631,8 @@ pub fn run(a: QuantizeArgs, given: &Given) -> anyhow::Result<()> {
         Err(Error::OutputExists { path: out.clone() })?;
     }
     // The report is written after a long run: refuse an existing file now, not then.
-    if let Some(j) = a.json.as_ref().filter(|j| j.exists()) {
-        Err(Error::option("--json", format!("{} already exists (choose another name or remove it)", j.display())))?;
+    if let Some(j) = &a.json {
+        crate::io::atomic::refuse_existing("--json", j)?;
     }
     let opts = RunOptions {
         progress: true,

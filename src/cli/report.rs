@@ -26,9 +26,7 @@ pub struct ReportArgs {
 
 pub fn run(a: ReportArgs) -> anyhow::Result<()> {
     if let Some(p) = a.plot.as_ref() {
-        if p.exists() {
-            Err(Error::option("--plot", format!("{} already exists (choose another name or remove it)", p.display())))?;
-        }
+        crate::io::atomic::refuse_existing("--plot", p)?;
         if p.extension().is_none_or(|e| e != "svg") {
             Err(Error::option("--plot", format!("{}: the plot is written as SVG; name it *.svg", p.display())))?;
         }

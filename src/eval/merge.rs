@@ -47,6 +47,16 @@ pub struct Setting {
     pub baseline_perplexity: f64,
 }
 
+impl Setting {
+    /// The same text, baseline and protocol (the baseline perplexities equal to 1e-6).
+    pub fn compares_with(&self, other: &Setting) -> bool {
+        self.protocol == other.protocol
+            && self.ctx == other.ctx
+            && self.windows == other.windows
+            && (self.baseline_perplexity - other.baseline_perplexity).abs() <= 1e-6 * self.baseline_perplexity
+    }
+}
+
 impl std::fmt::Display for Setting {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         write!(
@@ -131,12 +141,7 @@ pub fn read_reports(files: &[PathBuf]) -> Result<Vec<Entry>> {
     for f in files {
         for e in read_report(f)? {
             if let Some(first) = all.first() {
-                let same = first.setting.protocol == e.setting.protocol
-                    && first.setting.ctx == e.setting.ctx
-                    && first.setting.windows == e.setting.windows
-                    && (first.setting.baseline_perplexity - e.setting.baseline_perplexity).abs()
-                        <= 1e-6 * first.setting.baseline_perplexity;
-                if !same {
+                if !first.setting.compares_with(&e.setting) {
                     return Err(Error::format(
                         f,
                         format!(

@@ -1,11 +1,9 @@
 //! The SVG plot of `quantize report`: perplexity increase (log scale) against bits per
-//! weight, one point per checkpoint, a colour and a line per method, peers as grey
-//! triangles. Drawn with plotters' SVG backend (no fonts or system libraries needed).
+//! weight, one point per checkpoint, a colour per method, peers as grey triangles. Drawn with plotters' SVG backend (no fonts or system libraries needed).
 
 use super::merge::{Entry, Peer};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use std::collections::BTreeMap;
 
 /// Increases below this (%) are drawn at it: the log axis has no zero.
 pub const FLOOR_PCT: f64 = 0.05;
@@ -97,21 +95,19 @@ fn draw(out: &mut String, entries: &[Entry], peers: &[Peer], title: &str) -> Res
         .y_label_formatter(&|v| if *v >= 1.0 { format!("{v:.0}") } else { format!("{v:.2}") })
         .draw()?;
     // One series per method, in order of first appearance.
-    let mut methods: BTreeMap<usize, (String, Vec<&Entry>)> = BTreeMap::new();
-    let mut index: Vec<String> = Vec::new();
+    let mut methods: Vec<(String, Vec<&Entry>)> = Vec::new();
     for e in entries {
         let m = e.series();
-        let i = index.iter().position(|x| *x == m).unwrap_or_else(|| {
-            index.push(m.clone());
-            index.len() - 1
-        });
-        methods.entry(i).or_insert_with(|| (m, vec![])).1.push(e);
+        match methods.iter_mut().find(|(name, _)| *name == m) {
+            Some((_, points)) => points.push(e),
+            None => methods.push((m, vec![e])),
+        }
     }
     let label = ("sans-serif", 12).into_font();
     // Labels: ours to the right of their point, peers' to the left; placed in pixels so
     // that near points do not print over each other.
     let mut labels: Vec<Label> = Vec::new();
-    for (i, (method, points)) in methods {
+    for (i, (method, points)) in methods.into_iter().enumerate() {
         let color = SERIES_COLORS[i % SERIES_COLORS.len()];
         chart
             .draw_series(points.iter().map(|e| Circle::new((e.bits_per_weight, y(e.delta_pct)), 5, color.filled())))?

@@ -50,6 +50,18 @@ pub fn install_signal_cleanup() {
     }
 }
 
+/// Refuse, before any work, a file that `option` would write after it (`--json`, `--plot`)
+/// when it already exists: outputs are never overwritten.
+pub fn refuse_existing(option: &str, path: &Path) -> Result<()> {
+    if path.exists() {
+        return Err(Error::option(
+            option,
+            format!("{} already exists (choose another name or remove it)", path.display()),
+        ));
+    }
+    Ok(())
+}
+
 /// Check before any work that `dest` can be written: it does not exist (not even as a
 /// dangling symlink), its parent can be created, and a directory can be made there.
 pub fn probe_output(dest: &Path) -> Result<()> {

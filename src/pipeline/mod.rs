@@ -119,25 +119,24 @@ impl LayerReport {
         let (o, i) = (l.out_features, l.in_features);
         self.bits_per_weight = q.storage_bits() as f64 / (o * i).max(1) as f64;
         let rtn = crate::quant::rtn::quantize_rtn(&l.name, l.weight, o, i, l.scheme, None)?.dequantize();
-        let rows: Vec<usize> = (0..ERROR_ROWS.min(o)).map(|k| k * o / ERROR_ROWS.min(o)).collect();
-        let diff = |w: &[f32]| -> Vec<f32> {
-            let mut d = vec![0.0f32; o * i];
-            for &r in &rows {
-                for c in r * i..(r + 1) * i {
-                    d[c] = l.weight[c] - w[c];
-                }
-            }
-            d
+        let n = ERROR_ROWS.min(o);
+        let rows: Vec<usize> = (0..n).map(|k| k * o / n).collect();
+        // `[n, i]`: the sampled rows of `w - approx` (of `w` itself when there is none).
+        let diff = |approx: Option<&[f32]>| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&r| (r * i..(r + 1) * i).map(move |c| l.weight[c] - approx.map_or(0.0, |a| a[c])))
+                .collect()
         };
+        let all: Vec<usize> = (0..n).collect();
         let sum = |d: &[f32]| -> f64 {
             match &stats.hessian {
-                Some(h) => h.output_error_sum(d, &rows),
-                None => rows.iter().flat_map(|&r| &d[r * i..(r + 1) * i]).map(|&v| (v as f64).powi(2)).sum(),
+                Some(h) => h.output_error_sum(d, &all),
+                None => d.iter().map(|&v| (v as f64).powi(2)).sum(),
             }
         };
-        let reference = sum(&diff(&vec![0.0; o * i])).max(f64::MIN_POSITIVE);
-        self.error = sum(&diff(deq)) / reference;
-        self.rtn_error = sum(&diff(&rtn)) / reference;
+        let reference = sum(&diff(None)).max(f64::MIN_POSITIVE);
+        self.error = sum(&diff(Some(deq))) / reference;
+        self.rtn_error = sum(&diff(Some(&rtn))) / reference;
         self.error_metric = if stats.hessian.is_some() { "output" } else { "weight" };
         Ok(())
     }

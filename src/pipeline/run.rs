@@ -330,9 +330,7 @@ fn finish_report(
         eprintln!("{label}: statistics saved to {}", p.display());
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let weights: f64 = res.layers.iter().map(|l| (l.shape[0] * l.shape[1]) as f64).sum();
-    let bits =
-        res.layers.iter().map(|l| l.bits_per_weight * (l.shape[0] * l.shape[1]) as f64).sum::<f64>() / weights.max(1.0);
+    let bits = super::summary::bits_per_weight(&res.layers);
     if opts.progress && !res.layers.is_empty() {
         eprint!("{}", super::summary::table(&res.layers, &res.timings, seconds));
     }

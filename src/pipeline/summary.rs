@@ -15,6 +15,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[(v.len() - 1) / 2]
 }
 
+/// Stored bits per weight of `layers` together (each weighted by its weight count).
+pub fn bits_per_weight<'a>(layers: impl IntoIterator<Item = &'a LayerReport>) -> f64 {
+    let (bits, weights) = layers.into_iter().fold((0.0, 0.0), |(b, w), l| {
+        let n = (l.shape[0] * l.shape[1]) as f64;
+        (b + l.bits_per_weight * n, w + n)
+    });
+    bits / f64::max(weights, 1.0)
+}
+
 /// `model.layers.3.self_attn.q_proj` -> (`self_attn.q_proj`, Some(3)).
 fn kind_and_block(name: &str) -> (String, Option<usize>) {
     let parts: Vec<&str> = name.split('.').collect();
@@ -45,8 +54,7 @@ pub fn table(layers: &[LayerReport], timings: &Timings, seconds: f64) -> String 
         "linear", "count", "bits/w", "error", "RTN's", "x RTN", "worst x RTN", "time"
     );
     let row = |s: &mut String, name: &str, ls: &[&LayerReport]| {
-        let weights: f64 = ls.iter().map(|l| (l.shape[0] * l.shape[1]) as f64).sum();
-        let bits = ls.iter().map(|l| l.bits_per_weight * (l.shape[0] * l.shape[1]) as f64).sum::<f64>() / weights;
+        let bits = bits_per_weight(ls.iter().copied());
         let worst = ls.iter().max_by(|a, b| ratio(a).total_cmp(&ratio(b))).expect("non-empty");
         let at = match kind_and_block(&worst.name).1 {
             Some(b) => format!(" (blk {b})"),
