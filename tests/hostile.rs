@@ -84,9 +84,10 @@ fn group_sizes_and_window_lengths_the_model_cannot_take() {
         &["--seqlen", "100000", "max_position_embeddings = 8192"],
     );
     assert!(!out.exists());
-    let (ok, err) = quantize(&["--method", "rtn", "--group-size", "7", s(&m), "-o", s(&out)]);
+    let (ok, err) =
+        quantize(&["--method", "rtn", "--group-size", "7", "--group-fallback", "partial", s(&m), "-o", s(&out)]);
     assert!(ok, "{err}");
-    assert!(err.contains("warning: group size 7 does not divide 576 columns") && err.contains("64, 128"), "{err}");
+    assert!(err.contains("warning: group size 7 does not divide 576 columns"), "{err}");
     let text = common::brown_heldout();
     fails_with(
         &["eval", "--model", s(&m), "--text", s(&text), "--ctx", "9000"],

@@ -45,7 +45,7 @@ fn every_method_gives_the_pinned_checkpoint() {
     let runs: [(&str, &[&str], bool, &str); 8] = [
         (
             "rtn-int4-g128",
-            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym"],
+            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym", "--group-fallback", "partial"],
             false,
             "8bdcfbfb358931c3c6e29f629bb61ae17140903427a8589f36219b8286f00cb2",
         ),
@@ -63,6 +63,8 @@ fn every_method_gives_the_pinned_checkpoint() {
                 "--act-order",
                 "--static-groups",
                 "--mse",
+                "--group-fallback",
+                "partial",
             ],
             true,
             "23b3d47774159aedc7b41caf0526a17de7b437e9a748ee74d591c05631409927",

@@ -5,7 +5,7 @@
 //! naming the flag and the method. `--recipe FILE` takes the run from a file instead.
 
 use crate::error::Error;
-use crate::pipeline::recipe::{CalibrationSpec, ModifierSpec, Recipe, SchemeSpec};
+use crate::pipeline::recipe::{CalibrationSpec, GroupFallbackSpec, ModifierSpec, Recipe, SchemeSpec};
 use crate::pipeline::run::{run_recipe, RunOptions};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -106,6 +106,13 @@ pub struct QuantizeArgs {
     /// Input columns per scale group; -1 means per output channel.
     #[arg(long, default_value_t = 128, allow_hyphen_values = true, help_heading = "Weight scheme")]
     pub group_size: i64,
+    /// When the group size does not divide a linear's width (SmolLM2's 576 at 128): `auto`
+    /// uses the largest of 256/128/64/32 below it that divides the width (else per-channel),
+    /// or give a group size, `per-channel`, or `partial` (keep a ragged last group: only
+    /// this tool reads it; every format's loaders refuse it). Written as the format's
+    /// per-module override (compressed-tensors config_groups, gptq `dynamic`).
+    #[arg(long, default_value = "auto", help_heading = "Weight scheme")]
+    pub group_fallback: String,
     /// One scale per output channel (same as --group-size -1).
     #[arg(long, conflicts_with_all = ["per_tensor", "group_size"], help_heading = "Weight scheme")]
     pub per_channel: bool,
@@ -341,6 +348,7 @@ impl QuantizeArgs {
         if self.imatrix && (self.gguf_type.is_none() || m != Method::Rtn) {
             return Err(Error::option("--imatrix", "goes with --method rtn --gguf-type (GPTQ uses the whole Hessian)"));
         }
+        let mut group_fallback = None;
         let scheme = match (w8a8, &self.gguf_type) {
             (Some(_), Some(_)) => {
                 return Err(Error::option("--gguf-type", "GGUF files carry no W8A8 activation scales"))
@@ -388,6 +396,10 @@ impl QuantizeArgs {
                     }
                     g => Some(g as usize),
                 };
+                if group_size.is_some() {
+                    used.insert("group_fallback");
+                    group_fallback = Some(GroupFallbackSpec::from_flag(&self.group_fallback)?);
+                }
                 SchemeSpec {
                     kind: fp8.map_or(format!("int{}", self.bits), |f| format!("fp8-{f}")),
                     group_size,
@@ -532,6 +544,7 @@ impl QuantizeArgs {
             kv_cache: self.kv_cache.clone(),
             ignore: vec![],
             overrides: vec![],
+            group_fallback,
             scheme,
             calibration: needs_calibration.then(|| CalibrationSpec {
                 files: self.calib.clone(),

@@ -56,41 +56,32 @@ fn gptq_group_size(s: &QuantScheme) -> Option<usize> {
 }
 
 impl GptqConfig {
+    /// The config of one linear's scheme (`desc_act` false; the layout sets it).
+    fn of_tensor(name: &str, q: &QuantizedTensor) -> Result<Self> {
+        let bits = match q.scheme.format {
+            NumberFormat::Int { bits } => bits,
+            _ => return Err(unstorable(name, &q.scheme)),
+        };
+        Ok(GptqConfig {
+            bits,
+            group_size: gptq_group_size(&q.scheme),
+            desc_act: false,
+            sym: q.scheme.symmetric,
+            v2: false,
+        })
+    }
+
     /// The one config that stores all `tensors` (module name, tensor); errors name two
     /// tensors whose schemes differ, or a scheme GPTQ cannot store.
     pub fn for_tensors<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a QuantizedTensor)>) -> Result<Self> {
-        let mut first: Option<(&str, GptqConfig)> = None;
-        let mut desc_act = false;
-        for (name, q) in tensors {
-            let bits = match q.scheme.format {
-                NumberFormat::Int { bits } => bits,
-                _ => return Err(unstorable(name, &q.scheme)),
-            };
-            let cfg = GptqConfig {
-                bits,
-                group_size: gptq_group_size(&q.scheme),
-                desc_act: false,
-                sym: q.scheme.symmetric,
-                v2: false,
-            };
-            desc_act |= q.g_idx.is_some();
-            match &first {
-                None => first = Some((name, cfg)),
-                Some((n0, c0)) if *c0 != cfg => {
-                    return Err(Error::option(
-                        "format",
-                        format!(
-                            "gptq stores one scheme per checkpoint: {n0} is {c0:?} but {name} is {} ({cfg:?})",
-                            q.scheme
-                        ),
-                    ))
-                }
-                _ => {}
-            }
+        let layout = GptqLayout::for_tensors(tensors)?;
+        match layout.overrides.first() {
+            None => Ok(layout.base),
+            Some((c, names)) => Err(Error::option(
+                "format",
+                format!("expected one scheme for every linear: {} is {c:?}, the others {:?}", names[0], layout.base),
+            )),
         }
-        let (_, mut cfg) = first.ok_or_else(|| Error::option("format", "no quantized tensors to write"))?;
-        cfg.desc_act = desc_act;
-        Ok(cfg)
     }
 
     /// Parse `quantization_config` (or `quantize_config.json`); `path` is for messages.
@@ -148,6 +139,115 @@ impl GptqConfig {
         let granularity = self.group_size.map_or(Granularity::PerChannel, Granularity::Group);
         QuantScheme { format: NumberFormat::Int { bits: self.bits }, granularity, symmetric: self.sym }
     }
+}
+
+/// The gptq config of a checkpoint whose linears may differ: the scheme most linears have
+/// is the base `quantization_config`; every other scheme is a GPTQModel `dynamic` entry
+/// (`"+:regex": {bits, group_size, sym}`, matched with `re.match`; read by GPTQModel,
+/// transformers through it, and vLLM's gptq / gptq_marlin) naming its modules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptqLayout {
+    pub base: GptqConfig,
+    /// Other configs with their module names, in first-seen order.
+    pub overrides: Vec<(GptqConfig, Vec<String>)>,
+}
+
+impl GptqLayout {
+    pub fn for_tensors<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a QuantizedTensor)>) -> Result<Self> {
+        let mut by_cfg: Vec<(GptqConfig, Vec<String>)> = vec![];
+        let mut desc_act = false;
+        for (name, q) in tensors {
+            let cfg = GptqConfig::of_tensor(name, q)?;
+            desc_act |= q.g_idx.is_some();
+            match by_cfg.iter_mut().find(|(c, _)| *c == cfg) {
+                Some((_, names)) => names.push(name.to_string()),
+                None => by_cfg.push((cfg, vec![name.to_string()])),
+            }
+        }
+        if by_cfg.is_empty() {
+            return Err(Error::option("format", "no quantized tensors to write"));
+        }
+        // The most common config is the base (the first on a tie: deterministic).
+        let most = (0..by_cfg.len()).fold(0, |m, k| if by_cfg[k].1.len() > by_cfg[m].1.len() { k } else { m });
+        let (mut base, _) = by_cfg.remove(most);
+        base.desc_act = desc_act;
+        for (c, _) in &mut by_cfg {
+            c.desc_act = desc_act;
+        }
+        Ok(Self { base, overrides: by_cfg })
+    }
+
+    /// The `dynamic` entries of the overrides: key `+:pattern`, value the keys that differ
+    /// from the base.
+    pub fn dynamic(&self) -> Vec<(String, Value)> {
+        self.overrides
+            .iter()
+            .map(|(c, names)| {
+                let mut v = serde_json::Map::new();
+                if c.bits != self.base.bits {
+                    v.insert("bits".into(), json!(c.bits));
+                }
+                if c.group_size != self.base.group_size {
+                    v.insert("group_size".into(), json!(c.group_size.map_or(-1, |g| g as i64)));
+                }
+                if c.sym != self.base.sym {
+                    v.insert("sym".into(), json!(c.sym));
+                }
+                (format!("+:{}", modules_regex(names)), Value::Object(v))
+            })
+            .collect()
+    }
+}
+
+/// Escape `text` for a Python regular expression.
+pub fn py_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// One anchored pattern matching exactly `names`: block linears are grouped by projection,
+/// projections over the same blocks share one alternation
+/// (`model\.layers\.(?:0|1)\.(?:self_attn\.q_proj|...)`). Where q/k/v (gate/up) are all
+/// there, vLLM's fused `qkv_proj` (`gate_up_proj`) is matched too: vLLM looks overrides up
+/// by the fused layer's name.
+fn modules_regex(names: &[String]) -> String {
+    let mut by_proj: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut other: Vec<&str> = vec![];
+    for n in names {
+        match n.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) {
+            Some((b, proj)) if b.bytes().all(|c| c.is_ascii_digit()) => by_proj.entry(proj).or_default().push(b),
+            _ => other.push(n),
+        }
+    }
+    // Projections grouped by their set of blocks.
+    let mut groups: Vec<(Vec<&str>, Vec<String>)> = vec![];
+    for (proj, blocks) in by_proj {
+        match groups.iter_mut().find(|(b, _)| *b == blocks) {
+            Some((_, projs)) => projs.push(proj.to_string()),
+            None => groups.push((blocks, vec![proj.to_string()])),
+        }
+    }
+    let mut alts: Vec<String> = other.iter().map(|n| py_escape(n)).collect();
+    for (blocks, mut projs) in groups {
+        for (parts, fused) in [
+            (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].as_slice(), "self_attn.qkv_proj"),
+            (["mlp.gate_proj", "mlp.up_proj"].as_slice(), "mlp.gate_up_proj"),
+        ] {
+            if parts.iter().all(|p| projs.iter().any(|q| q == p)) && !projs.iter().any(|q| q == fused) {
+                projs.push(fused.to_string());
+            }
+        }
+        let projs: Vec<String> = projs.iter().map(|p| py_escape(p)).collect();
+        let block = if blocks.len() == 1 { blocks[0].to_string() } else { format!("(?:{})", blocks.join("|")) };
+        alts.push(format!("model\\.layers\\.{block}\\.(?:{})", projs.join("|")));
+    }
+    format!("^(?:{})$", alts.join("|"))
 }
 
 fn unstorable(name: &str, s: &QuantScheme) -> Error {
@@ -406,6 +506,40 @@ mod tests {
         let a = tensor(QuantScheme::int(4).unwrap(), 32, 32);
         let b = tensor(QuantScheme::int(8).unwrap(), 32, 32);
         assert!(GptqConfig::for_tensors([("a", &a), ("b", &b)]).unwrap_err().to_string().contains("one scheme"));
+    }
+
+    #[test]
+    fn mixed_schemes_become_dynamic_entries_matching_exactly_their_modules() {
+        use crate::format::compressed_tensors::PyMatch;
+        let s64 = QuantScheme::int(4).unwrap().group(64).unwrap();
+        let s128 = QuantScheme::int(4).unwrap().group(128).unwrap();
+        let names: Vec<String> = (0..4)
+            .flat_map(|b| {
+                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.down_proj"]
+                    .map(|p| format!("model.layers.{b}.{p}"))
+            })
+            .collect();
+        let qs: Vec<QuantizedTensor> = names
+            .iter()
+            .map(|n| {
+                let late = n.starts_with("model.layers.2.") || n.starts_with("model.layers.3.");
+                tensor(if n.ends_with("down_proj") || late { s128 } else { s64 }, 64, 256)
+            })
+            .collect();
+        let layout = GptqLayout::for_tensors(names.iter().map(String::as_str).zip(&qs)).unwrap();
+        assert_eq!(layout.base.group_size, Some(128), "the most common scheme is the base");
+        let dynamic = layout.dynamic();
+        assert_eq!(dynamic.len(), 1);
+        let (key, v) = &dynamic[0];
+        assert_eq!(v, &json!({"group_size": 64}));
+        let re = PyMatch::new(key.strip_prefix("+:").unwrap()).unwrap();
+        for (n, q) in names.iter().zip(&qs) {
+            assert_eq!(re.matches(n), q.scheme == s64, "{n} against {key}");
+        }
+        // vLLM looks the fused projection up by its own name.
+        assert!(re.matches("model.layers.0.self_attn.qkv_proj") && !re.matches("model.layers.2.self_attn.qkv_proj"));
+        assert!(!re.matches("model.layers.0.self_attn.q_proj_x") && !re.matches("model.layers.10.self_attn.q_proj"));
+        assert!(GptqConfig::for_tensors(names.iter().map(String::as_str).zip(&qs)).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod gptq;
 pub mod kv_cache;
 pub mod pack;
 pub mod quantized;
+pub mod rules;
 pub mod scheme;
 
 pub use quantized::{GgmlParams, QuantizedTensor};

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::activation::{ActParams, ActScheme, CtInputSchemes};
 use crate::format::awq::{self, AwqConfig};
 use crate::format::compressed_tensors::{self as ct, CtConfig, CtFormat, PyMatch};
-use crate::format::gptq::{self, GptqConfig};
+use crate::format::gptq::{self, GptqConfig, GptqLayout};
 use crate::format::kv_cache;
 use crate::format::pack::RawTensor;
 use crate::format::{Granularity, NumberFormat, QuantizedTensor};
@@ -114,15 +114,7 @@ fn unquantized_linears(store: &SafetensorsStore, quantized: &BTreeMap<String, Qu
 
 /// Escape a module name for a Python regex (`re.match`), anchored at both ends.
 fn exact_regex(name: &str) -> String {
-    let mut s = String::from("^");
-    for c in name.chars() {
-        if !c.is_ascii_alphanumeric() && c != '_' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('$');
-    s
+    format!("^{}$", crate::format::gptq::py_escape(name))
 }
 
 /// Write `quantized` (module name -> tensor, e.g. `model.layers.0.self_attn.q_proj`) over
@@ -534,8 +526,8 @@ impl CheckpointWriter {
         config["quantization_config"] = qconfig;
         self.dir.write("config.json", &pretty(&config))?;
         if self.format == CheckpointFormat::Gptq {
-            let cfg = GptqConfig::for_tensors(self.schemes.iter().map(|(k, v)| (k.as_str(), v)))?;
-            let mut qcfg = cfg.quantize_config();
+            let layout = GptqLayout::for_tensors(self.schemes.iter().map(|(k, v)| (k.as_str(), v)))?;
+            let mut qcfg = layout.base.quantize_config();
             qcfg["lm_head"] = config["quantization_config"]["lm_head"].clone();
             if let Some(d) = config["quantization_config"].get("dynamic") {
                 qcfg["dynamic"] = d.clone();
@@ -606,14 +598,16 @@ impl CheckpointWriter {
         let quantized = &self.schemes;
         Ok(match self.format {
             CheckpointFormat::Gptq => {
-                let cfg = GptqConfig::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
-                let mut qc = cfg.quantization_config();
+                let layout = GptqLayout::for_tensors(quantized.iter().map(|(k, v)| (k.as_str(), v)))?;
+                let mut qc = layout.base.quantization_config();
                 // GPTQModel's flag for a quantized LM head (transformers' GPTQ loader reads it).
                 qc["lm_head"] = json!(quantized.contains_key("lm_head"));
-                if !skipped.is_empty() {
-                    // GPTQModel "dynamic": a "-:" pattern leaves a module unquantized (vLLM reads it).
-                    let dynamic: serde_json::Map<String, Value> =
-                        skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
+                // GPTQModel "dynamic" (vLLM reads it): a "-:" pattern leaves a module
+                // unquantized, a "+:" pattern gives modules another scheme.
+                let mut dynamic: serde_json::Map<String, Value> =
+                    skipped.iter().map(|m| (format!("-:{}", exact_regex(m)), json!({}))).collect();
+                dynamic.extend(layout.dynamic());
+                if !dynamic.is_empty() {
                     qc["dynamic"] = Value::Object(dynamic);
                 }
                 qc

@@ -243,6 +243,108 @@ impl SchemePolicy {
     pub fn is_uniform(&self) -> bool {
         self.ignore.is_empty() && self.overrides.is_empty()
     }
+
+    /// Whether some linear's group does not divide its width (`linears`: name, columns).
+    pub fn any_ragged(&self, linears: &[(String, usize)]) -> bool {
+        linears.iter().any(|(name, cols)| {
+            matches!(self.scheme_for(name).map(|s| s.granularity),
+                Some(crate::format::Granularity::Group(g)) if !cols.is_multiple_of(g))
+        })
+    }
+
+    /// Give every linear whose group does not divide its width (`linears`: name, input
+    /// columns) the group `fallback` picks, as overrides placed first (they are made from
+    /// each linear's effective scheme). Returns one line per changed (width, group) for the
+    /// user, as llama-quantize prints its k-quant fallbacks. `Refuse` and `Partial` change
+    /// nothing (the format check refuses or keeps the ragged group).
+    pub fn apply_group_fallback(
+        &mut self,
+        linears: &[(String, usize)],
+        fallback: GroupFallback,
+    ) -> Result<Vec<String>> {
+        use crate::format::Granularity;
+        let mut changed: Vec<(QuantScheme, Vec<String>)> = vec![];
+        let mut notes: BTreeMap<(usize, usize, String), usize> = BTreeMap::new();
+        for (name, cols) in linears {
+            let Some(scheme) = self.scheme_for(name) else { continue };
+            let Granularity::Group(g) = scheme.granularity else { continue };
+            if cols.is_multiple_of(g) || g > *cols {
+                continue;
+            }
+            let new = match fallback {
+                GroupFallback::Refuse | GroupFallback::Partial => continue,
+                GroupFallback::PerChannel => scheme.per_channel(),
+                GroupFallback::Size(n) if cols.is_multiple_of(n) => scheme.group(n)?,
+                GroupFallback::Size(n) => {
+                    return Err(crate::error::Error::option(
+                        "--group-fallback",
+                        format!(
+                            "{n} does not divide the {cols} input columns of {name} either (group sizes that divide it: {:?}; recipe key group_fallback)",
+                            crate::format::rules::groups_that_fit(*cols)
+                        ),
+                    ))
+                }
+                GroupFallback::Auto => match crate::format::rules::groups_that_fit(*cols).into_iter().find(|&f| f < g) {
+                    Some(f) => scheme.group(f)?,
+                    None => scheme.per_channel(),
+                },
+            };
+            *notes.entry((*cols, g, format!("{new}"))).or_default() += 1;
+            match changed.iter_mut().find(|(s, _)| *s == new) {
+                Some((_, names)) => names.push(name.clone()),
+                None => changed.push((new, vec![name.clone()])),
+            }
+        }
+        let mut overrides = Vec::with_capacity(changed.len() + self.overrides.len());
+        for (scheme, names) in changed {
+            let targets = names.into_iter().map(|n| Target::new(n).expect("a plain name is a valid target")).collect();
+            overrides.push((targets, scheme));
+        }
+        overrides.append(&mut self.overrides);
+        self.overrides = overrides;
+        Ok(notes
+            .into_iter()
+            .map(|((cols, g, new), n)| {
+                format!("group size {g} does not divide {cols} input columns: {n} linears quantized as {new} instead (group fallback)")
+            })
+            .collect())
+    }
+}
+
+/// What a linear gets when its scheme's group size does not divide its input width
+/// (recipe key `group_fallback`, `--group-fallback`); the formats' loaders take whole
+/// groups only ([`crate::format::rules`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupFallback {
+    /// Refuse before any work (a recipe without the key).
+    Refuse,
+    /// The largest of 256, 128, 64, 32 below the group that divides the width, else one
+    /// scale per output channel (the CLI's default).
+    Auto,
+    /// This group size (it must divide every such width).
+    Size(usize),
+    /// One scale per output channel.
+    PerChannel,
+    /// Keep the ragged last group: only this tool reads such checkpoints.
+    Partial,
+}
+
+impl GroupFallback {
+    /// `auto`, `per-channel`, `partial` or a group size.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "per-channel" => Ok(Self::PerChannel),
+            "partial" => Ok(Self::Partial),
+            n => match n.parse::<usize>() {
+                Ok(g) if g > 0 => Ok(Self::Size(g)),
+                _ => Err(crate::error::Error::option(
+                    "--group-fallback",
+                    format!("{text:?} is not auto, per-channel, partial or a positive group size (recipe key group_fallback)"),
+                )),
+            },
+        }
+    }
 }
 
 /// The modifiers of one run, by role, in the order they act.

@@ -25,7 +25,7 @@
 //! checkpoint (`recipe.toml`), and running it again repeats the run byte for byte.
 
 use super::modifiers::{activation::Activations, awq, gptq::Gptq, hqq::Hqq, rtn::Rtn, smooth::SmoothQuant};
-use super::{BlockTransform, Modifiers, SchemePolicy};
+use super::{BlockTransform, GroupFallback, Modifiers, SchemePolicy};
 use crate::error::{Error, Result};
 use crate::format::activation::ActScheme;
 use crate::format::compressed_tensors::Target;
@@ -61,6 +61,13 @@ pub struct Recipe {
     /// targets), e.g. `["re:.*layers\\.0\\..*"]`. Each must match some linear.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignore: Vec<String>,
+    /// What a linear gets when the scheme's group size does not divide its input width
+    /// (the loaders of every format refuse a ragged last group): `"auto"` (the largest of
+    /// 256/128/64/32 below the group that divides it, else per-channel), a group size,
+    /// `"per-channel"`, or `"partial"` (keep the ragged group; only this tool reads it).
+    /// Left out: such a width is an error. Written as the format's per-module override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_fallback: Option<GroupFallbackSpec>,
     pub scheme: SchemeSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationSpec>,
@@ -70,6 +77,32 @@ pub struct Recipe {
     /// `down_proj` at 8 bits. Written as compressed-tensors `config_groups`.
     #[serde(default, rename = "override", skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<OverrideSpec>,
+}
+
+/// `group_fallback = 64` or `group_fallback = "auto"` ([`GroupFallback`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroupFallbackSpec {
+    Size(usize),
+    Name(String),
+}
+
+impl GroupFallbackSpec {
+    pub fn to_fallback(&self) -> Result<GroupFallback> {
+        match self {
+            Self::Size(n) => GroupFallback::parse(&n.to_string()),
+            Self::Name(s) => GroupFallback::parse(s),
+        }
+        .map_err(|e| bad("group_fallback", e.to_string()))
+    }
+
+    /// The recipe form of a `--group-fallback` value.
+    pub fn from_flag(text: &str) -> Result<Self> {
+        Ok(match GroupFallback::parse(text)? {
+            GroupFallback::Size(n) => Self::Size(n),
+            _ => Self::Name(text.to_string()),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -380,6 +413,11 @@ impl Recipe {
     }
 
     /// The weight scheme.
+    /// The recipe's [`GroupFallback`] (`Refuse` when the key is left out).
+    pub fn group_fallback(&self) -> Result<GroupFallback> {
+        self.group_fallback.as_ref().map_or(Ok(GroupFallback::Refuse), GroupFallbackSpec::to_fallback)
+    }
+
     pub fn weight_scheme(&self) -> Result<QuantScheme> {
         self.scheme.to_scheme()
     }
@@ -487,6 +525,16 @@ impl Recipe {
         let weights = self.weights()?.clone();
         let scheme = self.weight_scheme()?;
         let has_act = self.activations().is_some();
+        if let Some(fb) = &self.group_fallback {
+            fb.to_fallback()?;
+            let grouped = |s: &SchemeSpec| s.group_size.is_some() && s.gguf_type().is_none();
+            if !grouped(&self.scheme) && !self.overrides.iter().any(|o| grouped(&o.scheme)) {
+                return Err(bad(
+                    "group_fallback",
+                    format!("{fb:?} applies to grouped integer schemes; {} has no groups", self.scheme.kind),
+                ));
+            }
+        }
         match self.kv_cache.as_deref() {
             None | Some("fp8") => {}
             Some(other) => {
@@ -666,6 +714,26 @@ impl Recipe {
             schemes.overrides.extend(mix.overrides);
             schemes.ignore.extend(mix.ignore);
         }
+        let mut widths: Vec<(String, usize)> =
+            crate::model::llama::block_linears(cfg).into_iter().map(|(n, _, i)| (n, i)).collect();
+        if self.include_head {
+            widths.push(("lm_head".into(), cfg.hidden_size));
+        }
+        let fallback = self.group_fallback()?;
+        if self.checkpoint_format()? == CheckpointFormat::Awq && schemes.any_ragged(&widths) {
+            // AutoAWQ's config holds one group size: the fallback is chosen for every width
+            // at once (their greatest common divisor) and applied to every linear.
+            let common = widths.iter().fold(0, |a, (_, c)| gcd(a, *c));
+            let all: Vec<(String, usize)> = widths.iter().map(|(n, _)| (n.clone(), common)).collect();
+            if !schemes.apply_group_fallback(&all, fallback)?.is_empty() {
+                let s = schemes.overrides[0].1;
+                eprintln!("awq holds one group size: every linear quantized as {s} (group fallback)");
+            }
+        } else {
+            for note in schemes.apply_group_fallback(&widths, fallback)? {
+                eprintln!("{note}");
+            }
+        }
         let weights = self.weights()?;
         let gptq_follows = weights.gptq_options();
         let mut transforms: Vec<Box<dyn BlockTransform>> = Vec::new();
@@ -788,5 +856,14 @@ act_order = true
         assert!(Recipe::from_toml(uncal).unwrap().resolve().unwrap_err().to_string().contains("[calibration]"));
         let bad_scheme = "[scheme]\ntype = \"int5\"\n[[modifier]]\ntype = \"rtn\"\n";
         assert!(Recipe::from_toml(bad_scheme).unwrap().resolve().unwrap_err().to_string().contains("int5"));
+    }
+}
+
+/// Greatest common divisor (`gcd(0, n) = n`).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }

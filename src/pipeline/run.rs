@@ -80,37 +80,51 @@ fn stats_key(recipe: &Recipe) -> Result<BTreeMap<String, Value>> {
     ]))
 }
 
-/// Every scheme's group against the input widths of the linears it quantizes: a group
-/// wider than a linear is an error; a group that leaves a partial last group is stored
-/// here, but compressed-tensors, vLLM and the Marlin kernels refuse such checkpoints, so
-/// it is said, with the group sizes that would fit.
-fn check_groups_fit(cfg: &LlamaConfig, schemes: &super::SchemePolicy) -> Result<()> {
-    let mut partial: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    for (name, _, cols) in crate::model::llama::block_linears(cfg) {
+/// Every quantized linear against what `format`'s loaders accept ([`crate::format::rules`]),
+/// before any work; AutoAWQ's config holds one scheme, so awq also needs them all equal.
+fn check_consumer_rules(
+    cfg: &LlamaConfig,
+    schemes: &super::SchemePolicy,
+    format: CheckpointFormat,
+    fallback: super::GroupFallback,
+    include_head: bool,
+) -> Result<()> {
+    let mut linears = crate::model::llama::block_linears(cfg);
+    if include_head {
+        linears.push(("lm_head".into(), cfg.vocab_size, cfg.hidden_size));
+    }
+    let partial = fallback == super::GroupFallback::Partial;
+    let mut ragged: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    let mut first: Option<(String, crate::format::QuantScheme)> = None;
+    for (name, rows, cols) in linears {
         let Some(scheme) = schemes.scheme_for(&name) else { continue };
-        if let Some(ty) = scheme.ggml_type() {
-            crate::quant::ggml::check_width(&name, ty, cols)?;
-            continue;
+        crate::format::rules::check_linear(format, &name, scheme, rows, cols, partial)?;
+        if let crate::format::Granularity::Group(g) = scheme.granularity {
+            if !cols.is_multiple_of(g) {
+                *ragged.entry((g, cols)).or_default() += 1;
+            }
         }
-        let crate::format::Granularity::Group(g) = scheme.granularity else { continue };
-        if g > cols {
-            return Err(Error::option(
-                "--group-size",
-                format!("{g} is wider than the {cols} input columns of {name} (scheme.group_size in a recipe)"),
-            ));
-        }
-        if cols % g != 0 {
-            *partial.entry((g, cols)).or_default() += 1;
+        match &first {
+            None => first = Some((name, scheme)),
+            Some((n0, s0)) if format == CheckpointFormat::Awq && *s0 != scheme => {
+                return Err(Error::tensor(
+                    &name,
+                    format!(
+                        "is {scheme} but {n0} is {s0}: AutoAWQ's config holds one scheme for every linear \
+                         (use one --group-size that divides every width, or --format compressed-tensors / gptq, \
+                         which write per-module overrides)"
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
-    for ((g, cols), n) in partial {
-        let fits: Vec<String> = [32, 64, 128, 256].iter().filter(|&&d| cols % d == 0).map(|d| d.to_string()).collect();
+    for ((g, cols), n) in ragged {
         eprintln!(
             "warning: group size {g} does not divide {cols} columns ({n} linears): their last group holds {} \
-             columns; this tool reads such checkpoints, compressed-tensors, vLLM and Marlin refuse them \
-             (group sizes that divide {cols}: {})",
-            cols % g,
-            if fits.is_empty() { "none of 32, 64, 128, 256".to_string() } else { fits.join(", ") }
+             columns (group_fallback = \"partial\"); only this tool reads such checkpoints, compressed-tensors, \
+             vLLM and Marlin refuse them",
+            cols % g
         );
     }
     Ok(())
@@ -141,12 +155,6 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let method = recipe.method_name();
     let label = format!("{method} {}", recipe.scheme_name()?);
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
-    if format == CheckpointFormat::Awq {
-        // Refuse an unstorable scheme before a long run, not after it.
-        for (name, o, i) in crate::model::llama::block_linears(&cfg) {
-            crate::format::awq::check_shape(&name, scheme, o, i)?;
-        }
-    }
     if let Some(p) = &opts.save_stats {
         crate::io::atomic::probe_output(p)?;
     }
@@ -162,7 +170,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
     let mut mods = recipe.build(&cfg)?;
-    check_groups_fit(&cfg, &mods.schemes)?;
+    check_consumer_rules(&cfg, &mods.schemes, format, recipe.group_fallback()?, recipe.include_head)?;
     let key = stats_key(&recipe)?;
     let (loaded, windows);
     let mut calibration = Value::Null;
