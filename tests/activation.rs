@@ -265,3 +265,72 @@ fn saved_statistics_reproduce_the_checkpoint_byte_for_byte() {
     ]);
     assert!(!ok && err.contains("statistics taken with") && !d.exists(), "{err}");
 }
+
+/// Issue 21: `ActRuntime::CompressedTensors` is compressed-tensors' own forward, bit for
+/// bit, on hostile rows (outliers, zeros, tiny and huge values, ties of the static grids,
+/// the -128 code) for every activation scheme a W8A8 checkpoint declares; the fixture was
+/// made by compressed-tensors (scripts/interop/make_act_fixture.py). vLLM's rounding is
+/// checked against its kernels' formulas (csrc/quantization/compressed_tensors/
+/// int8_quant_kernels.cu, fp8/common.cu): they differ from compressed-tensors' in some codes.
+#[test]
+fn activation_rounding_is_compressed_tensors_own_and_vllms() {
+    use quantize::format::activation::{ActParams, ActRuntime};
+    let path = common::repo_root().join("tests/fixtures/activations/compressed_tensors.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> Vec<f32> {
+        let t = st.tensor(n).unwrap();
+        assert_eq!(t.dtype(), Dtype::F32, "{n}");
+        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    };
+    let i32s = |n: &str| -> i32 { i32::from_le_bytes(st.tensor(n).unwrap().data()[..4].try_into().unwrap()) };
+    let x = f32s("x");
+    let width = st.tensor("x").unwrap().shape()[1];
+    let cases = [
+        ("int8_sym", ActScheme::int8(true, true), ActScheme::int8(true, false)),
+        ("int8_asym", ActScheme::int8(false, true), ActScheme::int8(false, false)),
+        ("fp8", ActScheme::fp8_e4m3(true), ActScheme::fp8_e4m3(false)),
+    ];
+    let mut differs_from_vllm = 0;
+    for (name, dynamic, stat) in cases {
+        let p = ActParams {
+            scale: f32s(&format!("{name}_static_scale"))[0],
+            zero: i32s(&format!("{name}_static_zero")) as i8,
+        };
+        for (scheme, params, want) in
+            [(dynamic, None, f32s(&format!("{name}_dynamic"))), (stat, Some(p), f32s(&format!("{name}_static")))]
+        {
+            let got =
+                quantize::model::act_linear::fake_quant_as(ActRuntime::CompressedTensors, &scheme, params, &x, width);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{scheme} row {} col {}: x {} -> {g}, compressed-tensors {w}",
+                    k / width,
+                    k % width,
+                    x[k]
+                );
+            }
+            let vllm = quantize::model::act_linear::fake_quant_as(ActRuntime::Vllm, &scheme, params, &x, width);
+            differs_from_vllm += vllm.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        }
+    }
+    // The divisors differ (127 against 127.5): many INT8 codes move.
+    assert!(differs_from_vllm > 100, "{differs_from_vllm}");
+
+    // vLLM, from its kernels: INT8 per token q = rne(x * (127 / amax)) saturated, scale
+    // amax / 127; FP8 per token scale max(amax / 448, 1 / (448 * 512)), static x * (1 / s).
+    let row: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) * 0.173).collect();
+    let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let int =
+        quantize::model::act_linear::fake_quant_as(ActRuntime::Vllm, &ActScheme::int8(true, true), None, &row, 64);
+    for (x, g) in row.iter().zip(&int) {
+        assert_eq!(*g, (x * (127.0 / amax)).round_ties_even().clamp(-128.0, 127.0) * (amax / 127.0));
+    }
+    let zero =
+        quantize::model::act_linear::fake_quant_as(ActRuntime::Vllm, &ActScheme::int8(true, true), None, &[0.0; 8], 8);
+    assert_eq!(zero, vec![0.0; 8]);
+    let tiny = [1e-30f32; 4];
+    let fp8 = quantize::model::act_linear::fake_quant_as(ActRuntime::Vllm, &ActScheme::fp8_e4m3(true), None, &tiny, 4);
+    assert_eq!(fp8, vec![0.0; 4], "the smallest scale 1/(448·512) flushes 1e-30 to zero");
+}

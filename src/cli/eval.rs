@@ -40,6 +40,11 @@ pub struct EvalArgs {
     /// attention, norms, dense layers and the baseline stay on the CPU.
     #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
     pub device: String,
+    /// W8A8 checkpoints: round the activations as `vllm` (what serves them) or
+    /// `compressed-tensors` (its reference forward in transformers) computes them; they
+    /// differ in the last bit of some codes (docs/FORMATS.md).
+    #[arg(long, default_value = "vllm", value_parser = ["vllm", "compressed-tensors"])]
+    pub act_runtime: String,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -65,7 +70,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
     let t0 = std::time::Instant::now();
-    let loader = ModelLoader::new(&a.device)?;
+    let loader = ModelLoader::new(&a.device)?.with_act_runtime(a.act_runtime.parse()?);
     let mut models = Vec::new();
     for dir in &a.model {
         models.push(loader.load(dir)?);

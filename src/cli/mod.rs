@@ -130,6 +130,8 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
 pub(crate) struct ModelLoader {
     #[cfg(feature = "gpu")]
     gpu: Option<std::sync::Arc<crate::gpu::GpuContext>>,
+    /// Whose rounding W8A8 activations get (`--act-runtime`).
+    act_runtime: crate::format::activation::ActRuntime,
 }
 
 impl ModelLoader {
@@ -138,6 +140,7 @@ impl ModelLoader {
             "cpu" => Ok(Self {
                 #[cfg(feature = "gpu")]
                 gpu: None,
+                act_runtime: Default::default(),
             }),
             #[cfg(feature = "gpu")]
             _ => {
@@ -150,11 +153,17 @@ impl ModelLoader {
                         ctx.describe()
                     );
                 }
-                Ok(Self { gpu: Some(ctx) })
+                Ok(Self { gpu: Some(ctx), act_runtime: Default::default() })
             }
             #[cfg(not(feature = "gpu"))]
             other => anyhow::bail!("invalid option --device: {other}; this build has no GPU support (feature `gpu`)"),
         }
+    }
+
+    /// Activations of W8A8 checkpoints rounded as `rt` rounds them.
+    pub(crate) fn with_act_runtime(mut self, rt: crate::format::activation::ActRuntime) -> Self {
+        self.act_runtime = rt;
+        self
     }
 
     pub(crate) fn load(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LoadInfo)> {
@@ -167,8 +176,11 @@ impl ModelLoader {
                 );
             }
             let factory = crate::gpu::quantized_factory(ctx.clone(), crate::gpu::Precision::F32);
-            return Ok(crate::model::load::load_model_with(dir, &factory)?);
+            return Ok(crate::model::load::load_model_as(dir, &factory, self.act_runtime)?);
         }
-        Ok(crate::model::load::load_model(dir)?)
+        if crate::io::tokenizer::is_gguf(dir) {
+            return Ok(crate::model::load::load_model(dir)?);
+        }
+        Ok(crate::model::load::load_model_as(dir, &crate::model::load::cpu_quantized_linear, self.act_runtime)?)
     }
 }

@@ -27,6 +27,39 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
 
+/// Whose arithmetic quantizes the activations at run time: the checkpoint says what
+/// (INT8 or FP8, static per tensor or dynamic per token), not how its runtime rounds, and
+/// the two that load compressed-tensors W8A8 round differently (checked against their
+/// sources; `tests/fixtures/activations` holds compressed-tensors' own outputs):
+///
+/// | | vLLM (`csrc/quantization`) | compressed-tensors (`forward_quantize`) |
+/// |---|---|---|
+/// | INT8 dynamic, symmetric | `s = amax/127`, `q = rne(x · (127/amax))` | `s = amax/127.5`, `q = rne(clamp(x/s))` (so −128 is reached) |
+/// | INT8 asymmetric | `q = rne(x/s) + z` | `q = rne(clamp(x/s + z))` |
+/// | FP8 dynamic | `s = max(amax/448, 1/(448·512))`, `fp8(x/s)` | `s = amax/448`, `fp8(x/s)` |
+/// | FP8 static | `fp8(x · (1/s))` | `fp8(x/s)` |
+///
+/// INT8 static symmetric is `rne(x/s)` in both; compressed-tensors (0.20) replaces a scale
+/// of exactly 0 by f32's machine epsilon. vLLM is
+/// the default: it is what serves these checkpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ActRuntime {
+    #[default]
+    Vllm,
+    CompressedTensors,
+}
+
+impl std::str::FromStr for ActRuntime {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "vllm" => Ok(Self::Vllm),
+            "compressed-tensors" | "ct" => Ok(Self::CompressedTensors),
+            other => Err(Error::option("--act-runtime", format!("{other:?}: use vllm or compressed-tensors"))),
+        }
+    }
+}
+
 /// Quantization of a linear's input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ActScheme {
@@ -110,6 +143,69 @@ impl ActScheme {
     pub fn qdq_row(&self, p: ActParams, row: &mut [f32]) {
         for v in row {
             *v = self.qdq(p, *v);
+        }
+    }
+
+    /// Quantize-dequantize `row` as runtime `rt` computes it at inference: with the static
+    /// `params`, or per token from the row's own range when the scheme is dynamic.
+    pub fn qdq_row_as(&self, rt: ActRuntime, params: Option<ActParams>, row: &mut [f32]) {
+        let fp8 = |s: f32, x: f32| {
+            s * fp8::decode_table(NumberFormat::Fp8E4M3)[fp8::encode(NumberFormat::Fp8E4M3, x) as usize]
+        };
+        let int_ct = |s: f32, z: f32, x: f32| ((x / s + z).clamp(-128.0, 127.0).round_ties_even() - z) * s;
+        let p = match params {
+            Some(p) if !self.dynamic => p,
+            _ => {
+                let (lo, hi) = row.iter().fold((0.0f32, 0.0f32), |(a, b), &v| (a.min(v), b.max(v)));
+                let amax = (-lo).max(hi);
+                match (self.is_fp8(), self.symmetric, rt) {
+                    (true, _, ActRuntime::Vllm) => {
+                        let s = (amax / 448.0).max(1.0 / (448.0 * 512.0));
+                        row.iter_mut().for_each(|v| *v = fp8(s, *v / s));
+                        return;
+                    }
+                    (true, _, ActRuntime::CompressedTensors) => {
+                        let s = ct_nonzero(amax / 448.0);
+                        row.iter_mut().for_each(|v| *v = fp8(s, *v / s));
+                        return;
+                    }
+                    (false, true, ActRuntime::Vllm) => {
+                        // csrc/quantization/compressed_tensors/int8_quant_kernels.cu: the
+                        // reciprocal multiplies (0 · inf is NaN, which saturates to code 0).
+                        let (s, inv) = (amax / 127.0, 127.0 / amax);
+                        row.iter_mut().for_each(|v| {
+                            let q = *v * inv;
+                            *v = if q.is_nan() { 0.0 } else { q.round_ties_even().clamp(-128.0, 127.0) * s };
+                        });
+                        return;
+                    }
+                    (false, true, ActRuntime::CompressedTensors) => {
+                        let s = ct_nonzero(amax / 127.5);
+                        row.iter_mut().for_each(|v| *v = int_ct(s, 0.0, *v));
+                        return;
+                    }
+                    (false, false, ActRuntime::Vllm) => self.params(lo, hi),
+                    (false, false, ActRuntime::CompressedTensors) => {
+                        // The zero point from the unguarded scale, cast to int8 as stored:
+                        // 0/0 (an all-zero row) becomes 0, and -0 becomes +0.
+                        let s = (hi - lo) / 255.0;
+                        let z = (-128.0 - lo / s).clamp(-128.0, 127.0).round_ties_even() as i8 as f32;
+                        let s = ct_nonzero(s);
+                        row.iter_mut().for_each(|v| *v = int_ct(s, z, *v));
+                        return;
+                    }
+                }
+            }
+        };
+        match (self.is_fp8(), rt) {
+            (true, ActRuntime::Vllm) => {
+                let inv = 1.0 / p.scale;
+                row.iter_mut().for_each(|v| *v = fp8(p.scale, *v * inv));
+            }
+            (false, ActRuntime::CompressedTensors) => {
+                row.iter_mut().for_each(|v| *v = int_ct(p.scale, p.zero as f32, *v));
+            }
+            _ => self.qdq_row(p, row),
         }
     }
 
@@ -204,6 +300,15 @@ impl ActScheme {
             },
         };
         Ok(ActParams { scale, zero })
+    }
+}
+
+/// compressed-tensors' guard of a computed scale: exactly 0 becomes f32's epsilon.
+fn ct_nonzero(s: f32) -> f32 {
+    if s == 0.0 {
+        f32::EPSILON
+    } else {
+        s
     }
 }
 

@@ -6,7 +6,7 @@
 //! accumulation order.
 
 use crate::error::{Error, Result};
-use crate::format::activation::{ActParams, ActScheme};
+use crate::format::activation::{ActParams, ActRuntime, ActScheme};
 use crate::format::ggml::GgmlType;
 use crate::model::linear::Linear;
 use rayon::prelude::*;
@@ -15,17 +15,22 @@ use rayon::prelude::*;
 /// scheme, per row from the row's own range for a dynamic one. Rows run in parallel;
 /// each row's result depends on that row only (deterministic).
 pub fn fake_quant(scheme: &ActScheme, params: Option<ActParams>, x: &[f32], width: usize) -> Vec<f32> {
+    fake_quant_as(ActRuntime::default(), scheme, params, x, width)
+}
+
+/// [`fake_quant`] with runtime `rt`'s arithmetic ([`ActRuntime`]).
+pub fn fake_quant_as(
+    rt: ActRuntime,
+    scheme: &ActScheme,
+    params: Option<ActParams>,
+    x: &[f32],
+    width: usize,
+) -> Vec<f32> {
     let mut out = x.to_vec();
     if width == 0 {
         return out;
     }
-    out.par_chunks_mut(width).for_each(|row| {
-        let p = match params {
-            Some(p) if !scheme.dynamic => p,
-            _ => scheme.token_params(row),
-        };
-        scheme.qdq_row(p, row);
-    });
+    out.par_chunks_mut(width).for_each(|row| scheme.qdq_row_as(rt, params, row));
     out
 }
 
@@ -34,6 +39,7 @@ pub struct ActQuantLinear {
     scheme: ActScheme,
     /// The static parameters; `None` when dynamic.
     params: Option<ActParams>,
+    runtime: ActRuntime,
 }
 
 impl ActQuantLinear {
@@ -48,7 +54,13 @@ impl ActQuantLinear {
             }
             _ => {}
         }
-        Ok(Self { inner, scheme, params })
+        Ok(Self { inner, scheme, params, runtime: ActRuntime::default() })
+    }
+
+    /// Round as `rt` does ([`ActRuntime`]; vLLM by default).
+    pub fn with_runtime(mut self, rt: ActRuntime) -> Self {
+        self.runtime = rt;
+        self
     }
 
     pub fn scheme(&self) -> ActScheme {
@@ -68,7 +80,7 @@ impl Linear for ActQuantLinear {
         self.inner.out_features()
     }
     fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
-        let xq = fake_quant(&self.scheme, self.params, x, self.inner.in_features());
+        let xq = fake_quant_as(self.runtime, &self.scheme, self.params, x, self.inner.in_features());
         self.inner.forward(&xq, tokens, y);
     }
     fn weight_bytes(&self) -> usize {

@@ -7,6 +7,7 @@ use super::llama::{dense_from_store, LlamaModel};
 use super::qlinear::QuantizedLinear;
 use super::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::format::activation::ActRuntime;
 use crate::format::ggml::GgmlType;
 use crate::format::QuantizedTensor;
 use crate::io::checkpoint::checkpoint_activations;
@@ -64,6 +65,11 @@ pub fn cpu_quantized_linear(name: &str, q: &QuantizedTensor) -> Result<Box<dyn L
 
 /// Load `dir`, dense or quantized; quantized linears go through `make_quantized`.
 pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<(LlamaModel, LoadInfo)> {
+    load_model_as(dir, make_quantized, ActRuntime::default())
+}
+
+/// [`load_model_with`], W8A8 activations rounded as runtime `rt` rounds them.
+pub fn load_model_as(dir: &Path, make_quantized: &QuantizedFactory, rt: ActRuntime) -> Result<(LlamaModel, LoadInfo)> {
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut info = LoadInfo { bytes_on_disk: safetensors_bytes(dir), ..Default::default() };
     let model = if is_quantized_dir(dir) {
@@ -93,7 +99,8 @@ pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<
             )),
             Some(q) => match acts.get(name) {
                 Some(&(s, p)) => {
-                    Ok(Box::new(ActQuantLinear::new(name, make_quantized(name, &q)?, s, p)?) as Box<dyn Linear>)
+                    Ok(Box::new(ActQuantLinear::new(name, make_quantized(name, &q)?, s, p)?.with_runtime(rt))
+                        as Box<dyn Linear>)
                 }
                 None => make_quantized(name, &q),
             },
