@@ -24,10 +24,11 @@ fn int4_asym(group: usize) -> QuantScheme {
     QuantScheme::int(4).unwrap().group(group).unwrap().asymmetric().unwrap()
 }
 
-/// The default (`--group-fallback auto`): the 576-wide linears at group 64, `down_proj`
-/// (1536 wide) at 128; gptq says so with a GPTQModel `dynamic` entry, compressed-tensors
-/// with two config groups, awq (one scheme) at 64 throughout; all three read back here with
-/// the same weights, and an explicit recipe with `group_fallback = 64` gives the same bytes.
+/// The default (`--group-fallback auto`): compressed-tensors keeps `down_proj` (1536 wide)
+/// at 128 and gives the 576-wide linears 64, as two config groups; gptq and awq, whose
+/// configs transformers reads as one scheme, take 64 throughout; all three read back here
+/// with the same weights where the schemes agree, and an explicit recipe with
+/// `group_fallback = 64` gives the same tensors.
 #[test]
 fn the_fallback_is_written_as_each_formats_per_module_override() {
     let tmp = tempfile::tempdir().unwrap();
@@ -41,11 +42,7 @@ fn the_fallback_is_written_as_each_formats_per_module_override() {
 
     let gptq = quantization_config(&out("gptq"));
     assert_eq!(gptq["group_size"], 64, "{gptq}");
-    let dynamic = gptq["dynamic"].as_object().unwrap();
-    assert_eq!(dynamic.len(), 1, "{gptq}");
-    let (key, over) = dynamic.iter().next().unwrap();
-    assert!(key.starts_with("+:") && key.contains("down_proj") && !key.contains("q_proj"), "{key}");
-    assert_eq!(over, &serde_json::json!({"group_size": 128}));
+    assert!(gptq.get("dynamic").is_none(), "{gptq}");
 
     let ct = quantization_config(&out("compressed-tensors"));
     let groups = ct["config_groups"].as_object().unwrap();
@@ -59,28 +56,26 @@ fn the_fallback_is_written_as_each_formats_per_module_override() {
     let awq = quantization_config(&out("awq"));
     assert_eq!(awq["group_size"], 64, "{awq}");
 
-    // The same weights in every layout: the loaders here see one model.
+    // The same weights in every layout where the schemes agree.
     let read = |f: &str| read_quantized_checkpoint(&out(f)).unwrap().quantized;
     let (g, c, a) = (read("gptq"), read("compressed-tensors"), read("awq"));
     assert_eq!(g.len(), 210);
     for (name, q) in &g {
+        assert_eq!(q.scheme, int4_asym(64), "{name}");
+        assert_eq!(q.dequantize(), a[name].dequantize(), "{name}: gptq and awq differ");
         let want = if name.ends_with("down_proj") { int4_asym(128) } else { int4_asym(64) };
-        assert_eq!(q.scheme, want, "{name}");
-        assert_eq!(q.scheme, c[name].scheme, "{name}");
-        assert_eq!(q.dequantize(), c[name].dequantize(), "{name}: gptq and compressed-tensors differ");
+        assert_eq!(c[name].scheme, want, "{name}");
         if !name.ends_with("down_proj") {
-            assert_eq!(q.dequantize(), a[name].dequantize(), "{name}: gptq and awq differ");
-        } else {
-            assert_eq!(a[name].scheme.granularity, Granularity::Group(64), "{name}");
+            assert_eq!(q.dequantize(), c[name].dequantize(), "{name}: gptq and compressed-tensors differ");
         }
     }
 
-    // A recipe saying the same thing explicitly writes the same checkpoint.
+    // A recipe saying the same thing explicitly writes the same tensors.
     let recipe = tmp.path().join("r.toml");
     std::fs::write(
         &recipe,
-        "format = \"gptq\"\ngroup_fallback = 64\n[scheme]\ntype = \"int4\"\ngroup_size = 128\nsymmetric = false\n\
-         [[modifier]]\ntype = \"rtn\"\n",
+        "format = \"compressed-tensors\"\ngroup_fallback = 64\n[scheme]\ntype = \"int4\"\ngroup_size = 128\n\
+         symmetric = false\n[[modifier]]\ntype = \"rtn\"\n",
     )
     .unwrap();
     let (ok, err) = common::quantize(&[s(&m), "--recipe", s(&recipe), "-o", s(&out("recipe"))]);
@@ -88,7 +83,7 @@ fn the_fallback_is_written_as_each_formats_per_module_override() {
     // (The shards' metadata hold each run's own recipe text: compare the tensors.)
     let (a, b) = (
         std::fs::read(out("recipe").join("model.safetensors")).unwrap(),
-        std::fs::read(out("gptq").join("model.safetensors")).unwrap(),
+        std::fs::read(out("compressed-tensors").join("model.safetensors")).unwrap(),
     );
     let (a, b) =
         (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
@@ -98,7 +93,37 @@ fn the_fallback_is_written_as_each_formats_per_module_override() {
     for n in names {
         assert!(a.tensor(n).unwrap().data() == b.tensor(n).unwrap().data(), "{n}: recipe and flags differ");
     }
-    assert_eq!(quantization_config(&out("recipe")), gptq);
+    assert_eq!(quantization_config(&out("recipe")), ct);
+}
+
+/// Recipe overrides in the gptq layout are GPTQModel `dynamic` entries (what GPTQModel and
+/// vLLM read), said to be unreadable by transformers, and read back here.
+#[test]
+fn gptq_overrides_are_dynamic_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        "format = \"gptq\"\n[scheme]\ntype = \"int4\"\ngroup_size = 64\nsymmetric = false\n\
+         [[modifier]]\ntype = \"rtn\"\n[[override]]\ntargets = [\"re:.*down_proj$\"]\n\
+         [override.scheme]\ntype = \"int8\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (ok, err) = common::quantize(&[s(&m), "--recipe", s(&recipe), "-o", s(&out)]);
+    assert!(ok, "{err}");
+    assert!(err.contains("transformers (optimum) reads one gptq scheme"), "{err}");
+    let qc = quantization_config(&out);
+    let dynamic = qc["dynamic"].as_object().unwrap();
+    let (key, over) = dynamic.iter().find(|(k, _)| k.starts_with("+:")).unwrap();
+    assert!(key.contains("down_proj"), "{key}");
+    assert_eq!(over, &serde_json::json!({"bits": 8, "group_size": -1, "sym": true}));
+    let q = read_quantized_checkpoint(&out).unwrap().quantized;
+    for (name, t) in &q {
+        let want = if name.ends_with("down_proj") { QuantScheme::int(8).unwrap().per_channel() } else { int4_asym(64) };
+        assert_eq!(t.scheme, want, "{name}");
+    }
 }
 
 /// Without a fallback (a recipe without the key) the run is refused before any work,
@@ -124,7 +149,7 @@ fn a_group_the_loaders_refuse_is_an_error_before_any_work() {
     assert!(t0.elapsed().as_secs() < 30, "refused before calibration");
     common::fails_with(
         &[s(&m), "--method", "rtn", "--group-fallback", "100", "-o", s(&out)],
-        &["--group-fallback", "100 does not divide the 576 input columns"],
+        &["--group-fallback", "100 does not divide every linear's width"],
     );
     common::fails_with(
         &[s(&m), "--method", "rtn", "--group-fallback", "some", "-o", s(&out)],

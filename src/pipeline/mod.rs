@@ -257,14 +257,27 @@ impl SchemePolicy {
     /// each linear's effective scheme). Returns one line per changed (width, group) for the
     /// user, as llama-quantize prints its k-quant fallbacks. `Refuse` and `Partial` change
     /// nothing (the format check refuses or keeps the ragged group).
+    /// `one_group`: the format holds one group size (awq; gptq as transformers reads it),
+    /// so when any width is ragged the fallback is chosen for all widths at once (their
+    /// greatest common divisor) and given to every grouped linear.
     pub fn apply_group_fallback(
         &mut self,
         linears: &[(String, usize)],
         fallback: GroupFallback,
+        one_group: Option<&str>,
     ) -> Result<Vec<String>> {
         use crate::format::Granularity;
         let mut changed: Vec<(QuantScheme, Vec<String>)> = vec![];
         let mut notes: BTreeMap<(usize, usize, String), usize> = BTreeMap::new();
+        let common = linears.iter().fold(0, |a, (_, c)| gcd(a, *c));
+        let shared: Vec<(String, usize)>;
+        let linears = match one_group {
+            Some(_) if self.any_ragged(linears) => {
+                shared = linears.iter().map(|(n, _)| (n.clone(), common)).collect();
+                &shared[..]
+            }
+            _ => linears,
+        };
         for (name, cols) in linears {
             let Some(scheme) = self.scheme_for(name) else { continue };
             let Granularity::Group(g) = scheme.granularity else { continue };
@@ -276,18 +289,26 @@ impl SchemePolicy {
                 GroupFallback::PerChannel => scheme.per_channel(),
                 GroupFallback::Size(n) if cols.is_multiple_of(n) => scheme.group(n)?,
                 GroupFallback::Size(n) => {
+                    let what = match one_group {
+                        Some(f) => {
+                            format!("every linear's width ({f} holds one group size; their common divisor is {cols})")
+                        }
+                        None => format!("the {cols} input columns of {name} either"),
+                    };
                     return Err(crate::error::Error::option(
                         "--group-fallback",
                         format!(
-                            "{n} does not divide the {cols} input columns of {name} either (group sizes that divide it: {:?}; recipe key group_fallback)",
+                            "{n} does not divide {what} (group sizes that fit: {:?}; recipe key group_fallback)",
                             crate::format::rules::groups_that_fit(*cols)
                         ),
-                    ))
+                    ));
                 }
-                GroupFallback::Auto => match crate::format::rules::groups_that_fit(*cols).into_iter().find(|&f| f < g) {
-                    Some(f) => scheme.group(f)?,
-                    None => scheme.per_channel(),
-                },
+                GroupFallback::Auto => {
+                    match crate::format::rules::groups_that_fit(*cols).into_iter().find(|&f| f < g) {
+                        Some(f) => scheme.group(f)?,
+                        None => scheme.per_channel(),
+                    }
+                }
             };
             *notes.entry((*cols, g, format!("{new}"))).or_default() += 1;
             match changed.iter_mut().find(|(s, _)| *s == new) {
@@ -304,8 +325,13 @@ impl SchemePolicy {
         self.overrides = overrides;
         Ok(notes
             .into_iter()
-            .map(|((cols, g, new), n)| {
-                format!("group size {g} does not divide {cols} input columns: {n} linears quantized as {new} instead (group fallback)")
+            .map(|((cols, g, new), n)| match one_group {
+                Some(f) => format!(
+                    "{f} holds one group size and {g} does not divide every linear's width: all {n} linears quantized as {new} (group fallback)"
+                ),
+                None => format!(
+                    "group size {g} does not divide {cols} input columns: {n} linears quantized as {new} instead (group fallback)"
+                ),
             })
             .collect())
     }
@@ -362,5 +388,14 @@ pub fn merge(a: StatsRequest, b: StatsRequest) -> StatsRequest {
         abs_mean: a.abs_mean || b.abs_mean,
         min_max: a.min_max || b.min_max,
         histogram: a.histogram || b.histogram,
+    }
+}
+
+/// Greatest common divisor (`gcd(0, n) = n`).
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }

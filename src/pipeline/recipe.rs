@@ -574,12 +574,20 @@ impl Recipe {
         if format == CheckpointFormat::Gptq && scheme.is_fp8() {
             return Err(bad("--format", "gptq cannot store FP8 weights; use --format compressed-tensors".into()));
         }
-        if !self.overrides.is_empty() && !matches!(format, CheckpointFormat::CompressedTensors | CheckpointFormat::Gguf)
-        {
+        if !self.overrides.is_empty() && format == CheckpointFormat::Awq {
             return Err(bad(
                 "override",
-                format!("per-module schemes are written as compressed-tensors config_groups; {} stores one scheme (set format = \"compressed-tensors\")", format.as_str()),
+                "per-module schemes are written as compressed-tensors config_groups or GPTQModel's gptq `dynamic`; \
+                 awq stores one scheme (set format = \"compressed-tensors\")"
+                    .into(),
             ));
+        }
+        if !self.overrides.is_empty() && format == CheckpointFormat::Gptq {
+            eprintln!(
+                "note: per-module schemes are written as GPTQModel's `dynamic`, which GPTQModel and vLLM read; \
+                 transformers (optimum) reads one gptq scheme and refuses this checkpoint (compressed-tensors \
+                 config_groups load in both)"
+            );
         }
         if kv && format != CheckpointFormat::CompressedTensors {
             return Err(bad(
@@ -719,20 +727,12 @@ impl Recipe {
         if self.include_head {
             widths.push(("lm_head".into(), cfg.hidden_size));
         }
-        let fallback = self.group_fallback()?;
-        if self.checkpoint_format()? == CheckpointFormat::Awq && schemes.any_ragged(&widths) {
-            // AutoAWQ's config holds one group size: the fallback is chosen for every width
-            // at once (their greatest common divisor) and applied to every linear.
-            let common = widths.iter().fold(0, |a, (_, c)| gcd(a, *c));
-            let all: Vec<(String, usize)> = widths.iter().map(|(n, _)| (n.clone(), common)).collect();
-            if !schemes.apply_group_fallback(&all, fallback)?.is_empty() {
-                let s = schemes.overrides[0].1;
-                eprintln!("awq holds one group size: every linear quantized as {s} (group fallback)");
-            }
-        } else {
-            for note in schemes.apply_group_fallback(&widths, fallback)? {
-                eprintln!("{note}");
-            }
+        let format = self.checkpoint_format()?;
+        // AutoAWQ's config holds one group size, and so does gptq's as transformers reads
+        // it (optimum ignores GPTQModel's `dynamic`).
+        let one_group = matches!(format, CheckpointFormat::Awq | CheckpointFormat::Gptq).then(|| format.as_str());
+        for note in schemes.apply_group_fallback(&widths, self.group_fallback()?, one_group)? {
+            eprintln!("{note}");
         }
         let weights = self.weights()?;
         let gptq_follows = weights.gptq_options();
@@ -856,14 +856,5 @@ act_order = true
         assert!(Recipe::from_toml(uncal).unwrap().resolve().unwrap_err().to_string().contains("[calibration]"));
         let bad_scheme = "[scheme]\ntype = \"int5\"\n[[modifier]]\ntype = \"rtn\"\n";
         assert!(Recipe::from_toml(bad_scheme).unwrap().resolve().unwrap_err().to_string().contains("int5"));
-    }
-}
-
-/// Greatest common divisor (`gcd(0, n) = n`).
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
