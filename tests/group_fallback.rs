@@ -6,7 +6,7 @@
 
 mod common;
 
-use quantize::format::{Granularity, QuantScheme};
+use quantize::format::QuantScheme;
 use quantize::io::checkpoint::read_quantized_checkpoint;
 use serde_json::Value;
 use std::path::Path;
@@ -149,7 +149,11 @@ fn a_group_the_loaders_refuse_is_an_error_before_any_work() {
     assert!(t0.elapsed().as_secs() < 30, "refused before calibration");
     common::fails_with(
         &[s(&m), "--method", "rtn", "--group-fallback", "100", "-o", s(&out)],
-        &["--group-fallback", "100 does not divide every linear's width"],
+        &["--group-fallback", "100 does not divide the 576 input columns of model.layers.0.self_attn.q_proj"],
+    );
+    common::fails_with(
+        &[s(&m), "--method", "rtn", "--format", "gptq", "--group-fallback", "100", "-o", s(&out)],
+        &["--group-fallback", "100 does not divide every linear's width", "gptq holds one group size"],
     );
     common::fails_with(
         &[s(&m), "--method", "rtn", "--group-fallback", "some", "-o", s(&out)],

@@ -45,7 +45,7 @@ fn every_method_gives_the_pinned_checkpoint() {
     let runs: [(&str, &[&str], bool, &str); 8] = [
         (
             "rtn-int4-g128",
-            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym", "--group-fallback", "partial"],
+            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym", "--group-fallback", "partial", "--format", "gptq"],
             false,
             "8bdcfbfb358931c3c6e29f629bb61ae17140903427a8589f36219b8286f00cb2",
         ),
@@ -65,13 +65,15 @@ fn every_method_gives_the_pinned_checkpoint() {
                 "--mse",
                 "--group-fallback",
                 "partial",
+                "--format",
+                "gptq",
             ],
             true,
             "23b3d47774159aedc7b41caf0526a17de7b437e9a748ee74d591c05631409927",
         ),
         (
             "awq-int4-g64-asym",
-            &["--method", "awq", "--group-size", "64", "--asym", "--awq-grid", "2"],
+            &["--method", "awq", "--group-size", "64", "--asym", "--awq-grid", "2", "--format", "gptq"],
             true,
             "3c5be9966683e054e8205c57aae812b21b4b1bdbb4988dc17d86aa501330f62d",
         ),
@@ -88,6 +90,8 @@ fn every_method_gives_the_pinned_checkpoint() {
                 "--act-order",
                 "--no-static-groups",
                 "--no-mse",
+                "--format",
+                "gptq",
             ],
             true,
             "b0f02e06b4a220094ee9973548e485553e6c72d58516390a34d28958c8b61c23",
@@ -277,11 +281,12 @@ scheme = { type = "int8" }
         &[m, "-o", tmp.path().join("x").to_str().unwrap(), "--recipe", nothing.to_str().unwrap()],
         &["down_prj", "matches no linear"],
     );
-    let gptq = tmp.path().join("gptq.toml");
-    std::fs::write(&gptq, text.replace("format = \"compressed-tensors\"", "format = \"gptq\"")).unwrap();
+    // AutoAWQ's config holds one scheme (gptq writes GPTQModel `dynamic`: tests/group_fallback.rs).
+    let awq = tmp.path().join("awq.toml");
+    std::fs::write(&awq, text.replace("format = \"compressed-tensors\"", "format = \"awq\"")).unwrap();
     fails_with(
-        &[m, "-o", tmp.path().join("y").to_str().unwrap(), "--recipe", gptq.to_str().unwrap()],
-        &["override", "compressed-tensors"],
+        &[m, "-o", tmp.path().join("y").to_str().unwrap(), "--recipe", awq.to_str().unwrap()],
+        &["override", "awq stores one scheme"],
     );
 }
 

@@ -75,7 +75,7 @@ def main():
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(d)
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu")
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
         model.eval()
         ppl, n = perplexity(model, ids, a.windows)
         r = {"dir": d, "perplexity": ppl, "tokens": n, "seconds": round(time.time() - t0, 1), "noise": []}

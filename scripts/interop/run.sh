@@ -44,8 +44,9 @@ PEERS=()
 for p in "$O"/peers/llmc-*; do [ -f "$p/config.json" ] && PEERS+=("$p"); done
 
 # Here: every checkpoint in one pass over the windows (vLLM's activation rounding, the
-# default, and compressed-tensors', for the W8A8 ones).
-here() { rm -f "$2"; $Q eval --model "${@:3}" --text "$T" --protocol llama.cpp --ctx 512 --max-windows "$W" --act-runtime "$1" --json "$2" >/dev/null 2>&1; }
+# default, and compressed-tensors', for the W8A8 ones). Like the checkpoints, a result
+# already in $O is kept (delete it to measure again).
+here() { [ -f "$2" ] && return; $Q eval --model "${@:3}" --text "$T" --protocol llama.cpp --ctx 512 --max-windows "$W" --act-runtime "$1" --json "$2" >/dev/null 2>&1; }
 ALL=(out/smollm2)
 for n in "${OURS_CT[@]}" "${OURS_GPTQM[@]}"; do ALL+=("$O/$n"); done
 here vllm "$O/here-vllm.json" "${ALL[@]}" "${PEERS[@]}"
@@ -57,9 +58,9 @@ here compressed-tensors "$O/here-ct.json" "${W8A8[@]}"
 # W8A8 ones also with the 1-ulp noise (the floor of agreement under activation rounding).
 CT_DIRS=(out/smollm2)
 for n in ct-int4-g128-rtn ct-int4-g64-gptq-actorder-static ct-int4-g64-gptq-actorder-dynamic ct-int8-channel-rtn ct-fp8-rtn w8a8-int8-static w8a8-fp8-static; do CT_DIRS+=("$O/$n"); done
-$REF scripts/interop/perplexity_hf.py "$T" "$W" "${CT_DIRS[@]}" "${PEERS[@]}" --json "$O/there-ct.json" 2>"$O/there-ct.log"
-$REF scripts/interop/perplexity_hf.py "$T" "$W" "$O/w8a8-int8-dynamic" "$O/w8a8-fp8-dynamic" --noise 3 --json "$O/there-noise.json" 2>"$O/there-noise.log"
+[ -f "$O/there-ct.json" ] || $REF scripts/interop/perplexity_hf.py "$T" "$W" "${CT_DIRS[@]}" "${PEERS[@]}" --json "$O/there-ct.json" 2>"$O/there-ct.log"
+[ -f "$O/there-noise.json" ] || $REF scripts/interop/perplexity_hf.py "$T" "$W" "$O/w8a8-int8-dynamic" "$O/w8a8-fp8-dynamic" --noise 3 --json "$O/there-noise.json" 2>"$O/there-noise.log"
 GM=()
 for n in "${OURS_GPTQM[@]}"; do GM+=("$O/$n"); done
-PYTHONPATH=$GPTQM $REF scripts/interop/perplexity_hf.py "$T" "$W" "${GM[@]}" --json "$O/there-gptqmodel.json" 2>"$O/there-gptqmodel.log" || echo "GPTQModel run failed: $O/there-gptqmodel.log"
+[ -f "$O/there-gptqmodel.json" ] || PYTHONPATH=$GPTQM $REF scripts/interop/perplexity_hf.py "$T" "$W" "${GM[@]}" --json "$O/there-gptqmodel.json" 2>"$O/there-gptqmodel.log" || echo "GPTQModel run failed: $O/there-gptqmodel.log"
 $REF scripts/interop/table.py "$O" | tee "$O/interop.md"

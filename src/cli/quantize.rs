@@ -84,8 +84,9 @@ pub struct QuantizeArgs {
     pub recipe: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Method::Rtn)]
     pub method: Method,
-    /// Checkpoint layout; default gptq for integers, compressed-tensors for FP8 and W8A8,
-    /// gguf (one llama.cpp file) for --gguf-type.
+    /// Checkpoint layout; default compressed-tensors (transformers loads it with the small
+    /// `compressed-tensors` package, vLLM natively), gguf (one llama.cpp file) for
+    /// --gguf-type. gptq needs optimum + GPTQModel in transformers; awq holds 4-bit groups.
     #[arg(long, value_parser = ["gptq", "compressed-tensors", "awq", "gguf"])]
     pub format: Option<String>,
     /// Largest safetensors shard (transformers' `max_shard_size`: 5GB, 500MB, 2GiB or bytes).

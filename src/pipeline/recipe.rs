@@ -45,8 +45,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
-    /// Checkpoint layout: gptq, awq or compressed-tensors (default: gptq for integer
-    /// weights, compressed-tensors for FP8 and for activation quantization).
+    /// Checkpoint layout: compressed-tensors (the default), gptq, awq, or gguf (the
+    /// default of GGUF types).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// Also quantize the LM head (calibration-free quantizers only); a tied head becomes its
@@ -554,12 +554,13 @@ impl Recipe {
         let gguf_scheme = scheme.ggml_type().is_some();
         if self.format.is_none() {
             self.format = Some(
+                // compressed-tensors: transformers loads it with one small package
+                // (`compressed-tensors`), vLLM and llm-compressor natively; gptq needs
+                // optimum + GPTQModel in transformers (README "Which format").
                 if gguf_scheme {
                     CheckpointFormat::Gguf
-                } else if scheme.is_fp8() || has_act || kv {
-                    CheckpointFormat::CompressedTensors
                 } else {
-                    CheckpointFormat::Gptq
+                    CheckpointFormat::CompressedTensors
                 }
                 .as_str()
                 .to_string(),
@@ -818,7 +819,7 @@ act_order = true
     fn a_recipe_resolves_its_defaults_and_round_trips() {
         let r = Recipe::from_toml(AWQ_GPTQ).unwrap().resolve().unwrap();
         assert_eq!(r.method_name(), "awq+gptq");
-        assert_eq!(r.format.as_deref(), Some("gptq"));
+        assert_eq!(r.format.as_deref(), Some("compressed-tensors"));
         match &r.modifiers[0] {
             ModifierSpec::Awq { clip, search, .. } => {
                 assert_eq!((*clip, search.as_deref()), (Some(false), Some("gptq")))
