@@ -167,5 +167,23 @@ fn a_group_the_loaders_refuse_is_an_error_before_any_work() {
         &[s(&m), "--method", "rtn", "--format", "awq", "--group-fallback", "partial", "-o", s(&out)],
         &["AutoAWQ", "576", "group size 128"],
     );
+    // compressed-tensors 0.19 removed actorder "group" (a g_idx per column).
+    common::fails_with(
+        &[
+            s(&m),
+            "--method",
+            "gptq",
+            "--group-size",
+            "64",
+            "--no-static-groups",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "64",
+            "-o",
+            s(&out),
+        ],
+        &["--no-static-groups", "g_idx", "compressed-tensors 0.19", "--format gptq"],
+    );
     assert!(!out.exists());
 }

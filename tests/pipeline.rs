@@ -45,7 +45,19 @@ fn every_method_gives_the_pinned_checkpoint() {
     let runs: [(&str, &[&str], bool, &str); 8] = [
         (
             "rtn-int4-g128",
-            &["--method", "rtn", "--bits", "4", "--group-size", "128", "--sym", "--group-fallback", "partial", "--format", "gptq"],
+            &[
+                "--method",
+                "rtn",
+                "--bits",
+                "4",
+                "--group-size",
+                "128",
+                "--sym",
+                "--group-fallback",
+                "partial",
+                "--format",
+                "gptq",
+            ],
             false,
             "8bdcfbfb358931c3c6e29f629bb61ae17140903427a8589f36219b8286f00cb2",
         ),

@@ -465,7 +465,7 @@ impl Recipe {
     }
 
     /// The weight quantizer.
-    fn weights(&self) -> Result<&ModifierSpec> {
+    pub fn weights(&self) -> Result<&ModifierSpec> {
         self.modifiers
             .iter()
             .find(|m| m.role() == Role::Weights)
@@ -557,13 +557,9 @@ impl Recipe {
                 // compressed-tensors: transformers loads it with one small package
                 // (`compressed-tensors`), vLLM and llm-compressor natively; gptq needs
                 // optimum + GPTQModel in transformers (README "Which format").
-                if gguf_scheme {
-                    CheckpointFormat::Gguf
-                } else {
-                    CheckpointFormat::CompressedTensors
-                }
-                .as_str()
-                .to_string(),
+                if gguf_scheme { CheckpointFormat::Gguf } else { CheckpointFormat::CompressedTensors }
+                    .as_str()
+                    .to_string(),
             );
         }
         let format = self.checkpoint_format()?;

@@ -88,6 +88,7 @@ fn check_consumer_rules(
     format: CheckpointFormat,
     fallback: super::GroupFallback,
     include_head: bool,
+    g_idx: bool,
 ) -> Result<()> {
     let mut linears = crate::model::llama::block_linears(cfg);
     if include_head {
@@ -99,6 +100,20 @@ fn check_consumer_rules(
     for (name, rows, cols) in linears {
         let Some(scheme) = schemes.scheme_for(&name) else { continue };
         crate::format::rules::check_linear(format, &name, scheme, rows, cols, partial)?;
+        if g_idx
+            && format == CheckpointFormat::CompressedTensors
+            && matches!(scheme.granularity, crate::format::Granularity::Group(_))
+        {
+            return Err(Error::option(
+                "--no-static-groups",
+                format!(
+                    "GPTQ act-order without static groups stores a g_idx per column ({name} is {scheme}), which \
+                     compressed-tensors 0.19 removed (actorder \"group\"; transformers, vLLM and llm-compressor \
+                     refuse it): keep --static-groups (the default: act-order with plain groups), or --format gptq \
+                     (desc_act with g_idx)"
+                ),
+            ));
+        }
         if let crate::format::Granularity::Group(g) = scheme.granularity {
             if !cols.is_multiple_of(g) {
                 *ragged.entry((g, cols)).or_default() += 1;
@@ -170,7 +185,9 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
     let mut mods = recipe.build(&cfg)?;
-    check_consumer_rules(&cfg, &mods.schemes, format, recipe.group_fallback()?, recipe.include_head)?;
+    // GPTQ act-order without static groups stores a g_idx per column.
+    let g_idx = recipe.weights()?.gptq_options().is_some_and(|g| g.act_order && !g.static_groups);
+    check_consumer_rules(&cfg, &mods.schemes, format, recipe.group_fallback()?, recipe.include_head, g_idx)?;
     let key = stats_key(&recipe)?;
     let (loaded, windows);
     let mut calibration = Value::Null;
