@@ -75,7 +75,13 @@ def main():
         t0 = time.time()
         tok = AutoTokenizer.from_pretrained(d)
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+        except Exception as e:  # a client refusing a checkpoint is a result: say which and why
+            r = {"dir": d, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            continue
         model.eval()
         ppl, n = perplexity(model, ids, a.windows)
         r = {"dir": d, "perplexity": ppl, "tokens": n, "seconds": round(time.time() - t0, 1), "noise": []}

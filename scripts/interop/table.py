@@ -31,7 +31,7 @@ def main():
     out = sys.argv[1]
     ours_v, ours_ct = here(os.path.join(out, "here-vllm.json")), here(os.path.join(out, "here-ct.json"))
     rows = []
-    for name in ("there-ct.json", "there-gptqmodel.json", "there-noise.json"):
+    for name in ("there-ct.json", "there-ct020.json", "there-gptqmodel.json", "there-noise.json"):
         j = load(os.path.join(out, name))
         if j is None:
             continue
@@ -43,24 +43,25 @@ def main():
             client += f" + GPTQModel {v['gptqmodel']}"
         for r in j["results"]:
             d = os.path.basename(os.path.normpath(r["dir"]))
-            if name != "there-noise.json" and any(x["dir"] == r["dir"] for x in rows):
-                continue
-            rows.append({"dir": r["dir"], "name": d, "client": client, "there": r["perplexity"],
-                         "noise": r["noise"], "windows": j["windows"]})
+            rows.append({"dir": r["dir"], "name": d, "client": client, "there": r.get("perplexity"),
+                         "error": r.get("error"), "noise": r.get("noise", []), "windows": j["windows"]})
     print("| checkpoint | made by | client | here | here, compressed-tensors rounding | there | difference | 1-ulp spread there |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = r["name"]
         maker = "llm-compressor" if d.startswith("llmc-") else ("this tool" if d != "smollm2" else "f32 model")
+        fmt = lambda x: "" if x is None else f"{x:.4f}"
         hv = ours_v.get(d)
         hc = ours_ct.get(d)
         ref = hc if hc is not None else hv
+        if r["error"]:
+            print(f"| {d} | {maker} | {r['client']} | {fmt(hv)} | {fmt(hc)} | refused: {r['error'][:120]} | | |")
+            continue
         diff = "" if ref is None else f"{(ref / r['there'] - 1) * 100:+.3f}%"
         spread = ""
         if r["noise"]:
             vals = r["noise"] + [r["there"]]
             spread = f"{min(vals):.4f} – {max(vals):.4f} (sd {statistics.stdev(vals) / statistics.mean(vals) * 100:.2f}%)"
-        fmt = lambda x: "" if x is None else f"{x:.4f}"
         print(f"| {d} | {maker} | {r['client']} | {fmt(hv)} | {fmt(hc)} | {r['there']:.4f} | {diff} | {spread} |")
 
 
