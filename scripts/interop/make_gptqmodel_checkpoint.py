@@ -3,7 +3,7 @@ quantizes: int4, groups of 64 (128 does not divide SmolLM2's 576 columns), symme
 act-order, the gptq layout, calibrated on NSAMPLES windows of SEQLEN tokens of the Brown
 calibration split. scripts/interop/run.sh evaluates it here and in transformers.
 
-  PYTHONPATH=/work/gptqm_site /work/refenv/bin/python \
+  GPTQMODEL_CPU_WORKERS=2 PYTHONPATH=/work/gptqm_site /work/refenv/bin/python \
       scripts/interop/make_gptqmodel_checkpoint.py MODEL_DIR CALIB_TXT OUT [NSAMPLES SEQLEN]
 """
 

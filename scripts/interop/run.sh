@@ -41,6 +41,7 @@ OURS_GPTQM=(gptq-int4-g128-gptq-actorder gptq-int4-g64-gptq-actorder-gidx gptq-i
 
 # llm-compressor's checkpoints from the same model and calibration text.
 $LLMC scripts/interop/make_peer_checkpoints.py out/smollm2 "$C" "$O/peers" 64 512 >"$O/peers.log" 2>&1
+GPTQMODEL_CPU_WORKERS=2 PYTHONPATH=$GPTQM $REF scripts/interop/make_gptqmodel_checkpoint.py out/smollm2 "$C" "$O/peers/gptqmodel-int4-g64" 16 512 >"$O/peers-gptqmodel.log" 2>&1
 PEERS=()
 for p in "$O"/peers/llmc-*; do [ -f "$p/config.json" ] && PEERS+=("$p"); done
 
@@ -51,6 +52,7 @@ here() { [ -f "$2" ] && return; $Q eval --model "${@:3}" --text "$T" --protocol 
 ALL=(out/smollm2)
 for n in "${OURS_CT[@]}" "${OURS_GPTQM[@]}"; do ALL+=("$O/$n"); done
 here vllm "$O/here-vllm.json" "${ALL[@]}" "${PEERS[@]}"
+here vllm "$O/here-gptqmodel-made.json" "$O/peers/gptqmodel-int4-g64"
 W8A8=("$O/w8a8-int8-dynamic" "$O/w8a8-int8-static" "$O/w8a8-fp8-dynamic" "$O/w8a8-fp8-static")
 for p in "${PEERS[@]}"; do case $p in *w8a8*|*fp8-dynamic*) W8A8+=("$p");; esac; done
 here compressed-tensors "$O/here-ct.json" "${W8A8[@]}"
@@ -66,5 +68,6 @@ for n in ct-int4-g128-rtn ct-int4-g64-gptq-actorder-static ct-int8-channel-rtn c
 [ -f "$O/there-noise.json" ] || $LLMC scripts/interop/perplexity_hf.py "$T" "$W" "$O/w8a8-int8-dynamic" "$O/w8a8-fp8-dynamic" --noise 3 --json "$O/there-noise.json" 2>"$O/there-noise.log"
 GM=()
 for n in "${OURS_GPTQM[@]}"; do GM+=("$O/$n"); done
+GM+=("$O/peers/gptqmodel-int4-g64")
 [ -f "$O/there-gptqmodel.json" ] || PYTHONPATH=$GPTQM $REF scripts/interop/perplexity_hf.py "$T" "$W" "${GM[@]}" --json "$O/there-gptqmodel.json" 2>"$O/there-gptqmodel.log"
 $REF scripts/interop/table.py "$O" | tee "$O/interop.md"

@@ -30,6 +30,7 @@ def here(path):
 def main():
     out = sys.argv[1]
     ours_v, ours_ct = here(os.path.join(out, "here-vllm.json")), here(os.path.join(out, "here-ct.json"))
+    ours_v.update(here(os.path.join(out, "here-gptqmodel-made.json")))
     rows = []
     for name in ("there-ct.json", "there-ct020.json", "there-gptqmodel.json", "there-noise.json"):
         j = load(os.path.join(out, name))
@@ -49,7 +50,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = r["name"]
-        maker = "llm-compressor" if d.startswith("llmc-") else ("this tool" if d != "smollm2" else "f32 model")
+        maker = {"llmc-": "llm-compressor", "gptqmodel-": "GPTQModel"}.get(d.split("-")[0] + "-", "this tool")
+        maker = "f32 model" if d == "smollm2" else maker
         fmt = lambda x: "" if x is None else f"{x:.4f}"
         hv = ours_v.get(d)
         hc = ours_ct.get(d)
