@@ -21,8 +21,8 @@ over f32 on Brown held-out (chunks protocol, ctx 512, 40 windows), stored bits p
 of the quantized linears, wall time with the default 128 x 512 calibration windows.
 
 g128 rows: SmolLM2's 576-wide linears do not hold groups of 128; `*` rows were measured
-with a ragged last group (--group-fallback partial, which only this tool reads), the rtn
-rows with the default fallback (g64 there, as compressed-tensors writes it).
+with a ragged last group (--group-fallback partial, which only this tool reads), the
+others with the default fallback (g64 there, as compressed-tensors writes it).
 
   --method (its defaults)                   scheme          perplexity  bits/w  time
   rtn --sym                                 int8 channel       +0.45%    8.02    2 s
@@ -30,7 +30,7 @@ rows with the default fallback (g64 there, as compressed-tensors writes it).
   rtn (asym)                                int3 g128        +236%       3.26    2 s
   fp8                                       E4M3 channel       +2.49%    8.05    2 s
   hqq                                       int4 g128*        +38%       4.17   19 s
-  gptq (asym act-order static-groups mse)   int4 g128*        +19.2%     4.17    5 min
+  gptq (asym act-order static-groups mse)   int4 g128         +15.0%     4.27    5 min
   gptq (asym act-order static-groups mse)   int3 g128*        +72.0%     3.16    5 min
   gptq --fp8-format e4m3                    E4M3 channel       +0.43%    8.05    4 min
   awq (asym)                                int4 g128*        +18.4%     4.17   21 min
