@@ -11,7 +11,7 @@ use quantize::model::rope::RopeScaling;
 use quantize::model::LlamaModel;
 use std::path::{Path, PathBuf};
 
-const FAMILIES: [&str; 6] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3"];
+const FAMILIES: [&str; 7] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3", "gemma2"];
 
 /// Largest |ours − transformers| over all logits, relative to the largest |logit|.
 /// Both sides compute in f32 from the same (dtype-rounded) weights; what differs is the
@@ -70,7 +70,8 @@ fn each_family_feature_changes_the_logits() {
         change(&mut model);
         rel_err(&logits(&model, &tokens), &want)
     };
-    let cases: [(&str, &str, &dyn Fn(&mut LlamaModel)); 7] = [
+    use quantize::model::config::Activation;
+    let cases: [(&str, &str, &dyn Fn(&mut LlamaModel)); 15] = [
         ("llama3", "llama3 rope scaling", &|m| m.config.rope.scaling = RopeScaling::Default),
         ("llama_bias_linear", "linear rope scaling", &|m| m.config.rope.scaling = RopeScaling::Default),
         ("llama_bias_linear", "o_proj bias", &|m| m.blocks.iter_mut().for_each(|b| b.biases[3] = None)),
@@ -78,6 +79,14 @@ fn each_family_feature_changes_the_logits() {
         ("qwen3", "q/k norms", &|m| m.blocks.iter_mut().for_each(|b| b.qk_norm = None)),
         ("mistral", "sliding window", &|m| m.config.sliding_window = vec![None; 2]),
         ("phi3", "partial rotary", &|m| m.config.rope.rotary_dim = m.config.head_dim),
+        ("gemma2", "attention soft-capping", &|m| m.config.attn_softcap = None),
+        ("gemma2", "final logit soft-capping", &|m| m.config.final_softcap = None),
+        ("gemma2", "embedding scale", &|m| m.config.embed_scale = None),
+        ("gemma2", "query_pre_attn_scalar", &|m| m.config.attn_scale = (m.config.head_dim as f32).powf(-0.5)),
+        ("gemma2", "GeGLU", &|m| m.config.activation = Activation::Silu),
+        ("gemma2", "post-attention/feed-forward norms", &|m| m.blocks.iter_mut().for_each(|b| b.sandwich_norms = None)),
+        ("gemma2", "(1 + w) norms", &|m| m.blocks.iter_mut().for_each(|b| b.input_norm.iter_mut().for_each(|w| *w -= 1.0))),
+        ("gemma2", "alternating sliding window", &|m| m.config.sliding_window = vec![None; 2]),
     ];
     for (name, feature, change) in cases {
         let err = off(name, change);
@@ -186,7 +195,7 @@ fn every_family_quantizes_writes_reloads_and_evaluates() {
 fn family_config_errors_name_the_key_and_write_nothing() {
     use serde_json::json;
     let root = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &dyn Fn(&mut serde_json::Value), &[&str]); 10] = [
+    let cases: [(&str, &str, &dyn Fn(&mut serde_json::Value), &[&str]); 13] = [
         ("llama3", "unknown", &|c| c["attn_logit_softcapping"] = json!(50.0), &["attn_logit_softcapping", "50"]),
         ("llama3", "dynamic", &|c| c["rope_scaling"] = json!({"rope_type": "dynamic", "factor": 2.0}), &["dynamic"]),
         (
@@ -224,6 +233,19 @@ fn family_config_errors_name_the_key_and_write_nothing() {
             &["short_factor has 2 factors"],
         ),
         ("qwen2", "act", &|c| c["hidden_act"] = json!("gelu"), &["hidden_act", "gelu"]),
+        (
+            "gemma2",
+            "bidirectional",
+            &|c| c["use_bidirectional_attention"] = json!(true),
+            &["use_bidirectional_attention", "causal"],
+        ),
+        ("gemma2", "gelu", &|c| c["hidden_activation"] = json!("gelu"), &["hidden_activation", "\"gelu\""]),
+        (
+            "gemma2",
+            "act-disagrees",
+            &|c| c["hidden_act"] = json!("silu"),
+            &["hidden_act \"silu\"", "hidden_activation \"gelu_pytorch_tanh\""],
+        ),
         (
             "llama3",
             "bias-missing",

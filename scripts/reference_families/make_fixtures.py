@@ -11,7 +11,7 @@ the block moves the logits. Written to tests/fixtures/families/<name>/:
 
 Tokenizers are trained here with the `tokenizers` library on a public-domain text in each
 family's scheme (byte-level BPE with the GPT-4-style split for llama3/qwen, a
-SentencePiece-style Metaspace BPE for mistral/phi3): real hub tokenizer files are not
+SentencePiece-style Metaspace BPE for mistral/phi3/gemma2): real hub tokenizer files are not
 available offline and would not fit a 384-token vocabulary.
 
 Run in the venv of scripts/reference_gptq/setup_env.sh:
@@ -154,6 +154,32 @@ FAMILIES = {
         pad_token_id=0,
         dtype="bfloat16",
     ),
+    # Gemma-2-2B: GeGLU (tanh GELU), (1 + w) RMSNorms before and after attention and MLP,
+    # the sqrt(hidden) embedding scale, tied head, head_dim 32 != hidden / heads (16),
+    # query_pre_attn_scalar (256 there; 24 here so it is not head_dim), attention and final
+    # soft-capping (50 and 30 there; 4 and 5 here, so that they bend this tiny model's
+    # scores and logits), alternating sliding windows (4096 there; 16 here), q/k/v/o biases
+    # off as there; f32 as Google stores it.
+    "gemma2": dict(
+        model_type="gemma2",
+        architectures=["Gemma2ForCausalLM"],
+        hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh",
+        head_dim=32,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=4.0,
+        final_logit_softcapping=5.0,
+        sliding_window=16,
+        attention_bias=False,
+        attention_dropout=0.0,
+        cache_implementation="hybrid",
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        dtype="float32",
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -192,11 +218,11 @@ def make_tokenizer(scheme):
     return tok
 
 
-def randomize(model, gen):
+def randomize(model, gen, norm_center):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+                p.copy_(norm_center + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
             elif p.dim() == 2:
@@ -217,7 +243,8 @@ def write(name, spec):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
-    randomize(model, gen)
+    # Gemma's RMSNorm multiplies by (1 + w): its weights are centred on 0.
+    randomize(model, gen, 0.0 if spec["model_type"].startswith("gemma") else 1.0)
     # Round the parameters (not the RoPE buffers) to the stored dtype, so transformers (in
     # f32, as from_pretrained(dtype=float32) runs a bf16 checkpoint) and this tool read the same values.
     with torch.no_grad():
@@ -245,7 +272,7 @@ def write(name, spec):
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2)
-    scheme = "metaspace" if spec["model_type"] in ("mistral", "phi3") else "bytelevel"
+    scheme = "metaspace" if spec["model_type"] in ("mistral", "phi3", "gemma2") else "bytelevel"
     make_tokenizer(scheme).save(os.path.join(out, "tokenizer.json"))
 
     tokens = torch.tensor([(7 * i * i + 3 * i + 5) % VOCAB for i in range(SEQ)], dtype=torch.int64)

@@ -1,7 +1,8 @@
 //! `config.json` of the decoder families this tool runs (llama, mistral, qwen2, qwen3,
-//! phi3), with a clear error for anything else. Keys and defaults follow transformers 5.24's
-//! `LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config` and `Phi3Config`; a key that
-//! would change the computation and is not implemented is refused, never ignored.
+//! phi3, gemma2), with a clear error for anything else. Keys and defaults follow
+//! transformers 5.24's `LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config`,
+//! `Phi3Config` and `Gemma2Config`; a key that would change the computation and is not
+//! implemented is refused, never ignored.
 
 use super::rope::RopeConfig;
 use crate::error::{Error, Result};
@@ -18,6 +19,18 @@ pub enum Family {
     Qwen3,
     /// Fused `qkv_proj` and `gate_up_proj`.
     Phi3,
+    /// GeGLU, `(1 + w)` RMSNorms around attention and MLP, a scaled embedding, soft-capped
+    /// attention scores and logits, alternating sliding-window blocks.
+    Gemma2,
+}
+
+/// The MLP's gate activation (`hidden_act`, gemma's `hidden_activation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (SwiGLU).
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU with torch's tanh approximation, `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 impl Family {
@@ -28,6 +41,7 @@ impl Family {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "phi3" => Family::Phi3,
+            "gemma2" => Family::Gemma2,
             _ => return None,
         })
     }
@@ -60,6 +74,22 @@ pub struct LlamaConfig {
     /// for full causal attention (mistral `sliding_window`; qwen2/3 `use_sliding_window`,
     /// `max_window_layers`, `layer_types`; phi3 `sliding_window`).
     pub sliding_window: Vec<Option<usize>>,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// Added to every stored RMSNorm weight before it multiplies (gemma's `(1 + w)`: 1).
+    pub norm_offset: f32,
+    /// The attention scores' factor (`1/√head_dim`; gemma `query_pre_attn_scalar^-0.5`).
+    pub attn_scale: f32,
+    /// Attention scores become `c·tanh(s/c)` before the mask (gemma2 `attn_logit_softcapping`).
+    pub attn_softcap: Option<f32>,
+    /// Logits become `c·tanh(l/c)` (gemma2 `final_logit_softcapping`).
+    pub final_softcap: Option<f32>,
+    /// Embedding rows are multiplied by this (gemma: `√hidden_size`, rounded to f32).
+    pub embed_scale: Option<f32>,
+    /// RMSNorms of the attention output and the MLP output before each residual add
+    /// (gemma2 `post_attention_layernorm`, `post_feedforward_layernorm`); the MLP's input
+    /// norm is then `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
     /// Keys and values are cached in FP8 E4M3 with a static scale per block
     /// (`quantization_config.kv_cache_scheme`; `format::kv_cache`).
     pub kv_cache_fp8: bool,
@@ -67,7 +97,7 @@ pub struct LlamaConfig {
     pub raw: Value,
 }
 
-const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3"];
+const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"];
 
 /// Keys that describe the run, not the computation (token ids, dropout, training settings,
 /// provenance), or whose only supported value is checked elsewhere.
@@ -90,6 +120,17 @@ const INERT_KEYS: &[&str] = &[
     "quantization_config",
     "tokenizer_class",
     "_attn_implementation_autoset",
+    // Generation settings (gemma2's hybrid cache is a transformers cache class).
+    "cache_implementation",
+];
+
+/// Keys read for gemma2 only; on another family they are refused by name.
+const GEMMA_KEYS: &[&str] = &[
+    "hidden_activation",
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "use_bidirectional_attention",
 ];
 
 /// Keys this module reads.
@@ -142,7 +183,17 @@ impl LlamaConfig {
         let obj = raw.as_object().ok_or_else(|| Error::config(path, "config.json is not a JSON object"))?;
         for (k, v) in obj {
             // A null value is transformers' "not set".
-            if !v.is_null() && !READ_KEYS.contains(&k.as_str()) && !INERT_KEYS.contains(&k.as_str()) {
+            if !v.is_null() && GEMMA_KEYS.contains(&k.as_str()) && family != Family::Gemma2 {
+                return Err(Error::config(
+                    path,
+                    format!("key \"{k}\" = {v} is not part of model_type \"{model_type}\" (it is gemma2's)"),
+                ));
+            }
+            if !v.is_null()
+                && !READ_KEYS.contains(&k.as_str())
+                && !INERT_KEYS.contains(&k.as_str())
+                && !GEMMA_KEYS.contains(&k.as_str())
+            {
                 return Err(Error::config(
                     path,
                     format!(
@@ -185,10 +236,11 @@ impl LlamaConfig {
         let num_heads = req("num_attention_heads")?;
         let num_layers = req("num_hidden_layers")?;
         let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        // Qwen3Config's head_dim defaults to 128; the others derive it.
+        // Qwen3Config's head_dim defaults to 128, Gemma2Config's to 256; the others derive it.
         let head_dim = match (opt_usize("head_dim")?, family) {
             (Some(d), _) => d,
             (None, Family::Qwen3) => 128,
+            (None, Family::Gemma2) => 256,
             (None, _) if hidden_size % num_heads != 0 => {
                 return Err(Error::config(
                     path,
@@ -213,6 +265,7 @@ impl LlamaConfig {
             Family::Mistral => 4096 * 32,
             Family::Qwen2 | Family::Qwen3 => 32768,
             Family::Phi3 => 4096,
+            Family::Gemma2 => 8192,
             Family::Llama => 2048,
         });
         let rope = RopeConfig::from_json(&raw, head_dim, max_position_embeddings, path)?;
@@ -225,20 +278,46 @@ impl LlamaConfig {
                 "key \"original_max_position_embeddings\" is set, but no RoPE scaling reads it".to_string(),
             ));
         }
-        let act = raw.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-        if act != "silu" {
-            return Err(Error::config(path, format!("hidden_act \"{act}\" is not supported (only silu / SwiGLU)")));
+        let activation = activation(&raw, family, path)?;
+        let gemma = family == Family::Gemma2;
+        if gemma && opt_bool("use_bidirectional_attention", false)? {
+            return Err(Error::config(
+                path,
+                "key \"use_bidirectional_attention\" = true (attention without the causal mask) is not supported",
+            ));
         }
+        let softcap = |key: &str, default: Option<f64>| -> Result<Option<f32>> {
+            let v = match raw.get(key) {
+                None => default,
+                Some(Value::Null) => None,
+                Some(v) => Some(v.as_f64().filter(|c| *c > 0.0).ok_or_else(|| {
+                    Error::config(path, format!("key \"{key}\" must be a positive number or null, found {v}"))
+                })?),
+            };
+            Ok(if gemma { v.map(|c| c as f32) } else { None })
+        };
+        // Gemma2Config: query_pre_attn_scalar 256, soft-capping 50 (scores) and 30 (logits).
+        let attn_scale = if gemma {
+            let s = opt_f("query_pre_attn_scalar", 256.0)?;
+            if !(s > 0.0) {
+                return Err(Error::config(path, format!("key \"query_pre_attn_scalar\" must be positive, found {s}")));
+            }
+            (s as f64).powf(-0.5) as f32
+        } else {
+            (head_dim as f64).powf(-0.5) as f32
+        };
         let attention_bias = match family {
-            Family::Llama | Family::Qwen3 => opt_bool("attention_bias", false)?,
+            Family::Llama | Family::Qwen3 | Family::Gemma2 => opt_bool("attention_bias", false)?,
             _ => false,
         };
         let mlp_bias = match family {
             Family::Llama => opt_bool("mlp_bias", false)?,
             _ => false,
         };
-        for (key, fam_has) in
-            [("attention_bias", matches!(family, Family::Llama | Family::Qwen3)), ("mlp_bias", family == Family::Llama)]
+        for (key, fam_has) in [
+            ("attention_bias", matches!(family, Family::Llama | Family::Qwen3 | Family::Gemma2)),
+            ("mlp_bias", family == Family::Llama),
+        ]
         {
             if !fam_has && opt_bool(key, false)? {
                 return Err(Error::config(
@@ -270,6 +349,14 @@ impl LlamaConfig {
             mlp_bias,
             qk_norm: family == Family::Qwen3,
             sliding_window,
+            activation,
+            norm_offset: if gemma { 1.0 } else { 0.0 },
+            attn_scale,
+            attn_softcap: softcap("attn_logit_softcapping", Some(50.0))?,
+            final_softcap: softcap("final_logit_softcapping", Some(30.0))?,
+            // transformers: torch.tensor(hidden_size ** 0.5), a double rounded to f32.
+            embed_scale: gemma.then(|| (hidden_size as f64).sqrt() as f32),
+            sandwich_norms: gemma,
             kv_cache_fp8,
             model_type,
             raw,
@@ -300,14 +387,66 @@ impl LlamaConfig {
             _ => false,
         }
     }
+
+    /// The norm whose output gate/up read: `post_attention_layernorm`, or gemma2's
+    /// `pre_feedforward_layernorm` (its `post_attention_layernorm` norms o's output).
+    pub fn mlp_norm_name(&self) -> &'static str {
+        if self.sandwich_norms {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        }
+    }
+}
+
+/// The MLP activation: `hidden_act` (silu only), or gemma2's `hidden_activation` (its MLP
+/// reads that key alone; default `gelu_pytorch_tanh`). A gemma `hidden_act` that disagrees
+/// with it is refused rather than guessed between.
+fn activation(raw: &Value, family: Family, path: &Path) -> Result<Activation> {
+    let get = |key: &str| raw.get(key).filter(|v| !v.is_null());
+    let name = |key: &str, v: &Value| -> Result<String> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a string, found {v}")))
+    };
+    if family != Family::Gemma2 {
+        let act = get("hidden_act").map(|v| name("hidden_act", v)).transpose()?.unwrap_or_else(|| "silu".into());
+        return match act.as_str() {
+            "silu" => Ok(Activation::Silu),
+            _ => Err(Error::config(path, format!("hidden_act \"{act}\" is not supported (only silu / SwiGLU)"))),
+        };
+    }
+    let act = get("hidden_activation")
+        .map(|v| name("hidden_activation", v))
+        .transpose()?
+        .unwrap_or_else(|| "gelu_pytorch_tanh".into());
+    if let Some(v) = get("hidden_act") {
+        let other = name("hidden_act", v)?;
+        if other != act {
+            return Err(Error::config(
+                path,
+                format!(
+                    "hidden_act \"{other}\" disagrees with hidden_activation \"{act}\" (gemma2's MLP reads \
+                     hidden_activation)"
+                ),
+            ));
+        }
+    }
+    match act.as_str() {
+        "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+        _ => Err(Error::config(
+            path,
+            format!("hidden_activation \"{act}\" is not supported (only gelu_pytorch_tanh)"),
+        )),
+    }
 }
 
 /// The attention window of each block, as transformers derives it per family.
 fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> Result<Vec<Option<usize>>> {
     let window = match raw.get("sliding_window") {
         None => match family {
-            // MistralConfig's default is 4096 when the key is absent.
-            Family::Mistral => Some(4096),
+            // MistralConfig's and Gemma2Config's default is 4096 when the key is absent.
+            Family::Mistral | Family::Gemma2 => Some(4096),
             _ => None,
         },
         Some(Value::Null) => None,
@@ -326,6 +465,13 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
             }
             Ok(vec![None; layers])
         }
+        Family::Gemma2 => {
+            // Gemma2Config: layer_types alternate, even blocks sliding.
+            match raw.get("layer_types").filter(|v| !v.is_null()) {
+                Some(v) => layer_types(v, layers, window, path),
+                None => Ok((0..layers).map(|i| if i % 2 == 0 { window } else { None }).collect()),
+            }
+        }
         Family::Mistral | Family::Phi3 => {
             if raw.get("layer_types").is_some_and(|v| !v.is_null()) {
                 return Err(Error::config(
@@ -339,19 +485,7 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
             // Qwen2Config: sliding_window only with use_sliding_window, on blocks >= max_window_layers.
             let window = if use_sliding { window.or(Some(4096)) } else { None };
             match raw.get("layer_types").filter(|v| !v.is_null()) {
-                Some(v) => {
-                    let types = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
-                        Error::config(path, format!("key \"layer_types\" must list {layers} layer types, found {v}"))
-                    })?;
-                    types
-                        .iter()
-                        .map(|t| match t.as_str() {
-                            Some("full_attention") => Ok(None),
-                            Some("sliding_attention") => Ok(window),
-                            _ => Err(Error::config(path, format!("key \"layer_types\": unknown layer type {t}"))),
-                        })
-                        .collect()
-                }
+                Some(v) => layer_types(v, layers, window, path),
                 None => {
                     let first = match raw.get("max_window_layers") {
                         None | Some(Value::Null) => 28,
@@ -364,6 +498,21 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
             }
         }
     }
+}
+
+/// Each block's window from `layer_types` (`full_attention` / `sliding_attention`).
+fn layer_types(v: &Value, layers: usize, window: Option<usize>, path: &Path) -> Result<Vec<Option<usize>>> {
+    let types = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
+        Error::config(path, format!("key \"layer_types\" must list {layers} layer types, found {v}"))
+    })?;
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("full_attention") => Ok(None),
+            Some("sliding_attention") => Ok(window),
+            _ => Err(Error::config(path, format!("key \"layer_types\": unknown layer type {t}"))),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -104,13 +104,48 @@ simd_kernel! {
     }
 }
 
+/// `gate[i] = gelu_tanh(gate[i]) * up[i]` (GeGLU with torch's `gelu(approximate="tanh")`:
+/// `0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³)))`, gemma's `gelu_pytorch_tanh`), in place.
+pub fn geglu_tanh(gate: &mut [f32], up: &[f32]) {
+    gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
+        for (g, &u) in g.iter_mut().zip(u) {
+            *g = gelu_tanh(*g) * u;
+        }
+    });
+}
+
+/// torch's tanh-approximated GELU, in f32 as its CPU kernel evaluates it.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6; // √2 · (2/√π) · 0.5 = √(2/π)
+    const KAPPA: f32 = 0.044715;
+    let inner = SQRT_2_OVER_PI * (x + KAPPA * x * x * x);
+    0.5 * x * (1.0 + inner.tanh())
+}
+
+/// How one head's scores are formed and masked: `scores = q·kᵀ·scale`, then
+/// `softcap·tanh(scores/softcap)` (gemma2), then the causal mask with an optional sliding
+/// window (query `i` sees keys `i-w < j <= i`, transformers' `sliding_window_overlay`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnParams {
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    pub sliding: Option<usize>,
+}
+
+impl AttnParams {
+    /// Plain causal attention over heads of `hd` (scale `1/√hd`).
+    pub fn causal(hd: usize) -> Self {
+        Self { scale: (hd as f64).powf(-0.5) as f32, softcap: None, sliding: None }
+    }
+}
+
 /// Query rows per attention block (see [`causal_attention`]).
 const ATTN_BLOCK: usize = 128;
 
 /// Causal grouped-query attention over independent windows.
 /// q: `[windows·seq, heads·hd]`, k, v: `[windows·seq, kv_heads·hd]`, out: `[windows·seq, heads·hd]`.
-/// Each window attends only to itself: nothing crosses windows. With `sliding = Some(w)`,
-/// query `i` sees keys `i-w < j <= i` (transformers' `sliding_window_overlay`).
+/// Each window attends only to itself: nothing crosses windows. Scores as `p` says.
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],
@@ -120,7 +155,7 @@ pub fn causal_attention(
     heads: usize,
     kv_heads: usize,
     hd: usize,
-    sliding: Option<usize>,
+    p: AttnParams,
     out: &mut [f32],
 ) {
     let (qw, kvw) = (heads * hd, kv_heads * hd);
@@ -134,7 +169,7 @@ pub fn causal_attention(
         let qm = MatRef::from_row_major_slice_with_stride(&q[base * qw + h * hd..], seq, hd, qw);
         let km = MatRef::from_row_major_slice_with_stride(&k[base * kvw + kvh * hd..], seq, hd, kvw);
         let vm = MatRef::from_row_major_slice_with_stride(&v[base * kvw + kvh * hd..], seq, hd, kvw);
-        attend_head(qm, km, vm, 0, sliding, o);
+        attend_head(qm, km, vm, 0, p, o);
     });
     scatter_heads(&per_head, seq, heads, hd, out);
 }
@@ -153,7 +188,7 @@ pub fn cached_attention(
     heads: usize,
     kv_heads: usize,
     hd: usize,
-    sliding: Option<usize>,
+    p: AttnParams,
     out: &mut [f32],
 ) {
     let (qw, kvw) = (heads * hd, kv_heads * hd);
@@ -165,19 +200,19 @@ pub fn cached_attention(
         let qm = MatRef::from_row_major_slice_with_stride(&q[h * hd..], rows, hd, qw);
         let km = MatRef::from_row_major_slice_with_stride(&k[kvh * hd..], keys, hd, kvw);
         let vm = MatRef::from_row_major_slice_with_stride(&v[kvh * hd..], keys, hd, kvw);
-        attend_head(qm, km, vm, pos0, sliding, o);
+        attend_head(qm, km, vm, pos0, p, o);
     });
     scatter_heads(&per_head, rows, heads, hd, out);
 }
 
-/// One head: `o` (`[rows, hd]`) = softmax(q·kᵀ/√hd, causal and sliding mask)·v for queries
+/// One head: `o` (`[rows, hd]`) = softmax(q·kᵀ·scale, soft-cap, causal and sliding mask)·v for queries
 /// `q` (`[rows, hd]`) at positions `pos0 ..`, keys/values `k`, `v` (`[pos0+rows, hd]`).
 /// Query rows go in blocks of [`ATTN_BLOCK`]: block `[r0, r1)` only needs keys up to its
 /// last position, which skips most of the masked upper triangle (and, with a sliding
 /// window, the keys before the first row's window).
-fn attend_head(qm: MatRef<f32>, km: MatRef<f32>, vm: MatRef<f32>, pos0: usize, sliding: Option<usize>, o: &mut [f32]) {
+fn attend_head(qm: MatRef<f32>, km: MatRef<f32>, vm: MatRef<f32>, pos0: usize, p: AttnParams, o: &mut [f32]) {
     let (rows, hd) = (qm.nrows(), qm.ncols());
-    let scale = 1.0 / (hd as f32).sqrt();
+    let (scale, sliding) = (p.scale, p.sliding);
     let mut scores = vec![0.0f32; ATTN_BLOCK.min(rows) * km.nrows()];
     for r0 in (0..rows).step_by(ATTN_BLOCK) {
         let r1 = (r0 + ATTN_BLOCK).min(rows);
@@ -193,6 +228,11 @@ fn attend_head(qm: MatRef<f32>, km: MatRef<f32>, vm: MatRef<f32>, pos0: usize, s
             scale,
             Par::Seq,
         );
+        if let Some(c) = p.softcap {
+            // transformers' eager attention: `w / c`, `tanh`, `* c` (masked entries are
+            // overwritten by the softmax below).
+            sc.iter_mut().for_each(|s| *s = (*s / c).tanh() * c);
+        }
         causal_softmax_rows(sc, keys, p0 - k0, sliding.unwrap_or(usize::MAX));
         let sm = MatRef::from_row_major_slice(sc, n, keys);
         let om = MatMut::from_row_major_slice_mut(&mut o[r0 * hd..r1 * hd], n, hd);
@@ -302,8 +342,9 @@ mod tests {
         heads: usize,
         kv: usize,
         hd: usize,
-        window: usize,
+        p: AttnParams,
     ) -> Vec<f32> {
+        let window = p.sliding.unwrap_or(usize::MAX);
         let (qw, kw) = (heads * hd, kv * hd);
         let mut out = vec![0.0f32; windows * seq * qw];
         for w in 0..windows {
@@ -318,8 +359,9 @@ mod tests {
                                 .zip(&k[(w * seq + j) * kw + kh * hd..][..hd])
                                 .map(|(a, b)| *a as f64 * *b as f64)
                                 .sum::<f64>()
-                                / (hd as f64).sqrt()
+                                * p.scale as f64
                         })
+                        .map(|x| p.softcap.map_or(x, |c| (x / c as f64).tanh() * c as f64))
                         .collect();
                     let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
@@ -339,27 +381,32 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         // Sliding windows: 1 (only itself), shorter than a query block, across block
         // boundaries, and wider than the sequence (the same as full causal).
+        // Soft-capping (gemma2) with a scale that is not 1/√hd, with and without a window.
         let cases = [
-            (2, 300, 6, 2, 8, None),
-            (1, 1, 2, 1, 4, None),
-            (3, 129, 4, 4, 6, None),
-            (2, 300, 4, 2, 8, Some(1)),
-            (1, 300, 2, 1, 4, Some(7)),
-            (2, 260, 2, 2, 4, Some(130)),
-            (1, 40, 2, 1, 4, Some(1000)),
+            (2, 300, 6, 2, 8, None, None),
+            (1, 1, 2, 1, 4, None, None),
+            (3, 129, 4, 4, 6, None, None),
+            (2, 300, 4, 2, 8, Some(1), None),
+            (1, 300, 2, 1, 4, Some(7), None),
+            (2, 260, 2, 2, 4, Some(130), None),
+            (1, 40, 2, 1, 4, Some(1000), None),
+            (2, 200, 4, 2, 8, None, Some(2.0)),
+            (1, 150, 2, 1, 6, Some(9), Some(0.5)),
         ];
-        for &(windows, seq, heads, kv, hd, sliding) in &cases {
+        for &(windows, seq, heads, kv, hd, sliding, softcap) in &cases {
             let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
             let (q, k, v) =
                 (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
             let mut out = vec![0.0; q.len()];
-            causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, sliding, &mut out);
-            let r = reference(&q, &k, &v, windows, seq, heads, kv, hd, sliding.unwrap_or(usize::MAX));
+            let scale = if softcap.is_some() { 0.9 } else { AttnParams::causal(hd).scale };
+            let p = AttnParams { scale, softcap, sliding };
+            causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, p, &mut out);
+            let r = reference(&q, &k, &v, windows, seq, heads, kv, hd, p);
             for (i, (a, b)) in out.iter().zip(&r).enumerate() {
                 assert!(
                     (a - b).abs() < 1e-4,
                     "shape {:?} index {i}: {a} vs {b}",
-                    (windows, seq, heads, kv, hd, sliding)
+                    (windows, seq, heads, kv, hd, sliding, softcap)
                 );
             }
         }
@@ -376,12 +423,13 @@ mod tests {
             let mut gen = |n: usize| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>();
             let (q, k, v) = (gen(seq * heads * hd), gen(seq * kv * hd), gen(seq * kv * hd));
             let mut whole = vec![0.0; q.len()];
-            causal_attention(&q, &k, &v, 1, seq, heads, kv, hd, sliding, &mut whole);
+            let p = AttnParams { scale: 0.3, softcap: Some(1.5), sliding };
+            causal_attention(&q, &k, &v, 1, seq, heads, kv, hd, p, &mut whole);
             let qw = heads * hd;
             let mut from = 0;
             for to in [1, 129, 130, 131, seq - 1, seq] {
                 let mut part = vec![0.0; (to - from) * qw];
-                cached_attention(&q[from * qw..to * qw], &k, &v, from, to - from, heads, kv, hd, sliding, &mut part);
+                cached_attention(&q[from * qw..to * qw], &k, &v, from, to - from, heads, kv, hd, p, &mut part);
                 for (i, (a, b)) in part.iter().zip(&whole[from * qw..to * qw]).enumerate() {
                     assert!((a - b).abs() < 1e-5, "rows {from}..{to} ({sliding:?}) index {i}: {a} vs {b}");
                 }
@@ -411,6 +459,23 @@ mod tests {
         let mut o = vec![1.0f32; 8];
         rms_norm(&x, &[1.0; 8], 1e-5, &mut o);
         assert!(o.iter().all(|v| *v == 0.0));
+    }
+
+    /// GeGLU (tanh GELU) against the formula in f64: zeros, both tails, outliers.
+    #[test]
+    fn geglu_tanh_matches_the_formula_in_f64() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let mut gate: Vec<f32> = (0..5000).map(|_| rng.random_range(-12.0f32..12.0)).collect();
+        gate[..6].copy_from_slice(&[0.0, -0.0, 1e4, -1e4, 1e-30, -3.0]);
+        let up: Vec<f32> = (0..5000).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        let mut out = gate.clone();
+        geglu_tanh(&mut out, &up);
+        for (i, ((&o, &g), &u)) in out.iter().zip(&gate).zip(&up).enumerate() {
+            let g = g as f64;
+            let exact = 0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+                * u as f64;
+            assert!((o as f64 - exact).abs() <= 2e-6 * (1.0 + exact.abs()), "index {i}: {o} vs {exact}");
+        }
     }
 
     /// The dispatched (AVX-512 / AVX2 / NEON) SwiGLU equals the baseline formula to the

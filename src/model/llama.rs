@@ -1,11 +1,13 @@
-//! The LLaMA family (llama, mistral, qwen2, qwen3, phi3) over [`Linear`]: one model file
+//! The LLaMA family (llama, mistral, qwen2, qwen3, phi3, gemma2) over [`Linear`]: one model file
 //! whose linears may be dense, quantized or on the GPU. The structure is declared as data
 //! ([`LlamaConfig::linears`]: the block's linears and the site each reads) so
 //! calibration, GPTQ and AWQ never test for types or families.
 
-use super::config::LlamaConfig;
+use super::config::{Activation, LlamaConfig};
 use super::kv_cache::{KvCache, KvScratch, LayerKv};
-use super::layers::{add_assign, add_bias, cached_attention, causal_attention, rms_norm, swiglu, Rope};
+use super::layers::{
+    add_assign, add_bias, cached_attention, causal_attention, geglu_tanh, rms_norm, swiglu, AttnParams, Rope,
+};
 use super::linear::{matmul_xwt, DenseLinear, Linear};
 use crate::error::{Error, Result};
 use crate::format::kv_cache;
@@ -390,8 +392,13 @@ pub fn dense_from_store(store: &SafetensorsStore, name: &str, out: usize, inp: u
 
 pub struct Block {
     pub index: usize,
+    /// RMSNorm multipliers (a gemma weight `w` is held as `1 + w`, [`load_norm`]).
     pub input_norm: Vec<f32>,
+    /// The norm read by gate/up ([`LlamaConfig::mlp_norm_name`]).
     pub post_norm: Vec<f32>,
+    /// Norms of the attention output and of the MLP output, before each residual add
+    /// (gemma2's `post_attention_layernorm`, `post_feedforward_layernorm`).
+    pub sandwich_norms: Option<[Vec<f32>; 2]>,
     /// In [`LlamaConfig::linears`] order.
     pub linears: Vec<Box<dyn Linear>>,
     /// Each linear's bias, where the config gives it one ([`LlamaConfig::linear_has_bias`]).
@@ -417,6 +424,7 @@ pub enum Attend<'a> {
 pub struct BlockDense {
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
+    pub sandwich_norms: Option<[Vec<f32>; 2]>,
     pub biases: Vec<Option<Vec<f32>>>,
     pub qk_norm: Option<[Vec<f32>; 2]>,
     pub kv_scales: Option<[f32; 2]>,
@@ -441,8 +449,16 @@ impl BlockDense {
             .collect::<Result<Vec<_>>>()?;
         let qk_norm = if cfg.qk_norm {
             Some([
-                store.f32_shaped(&format!("{p}.self_attn.q_norm.weight"), &[cfg.head_dim])?,
-                store.f32_shaped(&format!("{p}.self_attn.k_norm.weight"), &[cfg.head_dim])?,
+                load_norm(cfg, store, &format!("{p}.self_attn.q_norm.weight"), cfg.head_dim)?,
+                load_norm(cfg, store, &format!("{p}.self_attn.k_norm.weight"), cfg.head_dim)?,
+            ])
+        } else {
+            None
+        };
+        let sandwich_norms = if cfg.sandwich_norms {
+            Some([
+                load_norm(cfg, store, &format!("{p}.post_attention_layernorm.weight"), h)?,
+                load_norm(cfg, store, &format!("{p}.post_feedforward_layernorm.weight"), h)?,
             ])
         } else {
             None
@@ -454,13 +470,29 @@ impl BlockDense {
             None
         };
         Ok(Self {
-            input_norm: store.f32_shaped(&format!("{p}.input_layernorm.weight"), &[h])?,
-            post_norm: store.f32_shaped(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            input_norm: load_norm(cfg, store, &format!("{p}.input_layernorm.weight"), h)?,
+            post_norm: load_norm(cfg, store, &format!("{p}.{}.weight", cfg.mlp_norm_name()), h)?,
+            sandwich_norms,
             biases,
             qk_norm,
             kv_scales,
         })
     }
+}
+
+/// An RMSNorm weight `[len]` as the multiplier it applies: the stored weight plus
+/// [`LlamaConfig::norm_offset`] (gemma's `1 + w`, computed in f32 as transformers does).
+pub fn load_norm(cfg: &LlamaConfig, store: &SafetensorsStore, name: &str, len: usize) -> Result<Vec<f32>> {
+    let mut w = store.f32_shaped(name, &[len])?;
+    if cfg.norm_offset != 0.0 {
+        w.iter_mut().for_each(|v| *v += cfg.norm_offset);
+    }
+    Ok(w)
+}
+
+/// The stored form of a norm multiplier (the inverse of [`load_norm`]), for writers.
+pub fn stored_norm(cfg: &LlamaConfig, multiplier: &[f32]) -> Vec<f32> {
+    multiplier.iter().map(|v| v - cfg.norm_offset).collect()
 }
 
 /// A positive finite scalar scale (shape `[]` or `[1]`), e.g. `self_attn.k_scale`.
@@ -494,6 +526,7 @@ impl Block {
             index,
             input_norm: d.input_norm,
             post_norm: d.post_norm,
+            sandwich_norms: d.sandwich_norms,
             linears,
             biases: d.biases,
             qk_norm: d.qk_norm,
@@ -555,7 +588,7 @@ impl Block {
         }
         let mut attn = vec![0.0f32; t * cfg.q_dim()];
         let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let sliding = cfg.sliding_window[self.index];
+        let p = AttnParams { scale: cfg.attn_scale, softcap: cfg.attn_softcap, sliding: cfg.sliding_window[self.index] };
         match how {
             Attend::Windows { rope, windows, seq, kv_absmax } => {
                 rope.apply(&mut q, heads);
@@ -570,7 +603,7 @@ impl Block {
                     kv_cache::fake_quantize(&mut k, ks);
                     kv_cache::fake_quantize(&mut v, vs);
                 }
-                causal_attention(&q, &k, &v, *windows, *seq, heads, kv_heads, hd, sliding, &mut attn);
+                causal_attention(&q, &k, &v, *windows, *seq, heads, kv_heads, hd, p, &mut attn);
             }
             Attend::Cached { rope, kv, scratch } => {
                 let pos0 = kv.len();
@@ -578,22 +611,27 @@ impl Block {
                 rope.apply_from(&mut k, kv_heads, pos0);
                 kv.append(&k, &v);
                 let (keys, values) = kv.keys_values(scratch);
-                cached_attention(&q, keys, values, pos0, t, heads, kv_heads, hd, sliding, &mut attn);
+                cached_attention(&q, keys, values, pos0, t, heads, kv_heads, hd, p, &mut attn);
             }
         }
         attn
     }
 
-    /// Stage 3: `x += o(attn)` in place; returns the normalized residual read by gate, up.
+    /// Stage 3: `x += o(attn)` in place (gemma2: `x += norm(o(attn))`); returns the
+    /// normalized residual read by gate, up.
     pub fn mlp_input(&self, cfg: &LlamaConfig, x: &mut [f32], attn: &[f32]) -> Vec<f32> {
         let t = x.len() / cfg.hidden_size;
         let mut o = self.project(linear_index(cfg, "self_attn.o_proj"), attn, t);
+        if let Some([attn_out_norm, _]) = &self.sandwich_norms {
+            o = normed(&o, attn_out_norm, cfg.rms_norm_eps);
+        }
         add_assign(x, &o);
         rms_norm(x, &self.post_norm, cfg.rms_norm_eps, &mut o);
         o
     }
 
-    /// Stage 4: SwiGLU activation read by down, from the normalized residual `h2`.
+    /// Stage 4: the gated activation read by down (SwiGLU, or gemma2's GeGLU), from the
+    /// normalized residual `h2`.
     pub fn mlp_act(&self, cfg: &LlamaConfig, h2: &[f32]) -> Vec<f32> {
         let t = h2.len() / cfg.hidden_size;
         let id = cfg.intermediate_size;
@@ -605,19 +643,22 @@ impl Block {
                 gate.extend_from_slice(&row[..id]);
                 up.extend_from_slice(&row[id..]);
             }
-            swiglu(&mut gate, &up);
+            gated(cfg.activation, &mut gate, &up);
             return gate;
         }
         let mut gate = self.project(4, h2, t);
         let up = self.project(5, h2, t);
-        swiglu(&mut gate, &up);
+        gated(cfg.activation, &mut gate, &up);
         gate
     }
 
-    /// Stage 5: `x += down(act)` in place.
+    /// Stage 5: `x += down(act)` in place (gemma2: `x += norm(down(act))`).
     pub fn mlp_output(&self, cfg: &LlamaConfig, x: &mut [f32], act: &[f32]) {
         let t = x.len() / cfg.hidden_size;
-        let d = self.project(linear_index(cfg, "mlp.down_proj"), act, t);
+        let mut d = self.project(linear_index(cfg, "mlp.down_proj"), act, t);
+        if let Some([_, mlp_out_norm]) = &self.sandwich_norms {
+            d = normed(&d, mlp_out_norm, cfg.rms_norm_eps);
+        }
         add_assign(x, &d);
     }
 
@@ -696,6 +737,7 @@ impl Block {
     pub fn weight_bytes(&self) -> usize {
         let dense = self.input_norm.len()
             + self.post_norm.len()
+            + self.sandwich_norms.as_ref().map_or(0, |[a, m]| a.len() + m.len())
             + self.biases.iter().flatten().map(Vec::len).sum::<usize>()
             + self.qk_norm.as_ref().map_or(0, |[q, k]| q.len() + k.len());
         self.linears.iter().map(|l| l.weight_bytes()).sum::<usize>() + dense * 4
@@ -727,7 +769,7 @@ impl LlamaModel {
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
         let embed = Arc::new(store.f32_shaped("model.embed_tokens.weight", &[vocab, h])?);
         let blocks = (0..cfg.num_layers).map(|i| Block::load(&cfg, store, i, make)).collect::<Result<Vec<_>>>()?;
-        let norm = store.f32_shaped("model.norm.weight", &[h])?;
+        let norm = load_norm(&cfg, store, "model.norm.weight", h)?;
         let lm_head = if store.contains("lm_head.weight")
             || store.contains("lm_head.qweight")
             || store.contains("lm_head.weight_packed")
@@ -743,7 +785,7 @@ impl LlamaModel {
 
     /// Embedding rows of `tokens` -> `[tokens.len(), hidden]`. Refuses ids outside the vocabulary.
     pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        embed_tokens(&self.embed, self.config.hidden_size, tokens)
+        embed_tokens(&self.config, &self.embed, tokens)
     }
 
     /// Final norm and LM head: `[tokens, hidden]` -> logits `[tokens, vocab]`.
@@ -755,6 +797,10 @@ impl LlamaModel {
         match &self.lm_head {
             Some(l) => l.forward(&normed, tokens, &mut logits),
             None => matmul_xwt(&normed, tokens, &self.embed, cfg.vocab_size, cfg.hidden_size, &mut logits),
+        }
+        if let Some(c) = cfg.final_softcap {
+            // transformers: `logits / c`, `tanh`, `* c` (gemma2 `final_logit_softcapping`).
+            logits.iter_mut().for_each(|l| *l = (*l / c).tanh() * c);
         }
         logits
     }
@@ -829,7 +875,10 @@ impl LlamaModel {
     }
 }
 
-pub fn embed_tokens(embed: &[f32], hidden: usize, tokens: &[u32]) -> Result<Vec<f32>> {
+/// The model's input rows for `tokens`: embedding rows (`embed`: `[vocab, hidden]`), times
+/// the config's embedding scale (gemma's `√hidden`) where it has one: `[tokens, hidden]`.
+pub fn embed_tokens(cfg: &LlamaConfig, embed: &[f32], tokens: &[u32]) -> Result<Vec<f32>> {
+    let hidden = cfg.hidden_size;
     let vocab = embed.len() / hidden;
     let mut x = Vec::with_capacity(tokens.len() * hidden);
     for &t in tokens {
@@ -838,5 +887,23 @@ pub fn embed_tokens(embed: &[f32], hidden: usize, tokens: &[u32]) -> Result<Vec<
         }
         x.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
     }
+    if let Some(s) = cfg.embed_scale {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
     Ok(x)
+}
+
+/// `rms_norm(x)` with multiplier `weight`, as a new vector.
+fn normed(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    rms_norm(x, weight, eps, &mut out);
+    out
+}
+
+/// `gate = act(gate) * up`, in place, for the config's activation.
+fn gated(act: Activation, gate: &mut [f32], up: &[f32]) {
+    match act {
+        Activation::Silu => swiglu(gate, up),
+        Activation::GeluTanh => geglu_tanh(gate, up),
+    }
 }

@@ -266,7 +266,7 @@ pub fn run_streaming(
         Source::Windows(w) => {
             let embed = store.f32_shaped("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
             let all: Vec<u32> = w.iter().flatten().copied().collect();
-            (embed_tokens(&embed, cfg.hidden_size, &all)?, w[0].len(), all.len())
+            (embed_tokens(cfg, &embed, &all)?, w[0].len(), all.len())
             // [n·seqlen, hidden]
         }
         Source::Stats(st, _) => (vec![], 1, st.tokens()),

@@ -119,10 +119,10 @@ impl Awq {
     }
 }
 
-fn source_name(s: ScaleSource) -> String {
+fn source_name(cfg: &LlamaConfig, s: ScaleSource) -> String {
     match s {
         ScaleSource::InputNorm => "input_layernorm".into(),
-        ScaleSource::PostNorm => "post_attention_layernorm".into(),
+        ScaleSource::PostNorm => cfg.mlp_norm_name().into(),
         ScaleSource::Linear(l) => l.into(),
     }
 }
@@ -186,7 +186,7 @@ impl BlockTransform for Awq {
             let short = |l: &&str| l.rsplit('.').next().unwrap_or(l).trim_end_matches("_proj").to_string();
             line += &format!(
                 " {}->{} a={:.2} {:.3e}->{:.3e};",
-                source_name(g.source),
+                source_name(cfg, g.source),
                 g.linears.iter().map(short).collect::<Vec<_>>().join("/"),
                 r.alpha,
                 r.error_before(),
@@ -194,7 +194,7 @@ impl BlockTransform for Awq {
             );
             self.group_reports.push(AwqGroupReport {
                 block: b,
-                source: source_name(g.source),
+                source: source_name(cfg, g.source),
                 linears: g.linears.iter().map(|l| l.to_string()).collect(),
                 alpha: r.alpha,
                 error_before: r.error_before(),

@@ -7,7 +7,9 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::linear::DenseLinear;
-use crate::model::llama::{linear_index, linear_shape, scaled_rows, Block, BlockDense, ScaleGroup, ScaleSource};
+use crate::model::llama::{
+    linear_index, linear_shape, scaled_rows, stored_norm, Block, BlockDense, ScaleGroup, ScaleSource,
+};
 use crate::model::LlamaConfig;
 
 /// Floor on a channel's mean |x| before the power, so a channel that never fires gets a
@@ -24,8 +26,11 @@ const W_MAX_EPS: f32 = 1e-6;
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockWeights {
     pub index: usize,
+    /// Norm multipliers, as [`Block`] holds them (gemma: `1 + w`).
     pub input_norm: Vec<f32>,
     pub post_norm: Vec<f32>,
+    /// gemma2's norms of the attention and MLP outputs; never scaled.
+    pub sandwich_norms: Option<[Vec<f32>; 2]>,
     /// `[out, in]` row-major, in [`LlamaConfig::linears`] order.
     pub linears: Vec<Vec<f32>>,
     /// Each linear's bias, if it has one (same order).
@@ -50,6 +55,7 @@ impl BlockWeights {
             index,
             input_norm: d.input_norm,
             post_norm: d.post_norm,
+            sandwich_norms: d.sandwich_norms,
             linears,
             biases: d.biases,
             qk_norm: d.qk_norm,
@@ -70,6 +76,7 @@ impl BlockWeights {
         let dense = BlockDense {
             input_norm: self.input_norm.clone(),
             post_norm: self.post_norm.clone(),
+            sandwich_norms: self.sandwich_norms.clone(),
             biases: self.biases.clone(),
             qk_norm: self.qk_norm.clone(),
             // Calibration observes keys and values at full precision (an FP8 KV cache's
@@ -133,12 +140,16 @@ impl BlockWeights {
     }
 
     /// The dense tensors a fold of `group` changes that are not quantized linears:
-    /// (name, values).
+    /// (name, values as stored: a gemma norm weight `w` for the multiplier `1 + w`).
     pub fn folded_dense(&self, cfg: &LlamaConfig, group: &ScaleGroup) -> Vec<(String, Vec<f32>)> {
         let p = format!("model.layers.{}", self.index);
         match group.source {
-            ScaleSource::InputNorm => vec![(format!("{p}.input_layernorm.weight"), self.input_norm.clone())],
-            ScaleSource::PostNorm => vec![(format!("{p}.post_attention_layernorm.weight"), self.post_norm.clone())],
+            ScaleSource::InputNorm => {
+                vec![(format!("{p}.input_layernorm.weight"), stored_norm(cfg, &self.input_norm))]
+            }
+            ScaleSource::PostNorm => {
+                vec![(format!("{p}.{}.weight", cfg.mlp_norm_name()), stored_norm(cfg, &self.post_norm))]
+            }
             ScaleSource::Linear(l) => match &self.biases[linear_index(cfg, l)] {
                 Some(b) => vec![(format!("{p}.{l}.bias"), b.clone())],
                 None => vec![],
