@@ -85,7 +85,9 @@ fn each_family_feature_changes_the_logits() {
         ("gemma2", "query_pre_attn_scalar", &|m| m.config.attn_scale = (m.config.head_dim as f32).powf(-0.5)),
         ("gemma2", "GeGLU", &|m| m.config.activation = Activation::Silu),
         ("gemma2", "post-attention/feed-forward norms", &|m| m.blocks.iter_mut().for_each(|b| b.sandwich_norms = None)),
-        ("gemma2", "(1 + w) norms", &|m| m.blocks.iter_mut().for_each(|b| b.input_norm.iter_mut().for_each(|w| *w -= 1.0))),
+        ("gemma2", "(1 + w) norms", &|m| {
+            m.blocks.iter_mut().for_each(|b| b.input_norm.iter_mut().for_each(|w| *w -= 1.0))
+        }),
         ("gemma2", "alternating sliding window", &|m| m.config.sliding_window = vec![None; 2]),
     ];
     for (name, feature, change) in cases {

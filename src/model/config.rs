@@ -317,8 +317,7 @@ impl LlamaConfig {
         for (key, fam_has) in [
             ("attention_bias", matches!(family, Family::Llama | Family::Qwen3 | Family::Gemma2)),
             ("mlp_bias", family == Family::Llama),
-        ]
-        {
+        ] {
             if !fam_has && opt_bool(key, false)? {
                 return Err(Error::config(
                     path,
@@ -434,10 +433,7 @@ fn activation(raw: &Value, family: Family, path: &Path) -> Result<Activation> {
     }
     match act.as_str() {
         "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-        _ => Err(Error::config(
-            path,
-            format!("hidden_activation \"{act}\" is not supported (only gelu_pytorch_tanh)"),
-        )),
+        _ => Err(Error::config(path, format!("hidden_activation \"{act}\" is not supported (only gelu_pytorch_tanh)"))),
     }
 }
 
@@ -502,9 +498,10 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
 
 /// Each block's window from `layer_types` (`full_attention` / `sliding_attention`).
 fn layer_types(v: &Value, layers: usize, window: Option<usize>, path: &Path) -> Result<Vec<Option<usize>>> {
-    let types = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
-        Error::config(path, format!("key \"layer_types\" must list {layers} layer types, found {v}"))
-    })?;
+    let types = v
+        .as_array()
+        .filter(|a| a.len() == layers)
+        .ok_or_else(|| Error::config(path, format!("key \"layer_types\" must list {layers} layer types, found {v}")))?;
     types
         .iter()
         .map(|t| match t.as_str() {

@@ -472,8 +472,8 @@ mod tests {
         geglu_tanh(&mut out, &up);
         for (i, ((&o, &g), &u)) in out.iter().zip(&gate).zip(&up).enumerate() {
             let g = g as f64;
-            let exact = 0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
-                * u as f64;
+            let exact =
+                0.5 * g * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh()) * u as f64;
             assert!((o as f64 - exact).abs() <= 2e-6 * (1.0 + exact.abs()), "index {i}: {o} vs {exact}");
         }
     }

@@ -588,7 +588,8 @@ impl Block {
         }
         let mut attn = vec![0.0f32; t * cfg.q_dim()];
         let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let p = AttnParams { scale: cfg.attn_scale, softcap: cfg.attn_softcap, sliding: cfg.sliding_window[self.index] };
+        let p =
+            AttnParams { scale: cfg.attn_scale, softcap: cfg.attn_softcap, sliding: cfg.sliding_window[self.index] };
         match how {
             Attend::Windows { rope, windows, seq, kv_absmax } => {
                 rope.apply(&mut q, heads);
