@@ -11,7 +11,7 @@ use quantize::model::rope::RopeScaling;
 use quantize::model::LlamaModel;
 use std::path::{Path, PathBuf};
 
-const FAMILIES: [&str; 7] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3", "gemma2"];
+const FAMILIES: [&str; 8] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"];
 
 /// Largest |ours − transformers| over all logits, relative to the largest |logit|.
 /// Both sides compute in f32 from the same (dtype-rounded) weights; what differs is the
@@ -71,7 +71,7 @@ fn each_family_feature_changes_the_logits() {
         rel_err(&logits(&model, &tokens), &want)
     };
     use quantize::model::config::Activation;
-    let cases: [(&str, &str, &dyn Fn(&mut LlamaModel)); 15] = [
+    let cases: [(&str, &str, &dyn Fn(&mut LlamaModel)); 19] = [
         ("llama3", "llama3 rope scaling", &|m| m.config.rope.scaling = RopeScaling::Default),
         ("llama_bias_linear", "linear rope scaling", &|m| m.config.rope.scaling = RopeScaling::Default),
         ("llama_bias_linear", "o_proj bias", &|m| m.blocks.iter_mut().for_each(|b| b.biases[3] = None)),
@@ -89,6 +89,10 @@ fn each_family_feature_changes_the_logits() {
             m.blocks.iter_mut().for_each(|b| b.input_norm.iter_mut().for_each(|w| *w -= 1.0))
         }),
         ("gemma2", "alternating sliding window", &|m| m.config.sliding_window = vec![None; 2]),
+        ("gemma3", "local RoPE base of sliding blocks", &|m| m.config.rope_local = None),
+        ("gemma3", "linear scaling of full blocks", &|m| m.config.rope.scaling = RopeScaling::Default),
+        ("gemma3", "(1 + w) q/k norms", &|m| m.blocks.iter_mut().for_each(|b| b.qk_norm = None)),
+        ("gemma3", "sliding window", &|m| m.config.sliding_window = vec![None; 2]),
     ];
     for (name, feature, change) in cases {
         let err = off(name, change);
@@ -97,6 +101,30 @@ fn each_family_feature_changes_the_logits() {
     // phi3: its sliding window (24) is shorter than the 40 tokens.
     let err = off("phi3", &|m| m.config.sliding_window = vec![None; 2]);
     assert!(err > 100.0 * TOLERANCE, "phi3 without its sliding window: {err:.2e}");
+}
+
+/// Gemma 3's RoPE written as transformers 5 saves it (`rope_parameters` per layer type)
+/// computes what the hub's keys (`rope_theta`, `rope_local_base_freq`, `rope_scaling`) do.
+#[test]
+fn gemma3_rope_parameters_per_layer_type_equal_the_hub_keys() {
+    use serde_json::json;
+    let root = tempfile::tempdir().unwrap();
+    let src = fixture("gemma3");
+    let dir = common::dir_with_config(&src, root.path(), "rope-parameters", |c| {
+        let o = c.as_object_mut().unwrap();
+        for k in ["rope_theta", "rope_local_base_freq", "rope_scaling"] {
+            o.remove(k);
+        }
+        o.insert(
+            "rope_parameters".into(),
+            json!({"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        );
+    });
+    let (tokens, want) = reference(&src);
+    let model = LlamaModel::load(&dir).unwrap();
+    assert_eq!(logits(&model, &tokens), logits(&LlamaModel::load(&src).unwrap(), &tokens));
+    assert!(rel_err(&logits(&model, &tokens), &want) < TOLERANCE);
 }
 
 #[test]
@@ -197,7 +225,7 @@ fn every_family_quantizes_writes_reloads_and_evaluates() {
 fn family_config_errors_name_the_key_and_write_nothing() {
     use serde_json::json;
     let root = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &dyn Fn(&mut serde_json::Value), &[&str]); 13] = [
+    let cases: [(&str, &str, &dyn Fn(&mut serde_json::Value), &[&str]); 16] = [
         ("llama3", "unknown", &|c| c["attn_logit_softcapping"] = json!(50.0), &["attn_logit_softcapping", "50"]),
         ("llama3", "dynamic", &|c| c["rope_scaling"] = json!({"rope_type": "dynamic", "factor": 2.0}), &["dynamic"]),
         (
@@ -248,6 +276,14 @@ fn family_config_errors_name_the_key_and_write_nothing() {
             &|c| c["hidden_act"] = json!("silu"),
             &["hidden_act \"silu\"", "hidden_activation \"gelu_pytorch_tanh\""],
         ),
+        ("gemma2", "gemma3-key", &|c| c["rope_local_base_freq"] = json!(10000.0), &["rope_local_base_freq", "gemma2"]),
+        (
+            "gemma3",
+            "rope-layer-type",
+            &|c| c["rope_parameters"] = json!({"chunked_attention": {"rope_type": "default"}}),
+            &["rope_parameters", "chunked_attention"],
+        ),
+        ("gemma3", "no-window", &|c| c["sliding_window"] = json!(null), &["sliding_window", "null"]),
         (
             "llama3",
             "bias-missing",

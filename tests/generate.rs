@@ -11,7 +11,7 @@ use quantize::model::load::load_model;
 use quantize::model::LlamaModel;
 use std::path::{Path, PathBuf};
 
-const FAMILIES: [&str; 6] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3"];
+const FAMILIES: [&str; 8] = ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families").join(name)
@@ -54,7 +54,7 @@ fn check_cache_within(model: &LlamaModel, tokens: &[u32], what: &str, tol: f64) 
 
 #[test]
 fn the_kv_cache_gives_the_full_forward_logits_in_every_family() {
-    // 40 tokens: past mistral's sliding window of 16 and phi3's of 24.
+    // 40 tokens: past mistral's and gemma's sliding windows of 16 and phi3's of 24.
     for name in FAMILIES {
         let dir = fixture(name);
         let model = LlamaModel::load(&dir).unwrap();
@@ -72,7 +72,7 @@ fn the_kv_cache_works_for_every_quantized_format() {
         ("rtn", "awq", &["--bits", "4", "--group-size", "32", "--asym"]),
         ("fp8", "compressed-tensors", &[]),
     ];
-    for name in ["llama3", "phi3"] {
+    for name in ["llama3", "phi3", "gemma3"] {
         for (method, format, extra) in runs {
             let out = root.path().join(format!("{name}-{method}-{format}"));
             let mut args = vec![fixture(name).to_str().unwrap().to_string(), "--method".into(), method.into()];

@@ -174,6 +174,9 @@ fn bad_gguf_requests_are_refused_before_writing() {
         c["sliding_window"] = 64.into();
     });
     fails_with(&[mistral.to_str().unwrap(), "-o", o, "--gguf-type", "Q8_0"], &["sliding_window = 64"]);
+    // gemma (llama.cpp's gemma2/gemma3 architectures are not written yet).
+    let gemma = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families/gemma2");
+    fails_with(&[gemma.to_str().unwrap(), "-o", o, "--gguf-type", "Q8_0"], &["--format gguf", "gemma2"]);
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 2, "only the recipe and the model copy");
 }

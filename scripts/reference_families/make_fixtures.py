@@ -11,7 +11,7 @@ the block moves the logits. Written to tests/fixtures/families/<name>/:
 
 Tokenizers are trained here with the `tokenizers` library on a public-domain text in each
 family's scheme (byte-level BPE with the GPT-4-style split for llama3/qwen, a
-SentencePiece-style Metaspace BPE for mistral/phi3/gemma2): real hub tokenizer files are not
+SentencePiece-style Metaspace BPE for mistral/phi3/gemma): real hub tokenizer files are not
 available offline and would not fit a 384-token vocabulary.
 
 Run in the venv of scripts/reference_gptq/setup_env.sh:
@@ -180,6 +180,33 @@ FAMILIES = {
         pad_token_id=0,
         dtype="float32",
     ),
+    # Gemma-3-4B's text model as the hub writes it (`gemma3_text`, Gemma3ForCausalLM): gemma2's
+    # block with (1 + w) q/k norms and no soft-capping, rope_theta 1e6 with linear scaling
+    # (factor 8) on full blocks and rope_local_base_freq 1e4 on sliding ones; one block in
+    # sliding_window_pattern (6 there; 2 here, so both kinds appear in 2 blocks) is full.
+    "gemma3": dict(
+        model_type="gemma3_text",
+        architectures=["Gemma3ForCausalLM"],
+        hidden_act=None,  # not in Gemma 3's config.json
+        hidden_activation="gelu_pytorch_tanh",
+        head_dim=32,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        rope_local_base_freq=10000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        sliding_window=16,
+        sliding_window_pattern=2,
+        attention_bias=False,
+        attention_dropout=0.0,
+        cache_implementation="hybrid",
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        dtype="bfloat16",
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -235,7 +262,7 @@ def write(name, spec):
     spec = dict(spec)
     dtype = spec.pop("dtype")
     shards = spec.pop("shards", 1)
-    cfg_dict = {**BASE, **spec, "torch_dtype": dtype}
+    cfg_dict = {k: v for k, v in {**BASE, **spec, "torch_dtype": dtype}.items() if v is not None or k != "hidden_act"}
     out = os.path.join(OUT, name)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
@@ -272,7 +299,7 @@ def write(name, spec):
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg_dict, f, indent=2)
-    scheme = "metaspace" if spec["model_type"] in ("mistral", "phi3", "gemma2") else "bytelevel"
+    scheme = "metaspace" if spec["model_type"] in ("mistral", "phi3", "gemma2", "gemma3_text") else "bytelevel"
     make_tokenizer(scheme).save(os.path.join(out, "tokenizer.json"))
 
     tokens = torch.tensor([(7 * i * i + 3 * i + 5) % VOCAB for i in range(SEQ)], dtype=torch.int64)

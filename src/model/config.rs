@@ -1,7 +1,7 @@
 //! `config.json` of the decoder families this tool runs (llama, mistral, qwen2, qwen3,
-//! phi3, gemma2), with a clear error for anything else. Keys and defaults follow
+//! phi3, gemma2, gemma3_text), with a clear error for anything else. Keys and defaults follow
 //! transformers 5.24's `LlamaConfig`, `MistralConfig`, `Qwen2Config`, `Qwen3Config`,
-//! `Phi3Config` and `Gemma2Config`; a key that would change the computation and is not
+//! `Phi3Config`, `Gemma2Config` and `Gemma3TextConfig`; a key that would change the computation and is not
 //! implemented is refused, never ignored.
 
 use super::rope::RopeConfig;
@@ -22,6 +22,16 @@ pub enum Family {
     /// GeGLU, `(1 + w)` RMSNorms around attention and MLP, a scaled embedding, soft-capped
     /// attention scores and logits, alternating sliding-window blocks.
     Gemma2,
+    /// Gemma 3's text model (`gemma3_text`): gemma2's block without soft-capping by
+    /// default, `(1 + w)` q/k norms, and its own RoPE base for the sliding blocks.
+    Gemma3,
+}
+
+impl Family {
+    /// Gemma's block: GeGLU, `(1 + w)` norms around attention and MLP, a scaled embedding.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
 }
 
 /// The MLP's gate activation (`hidden_act`, gemma's `hidden_activation`).
@@ -42,6 +52,7 @@ impl Family {
             "qwen3" => Family::Qwen3,
             "phi3" => Family::Phi3,
             "gemma2" => Family::Gemma2,
+            "gemma3_text" => Family::Gemma3,
             _ => return None,
         })
     }
@@ -59,7 +70,11 @@ pub struct LlamaConfig {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub rms_norm_eps: f32,
+    /// RoPE of full-attention blocks (all blocks but gemma3's sliding ones).
     pub rope: RopeConfig,
+    /// RoPE of gemma3's sliding-window blocks (`rope_local_base_freq`, or
+    /// `rope_parameters.sliding_attention`).
+    pub rope_local: Option<RopeConfig>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q, k, v and o carry a bias (`attention_bias`: llama, qwen3).
@@ -97,7 +112,7 @@ pub struct LlamaConfig {
     pub raw: Value,
 }
 
-const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2"];
+const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text"];
 
 /// Keys that describe the run, not the computation (token ids, dropout, training settings,
 /// provenance), or whose only supported value is checked elsewhere.
@@ -124,7 +139,7 @@ const INERT_KEYS: &[&str] = &[
     "cache_implementation",
 ];
 
-/// Keys read for gemma2 only; on another family they are refused by name.
+/// Keys read for gemma2 and gemma3_text only; on another family they are refused by name.
 const GEMMA_KEYS: &[&str] = &[
     "hidden_activation",
     "query_pre_attn_scalar",
@@ -132,6 +147,9 @@ const GEMMA_KEYS: &[&str] = &[
     "final_logit_softcapping",
     "use_bidirectional_attention",
 ];
+
+/// Keys read for gemma3_text only.
+const GEMMA3_KEYS: &[&str] = &["rope_local_base_freq", "sliding_window_pattern"];
 
 /// Keys this module reads.
 const READ_KEYS: &[&str] = &[
@@ -183,16 +201,19 @@ impl LlamaConfig {
         let obj = raw.as_object().ok_or_else(|| Error::config(path, "config.json is not a JSON object"))?;
         for (k, v) in obj {
             // A null value is transformers' "not set".
-            if !v.is_null() && GEMMA_KEYS.contains(&k.as_str()) && family != Family::Gemma2 {
+            let foreign = (GEMMA_KEYS.contains(&k.as_str()) && !family.is_gemma())
+                || (GEMMA3_KEYS.contains(&k.as_str()) && family != Family::Gemma3);
+            if !v.is_null() && foreign {
                 return Err(Error::config(
                     path,
-                    format!("key \"{k}\" = {v} is not part of model_type \"{model_type}\" (it is gemma2's)"),
+                    format!("key \"{k}\" = {v} is not part of model_type \"{model_type}\" (it is gemma's)"),
                 ));
             }
             if !v.is_null()
                 && !READ_KEYS.contains(&k.as_str())
                 && !INERT_KEYS.contains(&k.as_str())
                 && !GEMMA_KEYS.contains(&k.as_str())
+                && !GEMMA3_KEYS.contains(&k.as_str())
             {
                 return Err(Error::config(
                     path,
@@ -236,11 +257,11 @@ impl LlamaConfig {
         let num_heads = req("num_attention_heads")?;
         let num_layers = req("num_hidden_layers")?;
         let num_kv_heads = opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-        // Qwen3Config's head_dim defaults to 128, Gemma2Config's to 256; the others derive it.
+        // Qwen3Config's head_dim defaults to 128, Gemma's to 256; the others derive it.
         let head_dim = match (opt_usize("head_dim")?, family) {
             (Some(d), _) => d,
             (None, Family::Qwen3) => 128,
-            (None, Family::Gemma2) => 256,
+            (None, Family::Gemma2 | Family::Gemma3) => 256,
             (None, _) if hidden_size % num_heads != 0 => {
                 return Err(Error::config(
                     path,
@@ -266,9 +287,14 @@ impl LlamaConfig {
             Family::Qwen2 | Family::Qwen3 => 32768,
             Family::Phi3 => 4096,
             Family::Gemma2 => 8192,
+            Family::Gemma3 => 131_072,
             Family::Llama => 2048,
         });
-        let rope = RopeConfig::from_json(&raw, head_dim, max_position_embeddings, path)?;
+        let (rope, rope_local) = if family == Family::Gemma3 {
+            gemma3_rope(&raw, head_dim, max_position_embeddings, path)?
+        } else {
+            (RopeConfig::from_json(&raw, head_dim, max_position_embeddings, path)?, None)
+        };
         if raw.get("original_max_position_embeddings").is_some_and(|v| !v.is_null())
             && family != Family::Phi3
             && !matches!(rope.scaling, super::rope::RopeScaling::Llama3 { .. } | super::rope::RopeScaling::Yarn { .. })
@@ -279,7 +305,7 @@ impl LlamaConfig {
             ));
         }
         let activation = activation(&raw, family, path)?;
-        let gemma = family == Family::Gemma2;
+        let gemma = family.is_gemma();
         if gemma && opt_bool("use_bidirectional_attention", false)? {
             return Err(Error::config(
                 path,
@@ -296,7 +322,9 @@ impl LlamaConfig {
             };
             Ok(if gemma { v.map(|c| c as f32) } else { None })
         };
-        // Gemma2Config: query_pre_attn_scalar 256, soft-capping 50 (scores) and 30 (logits).
+        // Gemma2Config: query_pre_attn_scalar 256, soft-capping 50 (scores) and 30 (logits);
+        // Gemma3TextConfig: no soft-capping by default.
+        let capped = family == Family::Gemma2;
         let attn_scale = if gemma {
             let s = opt_f("query_pre_attn_scalar", 256.0)?;
             if !(s > 0.0) {
@@ -307,7 +335,7 @@ impl LlamaConfig {
             (head_dim as f64).powf(-0.5) as f32
         };
         let attention_bias = match family {
-            Family::Llama | Family::Qwen3 | Family::Gemma2 => opt_bool("attention_bias", false)?,
+            Family::Llama | Family::Qwen3 | Family::Gemma2 | Family::Gemma3 => opt_bool("attention_bias", false)?,
             _ => false,
         };
         let mlp_bias = match family {
@@ -315,7 +343,7 @@ impl LlamaConfig {
             _ => false,
         };
         for (key, fam_has) in [
-            ("attention_bias", matches!(family, Family::Llama | Family::Qwen3 | Family::Gemma2)),
+            ("attention_bias", matches!(family, Family::Llama | Family::Qwen3) || family.is_gemma()),
             ("mlp_bias", family == Family::Llama),
         ] {
             if !fam_has && opt_bool(key, false)? {
@@ -341,18 +369,19 @@ impl LlamaConfig {
             vocab_size: req("vocab_size")?,
             rms_norm_eps: opt_f("rms_norm_eps", if family == Family::Phi3 { 1e-5 } else { 1e-6 })?,
             rope,
+            rope_local,
             max_position_embeddings,
             tie_word_embeddings: opt_bool("tie_word_embeddings", false)?,
             attention_bias,
             qkv_bias: family == Family::Qwen2,
             mlp_bias,
-            qk_norm: family == Family::Qwen3,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
             sliding_window,
             activation,
             norm_offset: if gemma { 1.0 } else { 0.0 },
             attn_scale,
-            attn_softcap: softcap("attn_logit_softcapping", Some(50.0))?,
-            final_softcap: softcap("final_logit_softcapping", Some(30.0))?,
+            attn_softcap: softcap("attn_logit_softcapping", capped.then_some(50.0))?,
+            final_softcap: softcap("final_logit_softcapping", capped.then_some(30.0))?,
             // transformers: torch.tensor(hidden_size ** 0.5), a double rounded to f32.
             embed_scale: gemma.then(|| (hidden_size as f64).sqrt() as f32),
             sandwich_norms: gemma,
@@ -408,7 +437,7 @@ fn activation(raw: &Value, family: Family, path: &Path) -> Result<Activation> {
             .map(str::to_string)
             .ok_or_else(|| Error::config(path, format!("key \"{key}\" must be a string, found {v}")))
     };
-    if family != Family::Gemma2 {
+    if !family.is_gemma() {
         let act = get("hidden_act").map(|v| name("hidden_act", v)).transpose()?.unwrap_or_else(|| "silu".into());
         return match act.as_str() {
             "silu" => Ok(Activation::Silu),
@@ -425,7 +454,7 @@ fn activation(raw: &Value, family: Family, path: &Path) -> Result<Activation> {
             return Err(Error::config(
                 path,
                 format!(
-                    "hidden_act \"{other}\" disagrees with hidden_activation \"{act}\" (gemma2's MLP reads \
+                    "hidden_act \"{other}\" disagrees with hidden_activation \"{act}\" (gemma's MLP reads \
                      hidden_activation)"
                 ),
             ));
@@ -442,7 +471,7 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
     let window = match raw.get("sliding_window") {
         None => match family {
             // MistralConfig's and Gemma2Config's default is 4096 when the key is absent.
-            Family::Mistral | Family::Gemma2 => Some(4096),
+            Family::Mistral | Family::Gemma2 | Family::Gemma3 => Some(4096),
             _ => None,
         },
         Some(Value::Null) => None,
@@ -461,12 +490,27 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
             }
             Ok(vec![None; layers])
         }
-        Family::Gemma2 => {
-            // Gemma2Config: layer_types alternate, even blocks sliding.
-            match raw.get("layer_types").filter(|v| !v.is_null()) {
-                Some(v) => layer_types(v, layers, window, path),
-                None => Ok((0..layers).map(|i| if i % 2 == 0 { window } else { None }).collect()),
+        Family::Gemma2 | Family::Gemma3 => {
+            // Gemma2Config: layer_types alternate, even blocks sliding; Gemma3TextConfig:
+            // every `sliding_window_pattern`-th block (default 6) is full, the others slide.
+            let pattern = match raw.get("sliding_window_pattern") {
+                _ if family == Family::Gemma2 => 2,
+                None | Some(Value::Null) => 6,
+                Some(v) => v.as_u64().filter(|&n| n > 0).map(|n| n as usize).ok_or_else(|| {
+                    Error::config(path, format!("key \"sliding_window_pattern\" must be a positive integer, found {v}"))
+                })?,
+            };
+            let windows = match raw.get("layer_types").filter(|v| !v.is_null()) {
+                Some(v) => layer_types(v, layers, window, path)?,
+                None => (0..layers).map(|i| if (i + 1) % pattern != 0 { window } else { None }).collect(),
+            };
+            if family == Family::Gemma3 && window.is_none() {
+                return Err(Error::config(
+                    path,
+                    "key \"sliding_window\" is null: gemma3's sliding blocks need a window (and take their own RoPE)",
+                ));
             }
+            Ok(windows)
         }
         Family::Mistral | Family::Phi3 => {
             if raw.get("layer_types").is_some_and(|v| !v.is_null()) {
@@ -494,6 +538,48 @@ fn sliding_windows(raw: &Value, family: Family, layers: usize, path: &Path) -> R
             }
         }
     }
+}
+
+/// Gemma 3's two RoPEs: `(full_attention, sliding_attention)`, from `rope_parameters`
+/// keyed by layer type (transformers 5), or the hub's `rope_theta` (default 1e6) with
+/// `rope_scaling` for full blocks and `rope_local_base_freq` (default 1e4, unscaled) for
+/// sliding ones (`Gemma3TextConfig.convert_rope_params_to_dict`).
+fn gemma3_rope(raw: &Value, head_dim: usize, max_pos: usize, path: &Path) -> Result<(RopeConfig, Option<RopeConfig>)> {
+    use serde_json::json;
+    let by_type = raw.get("rope_parameters").filter(|p| !p.is_null());
+    let part = |layer_type: &str, theta_key: &str, default_theta: f64, scaling: Option<&Value>| -> Result<RopeConfig> {
+        let mut params = match by_type {
+            Some(p) => p.get(layer_type).cloned().unwrap_or_else(|| json!({"rope_type": "default"})),
+            None => scaling.filter(|v| !v.is_null()).cloned().unwrap_or_else(|| json!({"rope_type": "default"})),
+        };
+        let shown = params.to_string();
+        let obj = params.as_object_mut().ok_or_else(|| {
+            Error::config(path, format!("rope parameters of \"{layer_type}\" must be an object, found {shown}"))
+        })?;
+        if !obj.contains_key("rope_theta") {
+            obj.insert(
+                "rope_theta".into(),
+                raw.get(theta_key).filter(|v| !v.is_null()).cloned().unwrap_or(json!(default_theta)),
+            );
+        }
+        let mut one = json!({ "rope_parameters": params });
+        if let Some(f) = raw.get("partial_rotary_factor") {
+            one["partial_rotary_factor"] = f.clone();
+        }
+        RopeConfig::from_json(&one, head_dim, max_pos, path)
+    };
+    if let Some(p) = by_type {
+        let keys = p.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        if let Some(k) = keys.iter().find(|k| *k != "full_attention" && *k != "sliding_attention") {
+            return Err(Error::config(
+                path,
+                format!("\"rope_parameters\".{k}: gemma3_text takes parameters per layer type (full_attention, sliding_attention)"),
+            ));
+        }
+    }
+    let full = part("full_attention", "rope_theta", 1_000_000.0, raw.get("rope_scaling"))?;
+    let local = part("sliding_attention", "rope_local_base_freq", 10_000.0, None)?;
+    Ok((full, Some(local)))
 }
 
 /// Each block's window from `layer_types` (`full_attention` / `sliding_attention`).

@@ -26,6 +26,8 @@ pub struct Rope {
     pub seq: usize,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The tables of sliding-window blocks where they differ (gemma3's local base).
+    local: Option<Box<Rope>>,
 }
 
 impl Rope {
@@ -48,7 +50,23 @@ impl Rope {
                 sin.push(a.sin() * scale);
             }
         }
-        Self { half, head_dim, seq, cos, sin }
+        Self { half, head_dim, seq, cos, sin, local: None }
+    }
+
+    /// Tables for full-attention blocks (`rope`) and, where given, for sliding-window
+    /// blocks (`local`).
+    pub fn with_local(rope: &RopeConfig, local: Option<&RopeConfig>, head_dim: usize, seq: usize) -> Self {
+        let mut r = Self::from_config(rope, head_dim, seq);
+        r.local = local.map(|l| Box::new(Self::from_config(l, head_dim, seq)));
+        r
+    }
+
+    /// The tables of a block: the local ones for a sliding-window block where there are any.
+    pub fn for_block(&self, sliding: bool) -> &Rope {
+        match (&self.local, sliding) {
+            (Some(l), true) => l,
+            _ => self,
+        }
     }
 
     /// Rotate every head of `x` (`[windows·seq, heads·head_dim]`) in place; position = row % seq.

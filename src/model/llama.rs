@@ -121,9 +121,10 @@ impl LlamaConfig {
         }
     }
 
-    /// RoPE tables for sequences of `seq` positions, with this config's scaling.
+    /// RoPE tables for sequences of `seq` positions, with this config's scaling (and
+    /// gemma3's local tables for its sliding blocks).
     pub fn rope_tables(&self, seq: usize) -> Rope {
-        Rope::from_config(&self.rope, self.head_dim, seq)
+        Rope::with_local(&self.rope, self.rope_local.as_ref(), self.head_dim, seq)
     }
 }
 
@@ -592,6 +593,7 @@ impl Block {
             AttnParams { scale: cfg.attn_scale, softcap: cfg.attn_softcap, sliding: cfg.sliding_window[self.index] };
         match how {
             Attend::Windows { rope, windows, seq, kv_absmax } => {
+                let rope = rope.for_block(p.sliding.is_some());
                 rope.apply(&mut q, heads);
                 rope.apply(&mut k, kv_heads);
                 if let Some(m) = kv_absmax {
@@ -608,6 +610,7 @@ impl Block {
             }
             Attend::Cached { rope, kv, scratch } => {
                 let pos0 = kv.len();
+                let rope = rope.for_block(p.sliding.is_some());
                 rope.apply_from(&mut q, heads, pos0);
                 rope.apply_from(&mut k, kv_heads, pos0);
                 kv.append(&k, &v);
