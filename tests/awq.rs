@@ -10,7 +10,7 @@ use quantize::io::checkpoint::{
     read_quantized_checkpoint, write_quantized_checkpoint, write_quantized_checkpoint_with, CheckpointFormat,
 };
 use quantize::io::safetensors::SafetensorsStore;
-use quantize::model::linear::DenseLinear;
+use quantize::model::linear::{DenseLinear, MappedLinear};
 use quantize::model::llama::{
     dense_from_store, linear_shape, scale_groups, ScaleGroup, ScaleSource, ScaleTarget, BLOCK_LINEARS,
 };
@@ -28,7 +28,6 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// f32 forwards of the same function, weights rescaled by up to 10x either way: logits
 /// agree to this fraction of the logit range (measured: 1.0e-6 on the tiny models, 2.2e-6
@@ -89,7 +88,7 @@ fn model_from(cfg: &LlamaConfig, store: &SafetensorsStore, blocks: &[BlockWeight
     let h = cfg.hidden_size;
     LlamaModel {
         config: cfg.clone(),
-        embed: Arc::new(store.f32_shaped("model.embed_tokens.weight", &[cfg.vocab_size, h]).unwrap()),
+        embed: MappedLinear::new(store.mapped("model.embed_tokens.weight", [cfg.vocab_size, h]).unwrap()),
         blocks: blocks.iter().map(|b| b.to_block(cfg)).collect(),
         norm: store.f32_shaped("model.norm.weight", &[h]).unwrap(),
         lm_head: None,

@@ -11,10 +11,12 @@ use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the [`MappedTensor`]s handed out, which outlive the store.
+    mmap: Arc<Mmap>,
     /// Bytes before the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
@@ -129,7 +131,7 @@ impl SafetensorsStore {
                 ),
             )
         })?;
-        Ok(Shard { path: path.to_path_buf(), mmap, data_start: 8 + header_len, metadata })
+        Ok(Shard { path: path.to_path_buf(), mmap: Arc::new(mmap), data_start: 8 + header_len, metadata })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -165,6 +167,29 @@ impl SafetensorsStore {
         Ok(RawTensor { name, dtype: info.dtype, shape: &info.shape, bytes })
     }
 
+    /// A float tensor (F32, F16, BF16) left in the memory-mapped file: it holds no copy, and
+    /// its pages are read (and may be dropped again by the OS) as rows are used.
+    pub fn mapped(&self, name: &str, shape: [usize; 2]) -> Result<MappedTensor> {
+        let (shard, info) = self.info(name)?;
+        if info.shape != shape {
+            return Err(Error::tensor(name, format!("expected shape {shape:?}, found {:?}", info.shape)));
+        }
+        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(Error::tensor(
+                name,
+                format!("dtype {:?} is not a float type this loader reads (F32, F16, BF16)", info.dtype),
+            ));
+        }
+        let (a, b) = info.data_offsets;
+        Ok(MappedTensor {
+            map: Arc::clone(&shard.mmap),
+            start: shard.data_start + a,
+            end: shard.data_start + b,
+            dtype: info.dtype,
+            shape,
+        })
+    }
+
     /// File holding a tensor (for messages).
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.index.get(name).map(|&i| self.shards[i].path.as_path())
@@ -183,6 +208,55 @@ impl SafetensorsStore {
             return Err(Error::tensor(name, format!("expected shape {shape:?}, found {s:?}")));
         }
         Ok(v)
+    }
+}
+
+/// A 2-D float tensor inside a memory-mapped safetensors file ([`SafetensorsStore::mapped`]).
+#[derive(Clone)]
+pub struct MappedTensor {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+    pub dtype: Dtype,
+    /// `[rows, cols]`
+    pub shape: [usize; 2],
+}
+
+impl MappedTensor {
+    /// The tensor's little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+
+    /// Bytes per element.
+    pub fn element_bytes(&self) -> usize {
+        if self.dtype == Dtype::F32 {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The values themselves when the file stores aligned f32 (no copy needed).
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        if self.dtype != Dtype::F32 {
+            return None;
+        }
+        // SAFETY: any 4 bytes are a valid f32; `align_to` gives a middle slice only at
+        // 4-byte-aligned addresses, and we take it only when nothing is left over.
+        let (head, mid, tail) = unsafe { self.bytes().align_to::<f32>() };
+        (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(mid)
+    }
+
+    /// Rows `r0 .. r1` converted to f32, appended to `out` (`(r1 - r0) · cols` values).
+    pub fn rows_into(&self, r0: usize, r1: usize, out: &mut Vec<f32>) {
+        let (cols, e) = (self.shape[1], self.element_bytes());
+        let bytes = &self.bytes()[r0 * cols * e..r1 * cols * e];
+        match self.dtype {
+            Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
+            Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+            _ => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        }
     }
 }
 

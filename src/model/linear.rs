@@ -1,8 +1,11 @@
 //! `Linear`: the one interface every linear layer of a model goes through, so there is
 //! one model file per architecture, not a dense twin and a quantized twin.
-//! Implementations: [`DenseLinear`] (f32, faer), the quantized CPU linear
+//! Implementations: [`DenseLinear`] (f32, faer), [`MappedLinear`] (weights left in the
+//! memory-mapped file: embeddings and LM heads), the quantized CPU linear
 //! (`crate::model::qlinear`), and the GPU linear (`crate::gpu`).
 
+use crate::error::{Error, Result};
+use crate::io::safetensors::MappedTensor;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -118,6 +121,88 @@ impl Linear for DenseLinear {
     }
 }
 
+/// Bytes of f32 per converted tile of a [`MappedLinear`] product.
+const MAPPED_TILE_BYTES: usize = 8 << 20;
+
+/// Full-precision weights `[out, in]` left in the memory-mapped model file (F32, F16 or
+/// BF16): the embedding and the LM head, which at a 128k vocabulary would take GBs as f32
+/// copies. A product converts a tile of rows at a time (f32 files aligned in memory are
+/// read in place, so their products are [`DenseLinear`]'s, bit for bit).
+#[derive(Clone)]
+pub struct MappedLinear {
+    pub weight: MappedTensor,
+}
+
+impl MappedLinear {
+    pub fn new(weight: MappedTensor) -> Self {
+        Self { weight }
+    }
+
+    /// Rows `ids` as f32, `[ids.len(), in]` (an embedding lookup); refuses an id outside.
+    pub fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let [vocab, hidden] = self.weight.shape;
+        let mut x = Vec::with_capacity(ids.len() * hidden);
+        for &t in ids {
+            if t as usize >= vocab {
+                return Err(Error::other_msg(format!("token id {t} is outside the vocabulary of {vocab}")));
+            }
+            self.weight.rows_into(t as usize, t as usize + 1, &mut x);
+        }
+        Ok(x)
+    }
+
+    /// Rows `r0 .. r1` converted to f32, in parallel.
+    fn tile(&self, r0: usize, r1: usize, buf: &mut Vec<f32>) {
+        let k = self.weight.shape[1];
+        buf.clear();
+        buf.resize((r1 - r0) * k, 0.0);
+        buf.par_chunks_mut(k * 16).enumerate().for_each(|(i, out)| {
+            let a = r0 + i * 16;
+            let mut v = Vec::with_capacity(out.len());
+            self.weight.rows_into(a, a + out.len() / k.max(1), &mut v);
+            out.copy_from_slice(&v);
+        });
+    }
+}
+
+impl Linear for MappedLinear {
+    fn in_features(&self) -> usize {
+        self.weight.shape[1]
+    }
+    fn out_features(&self) -> usize {
+        self.weight.shape[0]
+    }
+    fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
+        let [n, k] = self.weight.shape;
+        if let Some(w) = self.weight.as_f32() {
+            return matmul_xwt(x, tokens, w, n, k, y);
+        }
+        assert_eq!(y.len(), tokens * n, "MappedLinear: y shape");
+        if tokens == 0 {
+            return;
+        }
+        let rows = (MAPPED_TILE_BYTES / (4 * k.max(1))).clamp(16, n.max(16));
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        for r0 in (0..n).step_by(rows) {
+            let r1 = (r0 + rows).min(n);
+            self.tile(r0, r1, &mut buf);
+            if tokens == 1 {
+                matmul_xwt(x, 1, &buf, r1 - r0, k, &mut y[r0..r1]);
+                continue;
+            }
+            // [tokens, tile], then into columns r0..r1 of y.
+            out.resize(tokens * (r1 - r0), 0.0);
+            matmul_xwt(x, tokens, &buf, r1 - r0, k, &mut out);
+            for (yr, or) in y.chunks_exact_mut(n).zip(out.chunks_exact(r1 - r0)) {
+                yr[r0..r1].copy_from_slice(or);
+            }
+        }
+    }
+    fn weight_bytes(&self) -> usize {
+        self.weight.bytes().len()
+    }
+}
+
 /// Plain triple loop, the reference every fast path is tested against.
 pub fn reference_xwt(x: &[f32], tokens: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; tokens * n];
@@ -136,7 +221,52 @@ pub fn reference_xwt(x: &[f32], tokens: usize, w: &[f32], n: usize, k: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::safetensors::SafetensorsStore;
     use rand::{Rng, SeedableRng};
+
+    /// The mapped product and lookup against the plain reference on the values the file
+    /// holds: BF16, F16 and F32, a zero row and an outlier, 0 / 1 / many tokens, and more
+    /// rows than one converted tile (3700 x 576: tiles of 3640 rows).
+    #[test]
+    fn mapped_linear_matches_the_reference_in_every_dtype() {
+        use safetensors::{tensor::TensorView, Dtype};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let dir = tempfile::tempdir().unwrap();
+        let (n, k) = (3700, 576);
+        let mut w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        w[5 * k..6 * k].fill(0.0);
+        w[7] = 3e4;
+        let encoded: [(Dtype, Vec<u8>); 3] = [
+            (Dtype::BF16, w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
+            (Dtype::F16, w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+            (Dtype::F32, w.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ];
+        for (dtype, bytes) in &encoded {
+            let path = dir.path().join(format!("{dtype:?}.safetensors"));
+            let view = TensorView::new(*dtype, vec![n, k], bytes).unwrap();
+            safetensors::serialize_to_file([("w", view)], None, &path).unwrap();
+            let store = SafetensorsStore::open(&path).unwrap();
+            let lin = MappedLinear::new(store.mapped("w", [n, k]).unwrap());
+            let held = store.f32_shaped("w", &[n, k]).unwrap();
+            assert_eq!(lin.rows(&[0, 5, 3699]).unwrap(), [&held[..k], &held[5 * k..6 * k], &held[3699 * k..]].concat());
+            assert!(lin.rows(&[3700]).unwrap_err().to_string().contains("3700"));
+            for tokens in [0usize, 1, 3, 70] {
+                let x: Vec<f32> = (0..tokens * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let mut y = vec![f32::NAN; tokens * n];
+                lin.forward(&x, tokens, &mut y);
+                let r = reference_xwt(&x, tokens, &held, n, k);
+                for (i, (a, b)) in y.iter().zip(&r).enumerate() {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{dtype:?} tokens {tokens} [{i}]: {a} vs {b}");
+                }
+                if *dtype == Dtype::F32 {
+                    // Read in place: DenseLinear's bits.
+                    let mut d = vec![0.0; tokens * n];
+                    DenseLinear::new(held.clone(), n, k).forward(&x, tokens, &mut d);
+                    assert_eq!(y, d);
+                }
+            }
+        }
+    }
 
     #[test]
     fn faer_product_matches_reference_on_odd_shapes() {

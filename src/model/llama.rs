@@ -8,12 +8,11 @@ use super::kv_cache::{KvCache, KvScratch, LayerKv};
 use super::layers::{
     add_assign, add_bias, cached_attention, causal_attention, geglu_tanh, rms_norm, swiglu, AttnParams, Rope,
 };
-use super::linear::{matmul_xwt, DenseLinear, Linear};
+use super::linear::{DenseLinear, Linear, MappedLinear};
 use crate::error::{Error, Result};
 use crate::format::kv_cache;
 use crate::io::safetensors::SafetensorsStore;
 use std::path::Path;
-use std::sync::Arc;
 
 /// Where a linear reads its input; linears that share a site share one input (and one
 /// Hessian during calibration).
@@ -385,8 +384,12 @@ pub trait BlockHook {
 /// Makes the linear for a module name such as `model.layers.3.self_attn.q_proj`.
 pub type LinearFactory<'a> = dyn Fn(&str, usize, usize) -> Result<Box<dyn Linear>> + 'a;
 
-/// A dense linear read from `{name}.weight`, checked for shape.
+/// A dense linear read from `{name}.weight`, checked for shape. The LM head stays in the
+/// memory-mapped file ([`MappedLinear`]): at a 128k vocabulary an f32 copy is GBs.
 pub fn dense_from_store(store: &SafetensorsStore, name: &str, out: usize, inp: usize) -> Result<Box<dyn Linear>> {
+    if name == "lm_head" {
+        return Ok(Box::new(MappedLinear::new(store.mapped("lm_head.weight", [out, inp])?)));
+    }
     let w = store.f32_shaped(&format!("{name}.weight"), &[out, inp])?;
     Ok(Box::new(DenseLinear::new(w, out, inp)))
 }
@@ -752,7 +755,8 @@ impl Block {
 pub struct LlamaModel {
     pub config: LlamaConfig,
     /// `[vocab, hidden]`
-    pub embed: Arc<Vec<f32>>,
+    /// Left in the memory-mapped file (the tied head reads it too).
+    pub embed: MappedLinear,
     pub blocks: Vec<Block>,
     pub norm: Vec<f32>,
     /// `None` when the head is tied to `embed`.
@@ -771,7 +775,7 @@ impl LlamaModel {
     pub fn load_with(cfg: LlamaConfig, store: &SafetensorsStore, make: &LinearFactory) -> Result<Self> {
         check_store(&cfg, store)?;
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
-        let embed = Arc::new(store.f32_shaped("model.embed_tokens.weight", &[vocab, h])?);
+        let embed = MappedLinear::new(store.mapped("model.embed_tokens.weight", [vocab, h])?);
         let blocks = (0..cfg.num_layers).map(|i| Block::load(&cfg, store, i, make)).collect::<Result<Vec<_>>>()?;
         let norm = load_norm(&cfg, store, "model.norm.weight", h)?;
         let lm_head = if store.contains("lm_head.weight")
@@ -800,7 +804,7 @@ impl LlamaModel {
         let mut logits = vec![0.0f32; tokens * cfg.vocab_size];
         match &self.lm_head {
             Some(l) => l.forward(&normed, tokens, &mut logits),
-            None => matmul_xwt(&normed, tokens, &self.embed, cfg.vocab_size, cfg.hidden_size, &mut logits),
+            None => self.embed.forward(&normed, tokens, &mut logits),
         }
         if let Some(c) = cfg.final_softcap {
             // transformers: `logits / c`, `tanh`, `* c` (gemma2 `final_logit_softcapping`).
@@ -872,7 +876,7 @@ impl LlamaModel {
 
     /// Resident bytes of all weights (embedding, blocks, norm, head).
     pub fn weight_bytes(&self) -> usize {
-        self.embed.len() * 4
+        self.embed.weight_bytes()
             + self.blocks.iter().map(Block::weight_bytes).sum::<usize>()
             + self.norm.len() * 4
             + self.lm_head.as_ref().map_or(0, |l| l.weight_bytes())
@@ -881,16 +885,8 @@ impl LlamaModel {
 
 /// The model's input rows for `tokens`: embedding rows (`embed`: `[vocab, hidden]`), times
 /// the config's embedding scale (gemma's `√hidden`) where it has one: `[tokens, hidden]`.
-pub fn embed_tokens(cfg: &LlamaConfig, embed: &[f32], tokens: &[u32]) -> Result<Vec<f32>> {
-    let hidden = cfg.hidden_size;
-    let vocab = embed.len() / hidden;
-    let mut x = Vec::with_capacity(tokens.len() * hidden);
-    for &t in tokens {
-        if t as usize >= vocab {
-            return Err(Error::other_msg(format!("token id {t} is outside the vocabulary of {vocab}")));
-        }
-        x.extend_from_slice(&embed[t as usize * hidden..(t as usize + 1) * hidden]);
-    }
+pub fn embed_tokens(cfg: &LlamaConfig, embed: &MappedLinear, tokens: &[u32]) -> Result<Vec<f32>> {
+    let mut x = embed.rows(tokens)?;
     if let Some(s) = cfg.embed_scale {
         x.iter_mut().for_each(|v| *v *= s);
     }

@@ -153,8 +153,7 @@ pub fn load_gguf(path: &Path) -> Result<(LlamaModel, LoadInfo)> {
         LlamaModel::load_with(cfg, &store, &|name, o, i| Ok(wrap(name, dense_from_store(&store, name, o, i)?)))?;
     if model.lm_head.is_none() {
         // llama.cpp multiplies by the tied embedding as it is stored, input rounded alike.
-        let (v, h) = (model.config.vocab_size, model.config.hidden_size);
-        let dense = Box::new(super::linear::DenseLinear::new(model.embed.as_ref().clone(), v, h));
+        let dense = Box::new(model.embed.clone());
         model.lm_head = Some(wrap("lm_head", dense));
     }
     let (mut bits, mut weights, mut quantized) = (0u64, 0u64, 0usize);

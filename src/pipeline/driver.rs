@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::format::QuantizedTensor;
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::layers::{first_non_finite, Rope};
-use crate::model::linear::{DenseLinear, Linear};
+use crate::model::linear::{DenseLinear, Linear, MappedLinear};
 use crate::model::llama::{
     block_sites, embed_tokens, linear_shape, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
 };
@@ -264,7 +264,8 @@ pub fn run_streaming(
     let t0 = Instant::now();
     let (mut x, seqlen, tokens) = match &source {
         Source::Windows(w) => {
-            let embed = store.f32_shaped("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+            let embed =
+                MappedLinear::new(store.mapped("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size])?);
             let all: Vec<u32> = w.iter().flatten().copied().collect();
             (embed_tokens(cfg, &embed, &all)?, w[0].len(), all.len())
             // [n·seqlen, hidden]
