@@ -641,19 +641,31 @@ impl CheckpointWriter {
     }
 }
 
-/// A quantized checkpoint read back: the quantized linears rebuilt, everything else left
-/// in the memory-mapped store for the model loader.
+/// A quantized checkpoint read back: each quantized linear's layout (decoded on demand,
+/// one at a time, by [`LoadedCheckpoint::decode`]: codes take a byte per weight, 7 GB at
+/// 8B, so a loader packs each before the next is read), everything else left in the
+/// memory-mapped store for the model loader.
 pub struct LoadedCheckpoint {
     pub dir: PathBuf,
     pub format: CheckpointFormat,
     /// The whole config.json (activation args, if any, are under `quantization_config`).
     pub config: Value,
-    /// Module name -> tensor.
+    /// Module name -> its layout, as the config gives it.
+    modules: BTreeMap<String, ModuleLayout>,
+    /// Module name -> tensor: every module, decoded by [`read_quantized_checkpoint`];
+    /// empty after [`open_quantized_checkpoint`].
     pub quantized: BTreeMap<String, QuantizedTensor>,
     /// Every tensor of the checkpoint, memory-mapped.
     pub store: SafetensorsStore,
     /// `__metadata__` of the shards, merged.
     pub metadata: BTreeMap<String, String>,
+}
+
+/// How one quantized module's tensors are laid out.
+enum ModuleLayout {
+    Gptq(GptqConfig),
+    CompressedTensors(ct::CtWeights),
+    Awq(AwqConfig),
 }
 
 const GPTQ_PARTS: &[&str] = &["qweight", "qzeros", "scales", "g_idx"];
@@ -664,7 +676,7 @@ impl LoadedCheckpoint {
     /// Whether `name` is part of a quantized linear's storage (the loader skips those).
     pub fn is_quantized_storage(&self, name: &str) -> bool {
         let Some((m, part)) = name.rsplit_once('.') else { return false };
-        if !self.quantized.contains_key(m) {
+        if !self.modules.contains_key(m) {
             return false;
         }
         match self.format {
@@ -675,6 +687,27 @@ impl LoadedCheckpoint {
             }
             CheckpointFormat::Awq => AWQ_PARTS.contains(&part),
             CheckpointFormat::Gguf => false,
+        }
+    }
+
+    /// The quantized modules' names, sorted.
+    pub fn module_names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
+    /// Decode quantized module `m` from its tensors (codes, scales, zero points), checking
+    /// them against the config.
+    pub fn decode(&self, m: &str) -> Result<QuantizedTensor> {
+        let layout =
+            self.modules.get(m).ok_or_else(|| Error::tensor(m, "is not a quantized module of this checkpoint"))?;
+        let get = |n: &str| -> Option<TensorView<'_>> {
+            let t = self.store.raw(self.store.key(n)?).ok()?;
+            TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
+        };
+        match layout {
+            ModuleLayout::Gptq(cfg) => gptq::from_tensors(m, &get, cfg),
+            ModuleLayout::CompressedTensors(w) => ct::from_tensors(m, &get, w),
+            ModuleLayout::Awq(cfg) => awq::from_tensors(m, &get, cfg),
         }
     }
 
@@ -725,10 +758,18 @@ fn gptq_config_for(base: &GptqConfig, rules: &[DynamicRule<'_>], module: &str, p
     GptqConfig::from_json(&merged, path)
 }
 
-/// Read a quantized checkpoint: detect its format from config.json's `quantization_config`
+/// [`open_quantized_checkpoint`], then every module decoded (all checked; memory: a byte
+/// per weight, so for tests and tools, not for loading large models).
+pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+    let mut ckpt = open_quantized_checkpoint(dir)?;
+    ckpt.quantized = ckpt.module_names().map(|m| Ok((m.to_string(), ckpt.decode(m)?))).collect::<Result<_>>()?;
+    Ok(ckpt)
+}
+
+/// Open a quantized checkpoint: detect its format from config.json's `quantization_config`
 /// (or a lone quantize_config.json), rebuild every quantized linear, and check the config
 /// against the tensors.
-pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
+pub fn open_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let cfg_path = dir.join("config.json");
     let config = read_json(&cfg_path)?;
     let (qc, qc_path) = match config.get("quantization_config") {
@@ -755,7 +796,7 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
                 let rules = gptq_dynamic_rules(qc.get("dynamic"), &qc_path)?;
                 for m in names.iter().filter_map(|n| n.strip_suffix(".qweight")) {
                     let cfg = gptq_config_for(&base, &rules, m, &qc_path)?;
-                    quantized.insert(m.to_string(), gptq::from_tensors(m, &get, &cfg)?);
+                    quantized.insert(m.to_string(), ModuleLayout::Gptq(cfg));
                 }
                 CheckpointFormat::Gptq
             }
@@ -778,14 +819,14 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
                             format!("holds {found} weights but the config gives it {}", w.scheme),
                         ));
                     }
-                    quantized.insert(m.to_string(), ct::from_tensors(m, &get, &w)?);
+                    quantized.insert(m.to_string(), ModuleLayout::CompressedTensors(w));
                 }
                 CheckpointFormat::CompressedTensors
             }
             "awq" => {
                 let cfg = AwqConfig::from_json(&qc, &qc_path)?;
                 for m in names.iter().filter_map(|n| n.strip_suffix(".qweight")) {
-                    quantized.insert(m.to_string(), awq::from_tensors(m, &get, &cfg)?);
+                    quantized.insert(m.to_string(), ModuleLayout::Awq(cfg.clone()));
                 }
                 CheckpointFormat::Awq
             }
@@ -805,7 +846,15 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
         (format, quantized)
     };
     let metadata = store.user_metadata().into_iter().collect();
-    Ok(LoadedCheckpoint { dir: dir.to_path_buf(), format, config, quantized, store, metadata })
+    Ok(LoadedCheckpoint {
+        dir: dir.to_path_buf(),
+        format,
+        config,
+        modules: quantized,
+        quantized: BTreeMap::new(),
+        store,
+        metadata,
+    })
 }
 
 /// The activation quantization of each quantized linear of a checkpoint, as its config
@@ -824,10 +873,10 @@ pub fn checkpoint_activations(ckpt: &LoadedCheckpoint) -> Result<BTreeMap<String
         TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
     };
     let schemes = CtInputSchemes::from_json(qc, &path)?;
-    for m in ckpt.quantized.keys() {
+    for m in ckpt.module_names() {
         if let Some(s) = schemes.for_module(m)? {
             let p = if s.dynamic { None } else { Some(s.read_ct_tensors(m, &get)?) };
-            out.insert(m.clone(), (s, p));
+            out.insert(m.to_string(), (s, p));
         }
     }
     Ok(out)

@@ -138,6 +138,11 @@ impl SafetensorsStore {
         self.index.keys().map(String::as_str)
     }
 
+    /// The store's own copy of tensor name `name` (for borrows that outlive the argument).
+    pub fn key(&self, name: &str) -> Option<&str> {
+        self.index.get_key_value(name).map(|(k, _)| k.as_str())
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -10,12 +10,11 @@ use crate::error::{Error, Result};
 use crate::format::activation::ActRuntime;
 use crate::format::ggml::GgmlType;
 use crate::format::QuantizedTensor;
-use crate::io::checkpoint::checkpoint_activations;
-use crate::io::checkpoint::read_quantized_checkpoint;
+use crate::io::checkpoint::{checkpoint_activations, open_quantized_checkpoint};
 use crate::io::safetensors::SafetensorsStore;
 use crate::model::act_linear::{ActQuantLinear, GgmlInput, GgmlInputLinear};
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// What was loaded, for reports.
@@ -73,40 +72,44 @@ pub fn load_model_as(dir: &Path, make_quantized: &QuantizedFactory, rt: ActRunti
     let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
     let mut info = LoadInfo { bytes_on_disk: safetensors_bytes(dir), ..Default::default() };
     let model = if is_quantized_dir(dir) {
-        let ckpt = read_quantized_checkpoint(dir)?;
+        let ckpt = open_quantized_checkpoint(dir)?;
         info.format = Some(ckpt.format.as_str().to_string());
         info.method = ckpt.store.user_metadata().get("quantize_method").cloned();
-        info.quantized_linears = ckpt.quantized.len();
-        let (bits, weights) = ckpt
-            .quantized
-            .values()
-            .fold((0u64, 0u64), |(b, w), q| (b + q.storage_bits(), w + (q.rows * q.cols) as u64));
-        info.bits_per_weight = (weights > 0).then(|| bits as f64 / weights as f64);
+        info.quantized_linears = ckpt.module_names().count();
         // Input quantization as the config says: each such linear is wrapped.
         let acts = checkpoint_activations(&ckpt)?;
         info.activations = acts.values().next().map(|(s, _)| s.to_string());
-        // Each tensor is packed and its unpacked codes freed as soon as it is used.
-        let pending: RefCell<BTreeMap<String, QuantizedTensor>> = RefCell::new(ckpt.quantized);
+        // Each module is decoded, packed and its unpacked codes freed before the next.
+        let pending: RefCell<BTreeSet<&str>> = RefCell::new(ckpt.module_names().collect());
+        let (bits, weights) = (Cell::new(0u64), Cell::new(0u64));
         let store = &ckpt.store;
-        let model = LlamaModel::load_with(cfg, store, &|name, o, i| match pending.borrow_mut().remove(name) {
-            Some(q) if (q.rows, q.cols) != (o, i) => Err(Error::format(
-                dir,
-                format!(
-                    "quantized linear {name} is {} x {} but config.json implies {o} x {i} \
-                     (check hidden_size, intermediate_size, the head counts and head_dim)",
-                    q.rows, q.cols
-                ),
-            )),
-            Some(q) => match acts.get(name) {
+        let model = LlamaModel::load_with(cfg, store, &|name, o, i| {
+            if !pending.borrow_mut().remove(name) {
+                return dense_from_store(store, name, o, i);
+            }
+            let q = ckpt.decode(name)?;
+            if (q.rows, q.cols) != (o, i) {
+                return Err(Error::format(
+                    dir,
+                    format!(
+                        "quantized linear {name} is {} x {} but config.json implies {o} x {i} \
+                         (check hidden_size, intermediate_size, the head counts and head_dim)",
+                        q.rows, q.cols
+                    ),
+                ));
+            }
+            bits.set(bits.get() + q.storage_bits());
+            weights.set(weights.get() + (q.rows * q.cols) as u64);
+            match acts.get(name) {
                 Some(&(s, p)) => {
                     Ok(Box::new(ActQuantLinear::new(name, make_quantized(name, &q)?, s, p)?.with_runtime(rt))
                         as Box<dyn Linear>)
                 }
                 None => make_quantized(name, &q),
-            },
-            None => dense_from_store(store, name, o, i),
+            }
         })?;
-        if let Some(name) = pending.borrow().keys().next() {
+        info.bits_per_weight = (weights.get() > 0).then(|| bits.get() as f64 / weights.get() as f64);
+        if let Some(name) = pending.borrow().iter().next() {
             return Err(Error::format(
                 dir,
                 format!("quantized linear {name} is not part of the model config.json describes (num_hidden_layers?)"),
