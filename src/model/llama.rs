@@ -8,7 +8,7 @@ use super::kv_cache::{KvCache, KvScratch, LayerKv};
 use super::layers::{
     add_assign, add_bias, cached_attention, causal_attention, geglu_tanh, rms_norm, swiglu, AttnParams, Rope,
 };
-use super::linear::{DenseLinear, Linear, MappedLinear};
+use super::linear::{Linear, MappedLinear};
 use crate::error::{Error, Result};
 use crate::format::kv_cache;
 use crate::io::safetensors::SafetensorsStore;
@@ -384,14 +384,11 @@ pub trait BlockHook {
 /// Makes the linear for a module name such as `model.layers.3.self_attn.q_proj`.
 pub type LinearFactory<'a> = dyn Fn(&str, usize, usize) -> Result<Box<dyn Linear>> + 'a;
 
-/// A dense linear read from `{name}.weight`, checked for shape. The LM head stays in the
-/// memory-mapped file ([`MappedLinear`]): at a 128k vocabulary an f32 copy is GBs.
+/// A dense linear `{name}.weight`, checked for shape, left in the memory-mapped file
+/// ([`MappedLinear`]): no f32 copy (a bf16 8B model would take 32 GB as f32; the head
+/// alone 2 GB at a 128k vocabulary), and f32 files are read in place with the same bits.
 pub fn dense_from_store(store: &SafetensorsStore, name: &str, out: usize, inp: usize) -> Result<Box<dyn Linear>> {
-    if name == "lm_head" {
-        return Ok(Box::new(MappedLinear::new(store.mapped("lm_head.weight", [out, inp])?)));
-    }
-    let w = store.f32_shaped(&format!("{name}.weight"), &[out, inp])?;
-    Ok(Box::new(DenseLinear::new(w, out, inp)))
+    Ok(Box::new(MappedLinear::new(store.mapped(&format!("{name}.weight"), [out, inp])?)))
 }
 
 pub struct Block {
