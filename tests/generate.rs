@@ -63,6 +63,21 @@ fn the_kv_cache_gives_the_full_forward_logits_in_every_family() {
     }
 }
 
+/// phi3's longrope picks its factors by the sequence length so far, as transformers'
+/// `dynamic_rope_update` does: a cache with room beyond `original_max_position_embeddings`
+/// (4096) still runs a 40-token sequence on the short factors, as the 40-token forward does.
+#[test]
+fn a_long_cache_keeps_longrope_on_its_short_factors_for_short_sequences() {
+    let model = LlamaModel::load(&fixture("phi3")).unwrap();
+    let tokens: Vec<u32> = (0..40u32).map(|i| (i * 37 + 11) % model.config.vocab_size as u32).collect();
+    let full = model.forward(&tokens, 1, tokens.len()).unwrap();
+    let vocab = model.config.vocab_size;
+    let mut cache = model.new_cache(5000).unwrap();
+    let last = model.forward_cached(&tokens, &mut cache).unwrap();
+    let e = rel_err(&last, &full[39 * vocab..]);
+    assert!(e < 2e-5, "a 5000-position cache moved the logits by {e:.2e}");
+}
+
 #[test]
 fn the_kv_cache_works_for_every_quantized_format() {
     let root = tempfile::tempdir().unwrap();

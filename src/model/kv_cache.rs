@@ -136,7 +136,8 @@ impl KvCache {
         assert_eq!(fp8_scales.len(), cfg.num_layers, "KvCache: one scale entry per block");
         let width = cfg.kv_dim();
         let layers = fp8_scales.iter().map(|&s| LayerKv::new(width, capacity, s)).collect();
-        Ok(Self { layers, rope: cfg.rope_tables(capacity.max(1)), capacity, scratch: KvScratch::default() })
+        let rope = Rope::for_cache(&cfg.rope, cfg.rope_local.as_ref(), cfg.head_dim, capacity.max(1));
+        Ok(Self { layers, rope, capacity, scratch: KvScratch::default() })
     }
 
     /// Positions held (the same in every block between forwards).

@@ -28,6 +28,11 @@ pub struct Rope {
     sin: Vec<f32>,
     /// The tables of sliding-window blocks where they differ (gemma3's local base).
     local: Option<Box<Rope>>,
+    /// longrope in a KV cache longer than `original_max_position_embeddings`: these tables
+    /// are the short factors', and `(original, long)` are used once a forward reaches
+    /// beyond `original` positions (transformers' `dynamic_rope_update`: the factors of
+    /// each step follow the sequence length then; keys already cached keep theirs).
+    long: Option<(usize, Box<Rope>)>,
 }
 
 impl Rope {
@@ -39,7 +44,13 @@ impl Rope {
 
     /// The tables of `rope` (any scaling) for heads of `head_dim` and sequences of `seq`.
     pub fn from_config(rope: &RopeConfig, head_dim: usize, seq: usize) -> Self {
-        let (inv, scale) = rope.inv_freq(seq);
+        Self::tables(rope, head_dim, seq, seq)
+    }
+
+    /// `positions` rows of tables with the frequencies of a sequence of `seq_for_freq`.
+    fn tables(rope: &RopeConfig, head_dim: usize, positions: usize, seq_for_freq: usize) -> Self {
+        let (inv, scale) = rope.inv_freq(seq_for_freq);
+        let seq = positions;
         let half = inv.len();
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
@@ -50,7 +61,21 @@ impl Rope {
                 sin.push(a.sin() * scale);
             }
         }
-        Self { half, head_dim, seq, cos, sin, local: None }
+        Self { half, head_dim, seq, cos, sin, local: None, long: None }
+    }
+
+    /// Tables for a KV cache of `capacity` positions: as [`Rope::with_local`], but a
+    /// longrope model starts on its short factors and switches to the long ones only in
+    /// forwards that reach past its original context ([`Rope::apply_from`]).
+    pub fn for_cache(rope: &RopeConfig, local: Option<&RopeConfig>, head_dim: usize, capacity: usize) -> Self {
+        match rope.longrope_original().filter(|&o| capacity > o) {
+            Some(original) => {
+                let mut r = Self::tables(rope, head_dim, capacity, original);
+                r.long = Some((original, Box::new(Self::from_config(rope, head_dim, capacity))));
+                r
+            }
+            None => Self::with_local(rope, local, head_dim, capacity),
+        }
     }
 
     /// Tables for full-attention blocks (`rope`) and, where given, for sliding-window
@@ -80,7 +105,10 @@ impl Rope {
     pub fn apply_from(&self, x: &mut [f32], heads: usize, pos0: usize) {
         let rows = x.len() / (heads * self.head_dim).max(1);
         assert!(pos0 + rows <= self.seq, "RoPE table of {} positions, asked for {}", self.seq, pos0 + rows);
-        self.rotate(x, heads, |row| pos0 + row);
+        match &self.long {
+            Some((original, long)) if pos0 + rows > *original => long.rotate(x, heads, |row| pos0 + row),
+            _ => self.rotate(x, heads, |row| pos0 + row),
+        }
     }
 
     fn rotate(&self, x: &mut [f32], heads: usize, position: impl Fn(usize) -> usize + Sync) {

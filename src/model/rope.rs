@@ -240,6 +240,14 @@ impl RopeConfig {
         Self { theta, rotary_dim: head_dim, scaling: RopeScaling::Default }
     }
 
+    /// longrope's `original_max_position_embeddings` (where its long factors begin).
+    pub fn longrope_original(&self) -> Option<usize> {
+        match self.scaling {
+            RopeScaling::LongRope { original, .. } => Some(original),
+            _ => None,
+        }
+    }
+
     /// `(inv_freq [rotary_dim/2], attention_scaling)` for a forward over sequences of `seq`
     /// positions (only longrope depends on it: the long factors beyond `original`).
     pub fn inv_freq(&self, seq: usize) -> (Vec<f32>, f32) {
