@@ -29,9 +29,9 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   rtn (asym)                                int4 g128         +25.1%     4.27    2 s
   rtn (asym)                                int3 g128        +236%       3.26    2 s
   fp8                                       E4M3 channel       +2.49%    8.05    2 s
-  hqq                                       int4 g128*        +38%       4.17   19 s
+  hqq                                       int4 g128         +34.0%     4.27    7 s
   gptq (asym act-order static-groups mse)   int4 g128         +15.0%     4.27    5 min
-  gptq (asym act-order static-groups mse)   int3 g128*        +72.0%     3.16    5 min
+  gptq (asym act-order static-groups mse)   int3 g128         +67.3%     3.26    4 min
   gptq --fp8-format e4m3                    E4M3 channel       +0.43%    8.05    4 min
   awq (asym)                                int4 g128*        +18.4%     4.17   21 min
   awq+gptq (asym act-order static-groups mse) int4 g128*       +9.45%    4.17   32 min

@@ -19,11 +19,11 @@ pub enum Method {
     /// +2.49% perplexity, 8.05 bits/weight, 2 s.
     Fp8,
     /// HQQ: zero points and scales refined by a proximal solver, no calibration. SmolLM2,
-    /// int4 g128: +38% perplexity (RTN +32%), 4.17 bits/weight, 19 s.
+    /// int4 g128 (g64 fallback): +34.0% perplexity (RTN +25.1%), 4.27 bits/weight, 7 s.
     Hqq,
     /// GPTQ: Hessian-based column updates from calibration data (default: asym, act-order,
     /// static groups, MSE ranges). SmolLM2, int4 g128 (g64 fallback): +15.0% perplexity, 4.27 bits/weight,
-    /// about 5 minutes at 128x512 windows; int3 g128 +72%; FP8 E4M3 +0.43%.
+    /// about 5 minutes at 128x512 windows; int3 g128 +67%; FP8 E4M3 +0.43%.
     Gptq,
     /// AWQ: activation-aware channel scales folded into the norms/linears, then RTN.
     /// SmolLM2, int4 g128 asym: +18.4% perplexity, 4.17 bits/weight, about 21 minutes.
