@@ -26,7 +26,7 @@ pub enum Method {
     /// about 5 minutes at 128x512 windows; int3 g128 +67%; FP8 E4M3 +0.43%.
     Gptq,
     /// AWQ: activation-aware channel scales folded into the norms/linears, then RTN.
-    /// SmolLM2, int4 g128 asym: +18.4% perplexity, 4.17 bits/weight, about 21 minutes.
+    /// SmolLM2, int4 g128 asym (g64 fallback): +14.6% perplexity, 4.27 bits/weight, about 21 minutes.
     Awq,
     /// AWQ scales, then GPTQ on the scaled weights: the most accurate int4 here. SmolLM2,
     /// int4 g128: +9.45% perplexity, 4.17 bits/weight, about 32 minutes; int3 g128 +53%.
