@@ -34,7 +34,7 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   gptq (asym act-order static-groups mse)   int3 g128         +67.3%     3.26    4 min
   gptq --fp8-format e4m3                    E4M3 channel       +0.43%    8.05    4 min
   awq (asym)                                int4 g128         +14.6%     4.27   21 min
-  awq+gptq (asym act-order static-groups mse) int4 g128*       +9.45%    4.17   32 min
+  awq+gptq (asym act-order static-groups mse) int4 g128        +8.34%    4.27   32 min
   awq+gptq (same)                           int3 g128*        +53.4%     3.16   32 min
 
 GGUF types (--gguf-type; llama.cpp protocol, ctx 512, 40 windows, f32 38.19, scored by

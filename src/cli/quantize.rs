@@ -29,7 +29,8 @@ pub enum Method {
     /// SmolLM2, int4 g128 asym (g64 fallback): +14.6% perplexity, 4.27 bits/weight, about 21 minutes.
     Awq,
     /// AWQ scales, then GPTQ on the scaled weights: the most accurate int4 here. SmolLM2,
-    /// int4 g128: +9.45% perplexity, 4.17 bits/weight, about 32 minutes; int3 g128 +53%.
+    /// int4 g128 (g64 fallback): +8.34% perplexity, 4.27 bits/weight, about 32 minutes; int3 g128
+    /// +53% (ragged groups, 3.16 bits/weight).
     #[value(name = "awq+gptq")]
     AwqGptq,
 }
