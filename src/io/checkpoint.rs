@@ -700,10 +700,7 @@ impl LoadedCheckpoint {
     pub fn decode(&self, m: &str) -> Result<QuantizedTensor> {
         let layout =
             self.modules.get(m).ok_or_else(|| Error::tensor(m, "is not a quantized module of this checkpoint"))?;
-        let get = |n: &str| -> Option<TensorView<'_>> {
-            let t = self.store.raw(self.store.key(n)?).ok()?;
-            TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
-        };
+        let get = |n: &str| tensor_view(&self.store, n);
         match layout {
             ModuleLayout::Gptq(cfg) => gptq::from_tensors(m, &get, cfg),
             ModuleLayout::CompressedTensors(w) => ct::from_tensors(m, &get, w),
@@ -766,9 +763,16 @@ pub fn read_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     Ok(ckpt)
 }
 
+/// A checkpoint tensor as the format readers take it, `None` when absent.
+fn tensor_view<'a>(store: &'a SafetensorsStore, name: &str) -> Option<TensorView<'a>> {
+    let t = store.raw(store.key(name)?).ok()?;
+    TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
+}
+
 /// Open a quantized checkpoint: detect its format from config.json's `quantization_config`
-/// (or a lone quantize_config.json), rebuild every quantized linear, and check the config
-/// against the tensors.
+/// (or a lone quantize_config.json) and each quantized module's layout (its `dynamic` or
+/// config-group scheme), checking the config; the modules are decoded by
+/// [`LoadedCheckpoint::decode`].
 pub fn open_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let cfg_path = dir.join("config.json");
     let config = read_json(&cfg_path)?;
@@ -784,11 +788,7 @@ pub fn open_quantized_checkpoint(dir: &Path) -> Result<LoadedCheckpoint> {
     let store = SafetensorsStore::open(dir)?;
     let (format, quantized) = {
         let names: BTreeSet<&str> = store.names().collect();
-        let get = |n: &str| -> Option<TensorView<'_>> {
-            let key = names.get(n)?;
-            let t = store.raw(key).ok()?;
-            TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
-        };
+        let get = |n: &str| tensor_view(&store, n);
         let mut quantized = BTreeMap::new();
         let format = match method {
             "gptq" => {
@@ -867,11 +867,7 @@ pub fn checkpoint_activations(ckpt: &LoadedCheckpoint) -> Result<BTreeMap<String
     }
     let Some(qc) = ckpt.config.get("quantization_config") else { return Ok(out) };
     let path = ckpt.dir.join("config.json");
-    let names: BTreeSet<&str> = ckpt.store.names().collect();
-    let get = |n: &str| -> Option<TensorView<'_>> {
-        let t = ckpt.store.raw(names.get(n)?).ok()?;
-        TensorView::new(t.dtype, t.shape.to_vec(), t.bytes).ok()
-    };
+    let get = |n: &str| tensor_view(&ckpt.store, n);
     let schemes = CtInputSchemes::from_json(qc, &path)?;
     for m in ckpt.module_names() {
         if let Some(s) = schemes.for_module(m)? {

@@ -179,12 +179,7 @@ impl SafetensorsStore {
         if info.shape != shape {
             return Err(Error::tensor(name, format!("expected shape {shape:?}, found {:?}", info.shape)));
         }
-        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(Error::tensor(
-                name,
-                format!("dtype {:?} is not a float type this loader reads (F32, F16, BF16)", info.dtype),
-            ));
-        }
+        check_float(name, info.dtype)?;
         let (a, b) = info.data_offsets;
         Ok(MappedTensor {
             map: Arc::clone(&shard.mmap),
@@ -233,15 +228,6 @@ impl MappedTensor {
         &self.map[self.start..self.end]
     }
 
-    /// Bytes per element.
-    pub fn element_bytes(&self) -> usize {
-        if self.dtype == Dtype::F32 {
-            4
-        } else {
-            2
-        }
-    }
-
     /// The values themselves when the file stores aligned f32 (no copy needed).
     pub fn as_f32(&self) -> Option<&[f32]> {
         if self.dtype != Dtype::F32 {
@@ -253,33 +239,48 @@ impl MappedTensor {
         (head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")).then_some(mid)
     }
 
-    /// Rows `r0 .. r1` converted to f32, appended to `out` (`(r1 - r0) · cols` values).
-    pub fn rows_into(&self, r0: usize, r1: usize, out: &mut Vec<f32>) {
-        let (cols, e) = (self.shape[1], self.element_bytes());
-        let bytes = &self.bytes()[r0 * cols * e..r1 * cols * e];
-        match self.dtype {
-            Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
-            Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
-            _ => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+    /// Rows `r0 ..` converted to f32 into `out` (`out.len() / cols` rows).
+    pub fn rows_into(&self, r0: usize, out: &mut [f32]) {
+        let e = self.dtype.bitsize() / 8;
+        let start = r0 * self.shape[1] * e;
+        floats_into(self.dtype, &self.bytes()[start..start + out.len() * e], out);
+    }
+}
+
+/// Little-endian F32/F16/BF16 `bytes` -> `out` (one value per element; other dtypes are
+/// refused before, where the tensor is named).
+fn floats_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes(b.try_into().unwrap()))
         }
+        Dtype::F16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        _ => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
     }
 }
 
 /// Little-endian F32/F16/BF16 bytes -> f32.
 pub fn bytes_to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
-        Dtype::BF16 => {
-            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect()
-        }
+    check_float(name, dtype)?;
+    let mut out = vec![0.0f32; bytes.len() * 8 / dtype.bitsize()];
+    floats_into(dtype, bytes, &mut out);
+    Ok(out)
+}
+
+/// F32, F16 and BF16 are the float types the loaders read; anything else names the tensor.
+fn check_float(name: &str, dtype: Dtype) -> Result<()> {
+    match dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 => Ok(()),
         other => {
-            return Err(Error::tensor(
-                name,
-                format!("dtype {other:?} is not a float type this loader reads (F32, F16, BF16)"),
-            ))
+            Err(Error::tensor(name, format!("dtype {other:?} is not a float type this loader reads (F32, F16, BF16)")))
         }
-    })
+    }
 }
 
 /// Readers refuse larger headers (the safetensors crate's limit).

@@ -68,14 +68,16 @@ impl Rope {
     /// longrope model starts on its short factors and switches to the long ones only in
     /// forwards that reach past its original context ([`Rope::apply_from`]).
     pub fn for_cache(rope: &RopeConfig, local: Option<&RopeConfig>, head_dim: usize, capacity: usize) -> Self {
-        match rope.longrope_original().filter(|&o| capacity > o) {
+        let mut r = match rope.longrope_original().filter(|&o| capacity > o) {
             Some(original) => {
-                let mut r = Self::tables(rope, head_dim, capacity, original);
-                r.long = Some((original, Box::new(Self::from_config(rope, head_dim, capacity))));
-                r
+                let mut short = Self::tables(rope, head_dim, capacity, original);
+                short.long = Some((original, Box::new(Self::from_config(rope, head_dim, capacity))));
+                short
             }
-            None => Self::with_local(rope, local, head_dim, capacity),
-        }
+            None => Self::from_config(rope, head_dim, capacity),
+        };
+        r.local = local.map(|l| Box::new(Self::from_config(l, head_dim, capacity)));
+        r
     }
 
     /// Tables for full-attention blocks (`rope`) and, where given, for sliding-window
@@ -177,13 +179,6 @@ pub struct AttnParams {
     pub scale: f32,
     pub softcap: Option<f32>,
     pub sliding: Option<usize>,
-}
-
-impl AttnParams {
-    /// Plain causal attention over heads of `hd` (scale `1/√hd`).
-    pub fn causal(hd: usize) -> Self {
-        Self { scale: (hd as f64).powf(-0.5) as f32, softcap: None, sliding: None }
-    }
 }
 
 /// Query rows per attention block (see [`causal_attention`]).
@@ -444,7 +439,7 @@ mod tests {
             let (q, k, v) =
                 (gen(windows * seq * heads * hd), gen(windows * seq * kv * hd), gen(windows * seq * kv * hd));
             let mut out = vec![0.0; q.len()];
-            let scale = if softcap.is_some() { 0.9 } else { AttnParams::causal(hd).scale };
+            let scale = if softcap.is_some() { 0.9 } else { (hd as f64).powf(-0.5) as f32 };
             let p = AttnParams { scale, softcap, sliding };
             causal_attention(&q, &k, &v, windows, seq, heads, kv, hd, p, &mut out);
             let r = reference(&q, &k, &v, windows, seq, heads, kv, hd, p);

@@ -1,7 +1,7 @@
 //! `Linear`: the one interface every linear layer of a model goes through, so there is
 //! one model file per architecture, not a dense twin and a quantized twin.
 //! Implementations: [`DenseLinear`] (f32, faer), [`MappedLinear`] (weights left in the
-//! memory-mapped file: embeddings and LM heads), the quantized CPU linear
+//! memory-mapped file: a loaded model's dense weights), the quantized CPU linear
 //! (`crate::model::qlinear`), and the GPU linear (`crate::gpu`).
 
 use crate::error::{Error, Result};
@@ -125,8 +125,8 @@ impl Linear for DenseLinear {
 const MAPPED_TILE_BYTES: usize = 8 << 20;
 
 /// Full-precision weights `[out, in]` left in the memory-mapped model file (F32, F16 or
-/// BF16): the embedding and the LM head, which at a 128k vocabulary would take GBs as f32
-/// copies. A product converts a tile of rows at a time (f32 files aligned in memory are
+/// BF16): a loaded model's embedding, head and dense linears, which as f32 copies would
+/// take GBs (2 GB for a 128k-vocabulary head, 32 GB for a bf16 8B model). A product converts a tile of rows at a time (f32 files aligned in memory are
 /// read in place, so their products are [`DenseLinear`]'s, bit for bit).
 #[derive(Clone)]
 pub struct MappedLinear {
@@ -141,12 +141,12 @@ impl MappedLinear {
     /// Rows `ids` as f32, `[ids.len(), in]` (an embedding lookup); refuses an id outside.
     pub fn rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
         let [vocab, hidden] = self.weight.shape;
-        let mut x = Vec::with_capacity(ids.len() * hidden);
-        for &t in ids {
+        let mut x = vec![0.0f32; ids.len() * hidden];
+        for (&t, row) in ids.iter().zip(x.chunks_exact_mut(hidden.max(1))) {
             if t as usize >= vocab {
                 return Err(Error::other_msg(format!("token id {t} is outside the vocabulary of {vocab}")));
             }
-            self.weight.rows_into(t as usize, t as usize + 1, &mut x);
+            self.weight.rows_into(t as usize, row);
         }
         Ok(x)
     }
@@ -156,12 +156,7 @@ impl MappedLinear {
         let k = self.weight.shape[1];
         buf.clear();
         buf.resize((r1 - r0) * k, 0.0);
-        buf.par_chunks_mut(k * 16).enumerate().for_each(|(i, out)| {
-            let a = r0 + i * 16;
-            let mut v = Vec::with_capacity(out.len());
-            self.weight.rows_into(a, a + out.len() / k.max(1), &mut v);
-            out.copy_from_slice(&v);
-        });
+        buf.par_chunks_mut(k.max(1) * 16).enumerate().for_each(|(i, out)| self.weight.rows_into(r0 + i * 16, out));
     }
 }
 

@@ -547,9 +547,7 @@ impl Block {
 
     /// Stage 1: normalized input read by q, k, v. `x`: `[tokens, hidden]`.
     pub fn attn_input(&self, cfg: &LlamaConfig, x: &[f32]) -> Vec<f32> {
-        let mut normed = vec![0.0f32; x.len()];
-        rms_norm(x, &self.input_norm, cfg.rms_norm_eps, &mut normed);
-        normed
+        normed(x, &self.input_norm, cfg.rms_norm_eps)
     }
 
     /// q, k, v (`[t, q_dim]`, `[t, kv_dim]`, `[t, kv_dim]`) from the normalized input,
@@ -583,9 +581,8 @@ impl Block {
         let [mut q, mut k, v] = self.qkv(cfg, h1, t);
         if let Some([qn, kn]) = &self.qk_norm {
             // RMSNorm over each head's head_dim (transformers Qwen3Attention).
-            let (qc, kc) = (q.clone(), k.clone());
-            rms_norm(&qc, qn, cfg.rms_norm_eps, &mut q);
-            rms_norm(&kc, kn, cfg.rms_norm_eps, &mut k);
+            q = normed(&q, qn, cfg.rms_norm_eps);
+            k = normed(&k, kn, cfg.rms_norm_eps);
         }
         let mut attn = vec![0.0f32; t * cfg.q_dim()];
         let (heads, kv_heads, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -796,8 +793,7 @@ impl LlamaModel {
     /// Final norm and LM head: `[tokens, hidden]` -> logits `[tokens, vocab]`.
     pub fn head(&self, x: &[f32], tokens: usize) -> Vec<f32> {
         let cfg = &self.config;
-        let mut normed = vec![0.0f32; x.len()];
-        rms_norm(x, &self.norm, cfg.rms_norm_eps, &mut normed);
+        let normed = normed(x, &self.norm, cfg.rms_norm_eps);
         let mut logits = vec![0.0f32; tokens * cfg.vocab_size];
         match &self.lm_head {
             Some(l) => l.forward(&normed, tokens, &mut logits),
