@@ -347,3 +347,45 @@ fn a_tied_head_is_quantized_as_its_own_lm_head() {
         assert!(err > 0.0 && err < 0.05, "{format}: int8 everywhere moves the logits by {err:.2e}");
     }
 }
+
+/// Asymmetric calibration (GPTAQ and the least-squares target) runs a full-precision
+/// stream beside the quantized one: each gives its own checkpoint (not plain GPTQ's), the
+/// same bytes on 1 and 2 threads, a recipe that says which; combinations that cannot work
+/// are refused by name before any work.
+#[test]
+fn asymmetric_calibration_runs_beside_a_full_precision_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = common::smollm2_dir();
+    let m = m.to_str().unwrap();
+    let calib = common::brown_calib();
+    let c = calib.to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        // Without the MSE range search (the costly part here; not what this test is about).
+        let mut a = vec![m, "-o", out.to_str().unwrap(), "--method", "gptq", "--bits", "4", "--no-mse", "--calib", c];
+        a.extend(SMALL);
+        a.extend(extra);
+        let (ok, err) = quantize(&a);
+        assert!(ok, "{name}: {err}");
+        out
+    };
+    let plain = run("plain", &["--threads", "2"]);
+    let gptaq = run("gptaq", &["--gptaq", "--threads", "2"]);
+    let target = run("target", &["--asym-target", "--threads", "2"]);
+    let target1 = run("target1", &["--asym-target", "--threads", "1"]);
+    common::assert_same_files(&target, &target1, "between 2 threads and 1");
+    let digests = [digest(&plain), digest(&gptaq), digest(&target)];
+    assert!(digests[0] != digests[1] && digests[0] != digests[2] && digests[1] != digests[2], "{digests:?}");
+    let recipe = std::fs::read_to_string(gptaq.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("asymmetric = \"gptaq\"") && recipe.contains("asymmetric_alpha = 0.25"), "{recipe}");
+    let recipe = std::fs::read_to_string(target.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("asymmetric = \"target\"") && recipe.contains("asymmetric_alpha = 1.0"), "{recipe}");
+
+    let out = tmp.path().join("refused");
+    let o = out.to_str().unwrap();
+    fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "--refit-scales"], &["--refit-scales", "asymmetric"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "--asym-target"], &["--gptaq", "--asym-target"]);
+    fails_with(&[m, "-o", o, "--method", "awq", "--gptaq"], &["--gptaq", "--method awq"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "-1"], &["asymmetric_alpha", "-1"]);
+    assert!(!out.exists(), "nothing is written on a refused run");
+}

@@ -130,6 +130,60 @@ impl HessianAccumulator {
     }
 }
 
+/// GPTAQ's cross term `dXXT = 2/n Σ (x_fp − x)ᵀ x` of a site (Li et al. 2025,
+/// `gptaq_utils.py` `add_batch`): `x` the inputs through the already quantized blocks (the
+/// ones [`HessianAccumulator`] sees), `x_fp` the full-precision model's inputs of the same
+/// tokens. Row `i` is input channel `i`'s asymmetry `Σ_t (x_fp − x)[t, i] · x[t, :]`.
+///
+/// `sum`: `[cols, cols]` row-major, computed in row panels of [`HESSIAN_TILE`] that run as
+/// independent sequential products (the same bits for any number of threads).
+#[derive(Clone, Debug)]
+pub struct CrossAccumulator {
+    cols: usize,
+    sum: Vec<f32>,
+    n_samples: usize,
+}
+
+impl CrossAccumulator {
+    pub fn new(cols: usize) -> Self {
+        Self { cols, sum: vec![0.0; cols * cols], n_samples: 0 }
+    }
+
+    /// Add `tokens` rows of both streams: `x`, `x_fp`: `[tokens, cols]` row-major.
+    pub fn add_batch(&mut self, x: &[f32], x_fp: &[f32], tokens: usize) {
+        let n = self.cols;
+        assert!(
+            x.len() == tokens * n && x_fp.len() == x.len(),
+            "CrossAccumulator::add_batch: x, x_fp are not [tokens={tokens}, cols={n}]"
+        );
+        if tokens == 0 || n == 0 {
+            return;
+        }
+        self.n_samples += tokens;
+        let d: Vec<f32> = x_fp.iter().zip(x).map(|(f, q)| f - q).collect();
+        let (dm, xm) = (MatRef::from_row_major_slice(&d, tokens, n), MatRef::from_row_major_slice(x, tokens, n));
+        self.sum.par_chunks_mut(HESSIAN_TILE * n).enumerate().for_each(|(p, panel)| {
+            let h = panel.len() / n;
+            let dst = MatMut::from_row_major_slice_mut(panel, h, n);
+            // Σ[i0.., :] += d[:, i0..]ᵀ x
+            faer::linalg::matmul::matmul(
+                dst,
+                Accum::Add,
+                dm.subcols(p * HESSIAN_TILE, h).transpose(),
+                xm,
+                1.0f32,
+                Par::Seq,
+            );
+        });
+    }
+
+    /// `2/n Σ (x_fp − x)ᵀ x`: `[cols, cols]` row-major.
+    pub fn matrix(&self) -> Vec<f32> {
+        let scale = if self.n_samples == 0 { 0.0 } else { (2.0 / self.n_samples as f64) as f32 };
+        self.sum.iter().map(|v| v * scale).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! Each sees `x`: `[tokens, width]` row-major, the input of a linear site.
 
 use super::histogram::HistogramObserver;
-use crate::calib::hessian::HessianAccumulator;
+use crate::calib::hessian::{CrossAccumulator, HessianAccumulator};
 
 /// Which statistics a quantizer asks the runner for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -12,6 +12,9 @@ pub struct StatsRequest {
     pub min_max: bool,
     /// Whole-site histogram (static activation scales).
     pub histogram: bool,
+    /// GPTAQ's cross term of the full-precision model's inputs with these
+    /// ([`CrossAccumulator`]): the driver then runs a full-precision stream beside.
+    pub cross: bool,
 }
 
 /// Per-channel min and max.
@@ -83,6 +86,7 @@ pub struct SiteStats {
     pub abs_mean: Option<AbsMeanObserver>,
     pub min_max: Option<MinMaxObserver>,
     pub histogram: Option<HistogramObserver>,
+    pub cross: Option<CrossAccumulator>,
 }
 
 impl SiteStats {
@@ -94,6 +98,14 @@ impl SiteStats {
             abs_mean: req.abs_mean.then(|| AbsMeanObserver::new(width)),
             min_max: req.min_max.then(|| MinMaxObserver::new(width)),
             histogram: req.histogram.then(HistogramObserver::new),
+            cross: req.cross.then(|| CrossAccumulator::new(width)),
+        }
+    }
+
+    /// The full-precision model's inputs `x_fp` of the rows last given to [`Self::observe`].
+    pub fn observe_full_precision(&mut self, x: &[f32], x_fp: &[f32], tokens: usize) {
+        if let Some(c) = &mut self.cross {
+            c.add_batch(x, x_fp, tokens);
         }
     }
 
@@ -121,7 +133,10 @@ mod tests {
     #[test]
     fn observers_match_direct_computation() {
         let x = [1.0f32, -2.0, 3.0, -4.0, 0.5, 6.0]; // [3 tokens, 2 channels]
-        let mut s = SiteStats::new(2, StatsRequest { hessian: true, abs_mean: true, min_max: true, histogram: true });
+        let mut s = SiteStats::new(
+            2,
+            StatsRequest { hessian: true, abs_mean: true, min_max: true, histogram: true, cross: false },
+        );
         s.observe(&x[..2], 1);
         s.observe(&x[2..], 2);
         let mm = s.min_max.as_ref().unwrap();

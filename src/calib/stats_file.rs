@@ -311,7 +311,10 @@ mod tests {
     #[test]
     fn save_load_round_trip_is_exact_and_deterministic() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st = SiteStats::new(3, StatsRequest { histogram: true, min_max: true, abs_mean: true, hessian: false });
+        let mut st = SiteStats::new(
+            3,
+            StatsRequest { histogram: true, min_max: true, abs_mean: true, hessian: false, cross: false },
+        );
         st.observe(&[1.0, -2.5, 0.125, 3.0, 1e-3, -7.0], 2);
         let mut c = CalibStats::default();
         c.meta.insert("seqlen".into(), json!(512));
@@ -354,8 +357,10 @@ mod tests {
     #[test]
     fn corrupt_counts_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st =
-            SiteStats::new(2, StatsRequest { histogram: true, min_max: false, abs_mean: false, hessian: false });
+        let mut st = SiteStats::new(
+            2,
+            StatsRequest { histogram: true, min_max: false, abs_mean: false, hessian: false, cross: false },
+        );
         st.observe(&[1.0, -2.0, 0.5, 3.0], 2);
         let mut c = CalibStats::default();
         c.record(0, InputSite::AttnIn, &st);

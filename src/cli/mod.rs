@@ -18,7 +18,8 @@ use std::path::PathBuf;
 const AFTER_HELP: &str = "\
 Measured costs on SmolLM2-135M (2-core AMD EPYC; docs/BENCHMARKS.md): perplexity increase
 over f32 on Brown held-out (chunks protocol, ctx 512, 40 windows), stored bits per weight
-of the quantized linears, wall time with the default 128 x 512 calibration windows.
+of the quantized linears, wall time with the default 128 x 512 calibration windows
+(the gptaq, asym-target and awq rows: 2-core Intel Xeon, 2026-12-07).
 
 g128 rows: SmolLM2's 576-wide linears do not hold groups of 128; `*` rows were measured
 with a ragged last group (--group-fallback partial, which only this tool reads), the
@@ -32,8 +33,10 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   hqq                                       int4 g128         +34.0%     4.27    7 s
   gptq (asym act-order static-groups mse)   int4 g128         +15.0%     4.27    5 min
   gptq (asym act-order static-groups mse)   int3 g128         +67.3%     3.26    4 min
+  gptq --gptaq (GPTAQ, same)                int4 g128         +10.4%     4.27    6 min
+  gptq --asym-target (same)                 int4 g128          +9.15%    4.27    7 min
   gptq --fp8-format e4m3                    E4M3 channel       +0.43%    8.05    4 min
-  awq (asym)                                int4 g128         +14.6%     4.27   21 min
+  awq (asym, scales from 16 windows)        int4 g128         +14.3%     4.27    5 min
   awq+gptq (asym act-order static-groups mse) int4 g128        +8.34%    4.27   32 min
   awq+gptq (same)                           int3 g128*        +53.4%     3.16   32 min
 

@@ -111,10 +111,47 @@ pub fn site_readers(cfg: &LlamaConfig, b: usize, site: InputSite) -> String {
     format!("model.layers.{b}.{module}.{}", names.join("/"))
 }
 
+/// A second stream run beside the first, stage by stage: the full-precision model's
+/// block on the full-precision model's residual stream (GPTAQ's inputs `x_fp`).
+struct Shadow<'a> {
+    block: &'a Block,
+    x: &'a mut [f32],
+}
+
+/// Run `stage` of `block` on the residual `x` (in place) and the previous stage's output
+/// `cur` (`width` wide), chunk by chunk; returns the stage's output. `on_chunk(c)` after
+/// each chunk.
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    cfg: &LlamaConfig,
+    rope: &Rope,
+    block: &Block,
+    stage: crate::model::llama::Stage,
+    x: &mut [f32],
+    (cur, width): (&[f32], usize),
+    seq: usize,
+    chunk: usize,
+    mut kv_absmax: Option<&mut [f32; 2]>,
+    mut on_chunk: impl FnMut(usize),
+) -> Vec<f32> {
+    let h = cfg.hidden_size;
+    let rows = chunk * seq;
+    let mut next = Vec::with_capacity(x.len() / h * stage.out_width(cfg));
+    for (c, xc) in x.chunks_mut(rows * h).enumerate() {
+        let tokens = xc.len() / h;
+        let prev = if width == 0 { &[][..] } else { &cur[c * rows * width..][..tokens * width] };
+        let mut how = Attend::Windows { rope, windows: tokens / seq, seq, kv_absmax: kv_absmax.as_deref_mut() };
+        next.extend_from_slice(&block.run_stage_with(cfg, stage, xc, prev, &mut how));
+        on_chunk(c);
+    }
+    next
+}
+
 /// Run every stage of `block` on `x` (`[windows·seq, hidden]`, in place), chunk by chunk,
-/// handing each site's input to `on_site(block, site, input)`, which may replace the
-/// site's linears before the next stage runs. Each chunk through a stage is a
-/// progress event (`pass` names the pass in the message).
+/// handing each site's input to `on_site(block, site, input, shadow input)`, which may
+/// replace the site's linears before the next stage runs. A `shadow` stream runs each
+/// stage beside (its block unchanged). Each chunk through a stage is a progress event
+/// (`pass` names the pass in the message).
 #[allow(clippy::too_many_arguments)]
 fn run_stages(
     cfg: &LlamaConfig,
@@ -125,44 +162,63 @@ fn run_stages(
     chunk: usize,
     t: &mut Timings,
     mut kv_absmax: Option<&mut [f32; 2]>,
+    mut shadow: Option<Shadow>,
     progress: &mut BlockProgress,
     pass: &str,
-    mut on_site: impl FnMut(&mut Block, InputSite, &[f32], &mut Timings, &mut BlockProgress) -> Result<()>,
+    mut on_site: impl FnMut(&mut Block, InputSite, &[f32], Option<&[f32]>, &mut Timings, &mut BlockProgress) -> Result<()>,
 ) -> Result<()> {
-    let h = cfg.hidden_size;
-    let rows = chunk * seq;
-    let windows = x.len() / h / seq.max(1);
-    let mut cur: Vec<f32> = Vec::new();
+    let windows = x.len() / cfg.hidden_size / seq.max(1);
+    let (mut cur, mut cur_fp): (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
     let mut width = 0;
     for stage in BLOCK_STAGES {
         let tf = Instant::now();
-        let out_width = stage.out_width(cfg);
-        let mut next = Vec::with_capacity(x.len() / h * out_width);
-        for (c, xc) in x.chunks_mut(rows * h).enumerate() {
-            let tokens = xc.len() / h;
-            let prev = if width == 0 { &[][..] } else { &cur[c * rows * width..][..tokens * width] };
-            let mut how = Attend::Windows { rope, windows: tokens / seq, seq, kv_absmax: kv_absmax.as_deref_mut() };
-            next.extend_from_slice(&block.run_stage_with(cfg, stage, xc, prev, &mut how));
+        let next = run_stage(cfg, rope, block, stage, x, (&cur, width), seq, chunk, kv_absmax.as_deref_mut(), |c| {
             let done = ((c + 1) * chunk).min(windows);
             progress.event(&format!("{pass}: {} {done}/{windows} windows", stage.describe()));
+        });
+        if let Some(s) = shadow.as_mut() {
+            cur_fp = run_stage(cfg, rope, s.block, stage, s.x, (&cur_fp, width), seq, chunk, None, |_| {});
         }
         t.forward += tf.elapsed().as_secs_f64();
-        (cur, width) = (next, out_width);
+        (cur, width) = (next, stage.out_width(cfg));
         if let Some(site) = stage.site() {
-            on_site(block, site, &cur, t, progress)?;
+            on_site(block, site, &cur, shadow.is_some().then_some(&cur_fp[..]), t, progress)?;
         }
     }
     Ok(())
 }
 
-/// Statistics of one site input, observed over the forward chunks.
-fn observe(x: &[f32], width: usize, rows: usize, req: StatsRequest) -> SiteStats {
+/// The windows the full-precision pass runs (those some transform reads) and the windows
+/// the whole run needs, of `given`: all when a quantizer takes statistics or the KV cache is
+/// observed, else only the full-precision pass's (windows are independent, so the first N
+/// windows' block inputs are the same whatever else runs). Without transforms: `(0, given)`.
+fn run_windows(mods: &Modifiers, q_req: StatsRequest, observe_kv: bool, given: usize) -> (usize, usize) {
+    if mods.transforms.is_empty() {
+        return (0, given);
+    }
+    let fp = mods.transforms.iter().map(|m| m.windows().unwrap_or(given).min(given)).max().unwrap_or(given);
+    let all = q_req != StatsRequest::default() || observe_kv;
+    (fp, if all { given } else { fp })
+}
+
+fn progress_note(opts: &DriverOptions, line: String) {
+    if opts.progress {
+        eprintln!("{line}");
+    }
+}
+
+/// Statistics of one site input `x`, observed over the forward chunks, with the
+/// full-precision model's input `x_fp` of the same rows when the request has `cross`.
+fn observe(x: &[f32], x_fp: Option<&[f32]>, width: usize, rows: usize, req: StatsRequest) -> SiteStats {
     let mut stats = SiteStats::new(width, req);
     if req == StatsRequest::default() {
         stats.tokens = x.len() / width;
     } else {
-        for part in x.chunks(rows * width) {
+        for (k, part) in x.chunks(rows * width).enumerate() {
             stats.observe(part, part.len() / width);
+            if let Some(fp) = x_fp.filter(|_| req.cross) {
+                stats.observe_full_precision(part, &fp[k * rows * width..][..part.len()], part.len() / width);
+            }
         }
     }
     stats
@@ -177,6 +233,7 @@ fn stored(rec: &SiteRecord) -> SiteStats {
         abs_mean: rec.abs_sum.clone().map(|s| AbsMeanObserver::from_parts(s, rec.tokens)),
         min_max: rec.min_max.clone().map(|(min, max)| MinMaxObserver { min, max }),
         histogram: rec.histogram.clone(),
+        cross: None,
     }
 }
 
@@ -222,6 +279,12 @@ fn check_source(source: &Source, mods: &Modifiers) -> Result<()> {
                     format!("{p}: {} needs Hessians, which statistics files do not hold", mods.weights.name()),
                 ));
             }
+            if mods.weights.stats_request().cross {
+                return Err(Error::option(
+                    "--load-stats",
+                    format!("{p}: gptaq needs the full-precision model's inputs, which statistics files do not hold"),
+                ));
+            }
         }
     }
     Ok(())
@@ -262,11 +325,32 @@ pub fn run_streaming(
     }
     let mut t = Timings::default();
     let t0 = Instant::now();
+    let fp_req = mods.transforms.iter().fold(StatsRequest::default(), |r, m| merge(r, m.stats_request()));
+    let q_req = merge(
+        mods.weights.stats_request(),
+        mods.inputs.as_ref().map_or(StatsRequest::default(), |i| i.stats_request()),
+    );
+    let given = match &source {
+        Source::Windows(w) => w.len(),
+        _ => 0,
+    };
+    let (fp_windows, run_windows) = run_windows(mods, q_req, opts.observe_kv, given);
     let (mut x, seqlen, tokens) = match &source {
         Source::Windows(w) => {
+            if run_windows < given {
+                progress_note(
+                    opts,
+                    format!(
+                        "{}: runs the first {run_windows} of {given} windows: {} reads no more and {} needs no statistics",
+                        opts.label,
+                        mods.transforms.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+                        mods.weights.name()
+                    ),
+                );
+            }
             let embed =
                 MappedLinear::new(store.mapped("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size])?);
-            let all: Vec<u32> = w.iter().flatten().copied().collect();
+            let all: Vec<u32> = w[..run_windows].iter().flatten().copied().collect();
             (embed_tokens(cfg, &embed, &all)?, w[0].len(), all.len())
             // [n·seqlen, hidden]
         }
@@ -275,11 +359,8 @@ pub fn run_streaming(
     };
     let rope = cfg.rope_tables(seqlen);
     let chunk = opts.chunk_windows.max(1);
-    let fp_req = mods.transforms.iter().fold(StatsRequest::default(), |r, m| merge(r, m.stats_request()));
-    let q_req = merge(
-        mods.weights.stats_request(),
-        mods.inputs.as_ref().map_or(StatsRequest::default(), |i| i.stats_request()),
-    );
+    // GPTAQ's full-precision stream: the embedded windows through the unquantized blocks.
+    let mut x_fp = q_req.cross.then(|| x.clone());
     let mut out = DriverOutput {
         tensors: BTreeMap::new(),
         dense: BTreeMap::new(),
@@ -290,12 +371,7 @@ pub fn run_streaming(
         kv_absmax: Vec::new(),
     };
     t.load += t0.elapsed().as_secs_f64();
-    let passes = match &source {
-        Source::Windows(w) => {
-            (1 + usize::from(!mods.transforms.is_empty())) * w.len().div_ceil(chunk) * BLOCK_STAGES.len()
-        }
-        _ => 0,
-    };
+    let passes = (fp_windows.div_ceil(chunk) + run_windows.div_ceil(chunk)) * BLOCK_STAGES.len();
     let mut progress = BlockProgress::new(&opts.label, cfg.num_layers, passes + block_sites().count(), opts.progress);
 
     for b in 0..cfg.num_layers {
@@ -319,7 +395,7 @@ pub fn run_streaming(
             match &source {
                 Source::Windows(_) => {
                     let mut fp = bw.to_block(cfg);
-                    let mut xr = x.clone();
+                    let mut xr = x[..fp_windows * seqlen * cfg.hidden_size].to_vec();
                     let pass = "full precision";
                     run_stages(
                         cfg,
@@ -330,13 +406,14 @@ pub fn run_streaming(
                         chunk,
                         &mut t,
                         None,
+                        None,
                         &mut progress,
                         pass,
-                        |_, site, input, t, _| {
+                        |_, site, input, _, t, _| {
                             let width = site_width(cfg, site);
                             check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                             let ts = Instant::now();
-                            let stats = observe(input, width, chunk * seqlen, fp_req);
+                            let stats = observe(input, None, width, chunk * seqlen, fp_req);
                             if let Some(mm) = &stats.min_max {
                                 let r = out.stats.site_mut(b, site, width);
                                 r.tokens = stats.tokens;
@@ -429,6 +506,9 @@ pub fn run_streaming(
                 let mut block = bw.to_block(cfg);
                 let mut kv = [0f32; 2];
                 let observe_kv = opts.observe_kv.then_some(&mut kv);
+                // GPTAQ: the (transformed, unquantized) block on the full-precision stream.
+                let fp_block = x_fp.as_ref().map(|_| bw.to_block(cfg));
+                let shadow = fp_block.as_ref().zip(x_fp.as_deref_mut()).map(|(block, x)| Shadow { block, x });
                 run_stages(
                     cfg,
                     &rope,
@@ -438,13 +518,14 @@ pub fn run_streaming(
                     chunk,
                     &mut t,
                     observe_kv,
+                    shadow,
                     &mut progress,
                     "quantized",
-                    |block, site, input, t, progress| {
+                    |block, site, input, input_fp, t, progress| {
                         let width = site_width(cfg, site);
                         check_finite(b, &format!("the input of {}", site_readers(cfg, b, site)), input, width)?;
                         let ts = Instant::now();
-                        let stats = observe(input, width, chunk * seqlen, q_req);
+                        let stats = observe(input, input_fp, width, chunk * seqlen, q_req);
                         if let Some(h) = &stats.histogram {
                             histograms.push((site, width, stats.tokens, h.clone()));
                         }

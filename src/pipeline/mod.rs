@@ -167,6 +167,12 @@ pub trait BlockTransform {
     /// Whether it needs the site inputs themselves (not only statistics): such a
     /// transform cannot run from a statistics file.
     fn needs_activations(&self) -> bool;
+    /// The calibration windows it reads: the first N, or all (`None`). The full-precision
+    /// pass runs only the windows some transform reads (windows never share state, so the
+    /// first N come out the same whatever runs beside them).
+    fn windows(&self) -> Option<usize> {
+        None
+    }
     /// The input of `site` on the full-precision (untransformed) block: `x` is
     /// `[tokens, width]` when calibration windows run (None from a statistics file).
     fn observe(
@@ -388,6 +394,7 @@ pub fn merge(a: StatsRequest, b: StatsRequest) -> StatsRequest {
         abs_mean: a.abs_mean || b.abs_mean,
         min_max: a.min_max || b.min_max,
         histogram: a.histogram || b.histogram,
+        cross: a.cross || b.cross,
     }
 }
 

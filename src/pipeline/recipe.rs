@@ -36,7 +36,7 @@ use crate::io::checkpoint::CheckpointFormat;
 use crate::model::LlamaConfig;
 use crate::quant::activation::ActCalib;
 use crate::quant::awq::clip::AwqClip;
-use crate::quant::gptq::GptqOptions;
+use crate::quant::gptq::{Asymmetry, GptqOptions};
 use crate::quant::hqq::HqqOptions;
 use crate::quant::rtn::ClipSearch;
 use serde::{Deserialize, Serialize};
@@ -262,6 +262,13 @@ pub enum ModifierSpec {
         mse: bool,
         #[serde(default)]
         refit_scales: bool,
+        /// Asymmetric calibration: `gptaq` (GPTAQ's sequential correction) or `target` (the
+        /// least-squares target first); absent: plain GPTQ.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asymmetric: Option<String>,
+        /// Weight of the asymmetric correction (default: 0.25 for gptaq, 1 for target).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        asymmetric_alpha: Option<f32>,
     },
     Awq {
         #[serde(default = "awq_grid")]
@@ -367,11 +374,30 @@ impl ModifierSpec {
     /// GPTQ's options of a `gptq` modifier.
     pub fn gptq_options(&self) -> Option<GptqOptions> {
         match *self {
-            Self::Gptq { damp, block_size, act_order, static_groups, mse, refit_scales } => {
-                Some(GptqOptions { block_size, damp, act_order, static_groups, mse, refit_scales })
+            Self::Gptq {
+                damp,
+                block_size,
+                act_order,
+                static_groups,
+                mse,
+                refit_scales,
+                ref asymmetric,
+                asymmetric_alpha,
+            } => {
+                let asymmetry = asymmetric.as_deref().and_then(|a| asymmetry(a, asymmetric_alpha).ok());
+                Some(GptqOptions { block_size, damp, act_order, static_groups, mse, refit_scales, asymmetry })
             }
             _ => None,
         }
+    }
+}
+
+/// A `gptq` modifier's `asymmetric` / `asymmetric_alpha`.
+pub fn asymmetry(kind: &str, alpha: Option<f32>) -> Result<Asymmetry> {
+    match kind {
+        "gptaq" => Ok(Asymmetry::Gptaq { alpha: alpha.unwrap_or(0.25) }),
+        "target" => Ok(Asymmetry::Target { alpha: alpha.unwrap_or(1.0) }),
+        other => Err(bad("gptq.asymmetric", format!("{other:?}: expected \"gptaq\" or \"target\""))),
     }
 }
 
@@ -630,6 +656,25 @@ impl Recipe {
                 ModifierSpec::Smoothquant { alpha } => {
                     SmoothQuant::new(*alpha)?;
                 }
+                ModifierSpec::Gptq { asymmetric: Some(kind), asymmetric_alpha, refit_scales, .. } => {
+                    let a = asymmetry(kind, *asymmetric_alpha)?;
+                    if !(a.alpha().is_finite() && a.alpha() >= 0.0) {
+                        return Err(bad("gptq.asymmetric_alpha", format!("{}: expected a weight >= 0", a.alpha())));
+                    }
+                    if *refit_scales {
+                        return Err(bad(
+                            "--refit-scales",
+                            "fits the plain GPTQ objective; it does not combine with asymmetric calibration".into(),
+                        ));
+                    }
+                    asymmetric_alpha.get_or_insert(a.alpha());
+                }
+                ModifierSpec::Gptq { asymmetric: None, asymmetric_alpha: Some(a), .. } => {
+                    return Err(bad(
+                        "gptq.asymmetric_alpha",
+                        format!("{a} is given without gptq.asymmetric (\"gptaq\" or \"target\")"),
+                    ));
+                }
                 ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
                     let act = act_scheme(format, *dynamic, *symmetric)?;
                     ActCalib::parse(observer, *percentile)?;
@@ -746,20 +791,21 @@ impl Recipe {
                 }
                 ModifierSpec::Gptq { .. } => wq = Some(Box::new(Gptq { opts: m.gptq_options().expect("gptq") })),
                 ModifierSpec::Awq { grid, duo_scaling, clip, clip_tokens, clip_symmetric, search, search_windows } => {
-                    let opts = awq::AwqOptions {
-                        grid,
-                        duo_scaling,
-                        clip: clip.unwrap_or(true).then_some(AwqClip {
-                            tokens: clip_tokens,
-                            proportional: !clip_symmetric,
-                            ..AwqClip::default()
-                        }),
-                        // Scoring with GPTQ without its MSE search (which would cost 7x).
-                        search_gptq: gptq_follows
-                            .filter(|_| search.as_deref() == Some("gptq"))
-                            .map(|g| GptqOptions { mse: false, ..g }),
-                        search_windows,
-                    };
+                    let opts =
+                        awq::AwqOptions {
+                            grid,
+                            duo_scaling,
+                            clip: clip.unwrap_or(true).then_some(AwqClip {
+                                tokens: clip_tokens,
+                                proportional: !clip_symmetric,
+                                ..AwqClip::default()
+                            }),
+                            // Scoring with GPTQ without its MSE search (which would cost 7x).
+                            search_gptq: gptq_follows
+                                .filter(|_| search.as_deref() == Some("gptq"))
+                                .map(|g| GptqOptions { mse: false, asymmetry: None, ..g }),
+                            search_windows,
+                        };
                     transforms.push(Box::new(awq::Awq::new(cfg, schemes.clone(), opts)?));
                 }
                 ModifierSpec::Smoothquant { alpha } => transforms.push(Box::new(SmoothQuant::new(alpha)?)),

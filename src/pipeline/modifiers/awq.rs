@@ -37,7 +37,8 @@ pub struct AwqOptions {
     pub clip: Option<AwqClip>,
     /// Score the alpha grid with GPTQ's weights (these options) instead of RTN's.
     pub search_gptq: Option<GptqOptions>,
-    /// Search the scales on the first N calibration windows only (all by default).
+    /// Read only the first N calibration windows (activation magnitudes, alpha search and
+    /// clipping samples; all when `None`): the full-precision pass runs only those.
     pub search_windows: Option<usize>,
 }
 
@@ -97,6 +98,9 @@ impl Awq {
         if scheme.is_fp8() {
             return Err(Error::option("--method", format!("awq quantizes to integer schemes; {scheme} is FP8")));
         }
+        if opts.search_windows == Some(0) {
+            return Err(Error::option("--awq-search-windows", "0: the scale search needs at least one window"));
+        }
         if opts.clip.is_some_and(|c| c.tokens == 0) {
             return Err(Error::option("--awq-clip-tokens", "0: the clipping search needs at least one token"));
         }
@@ -140,6 +144,10 @@ impl BlockTransform for Awq {
         true
     }
 
+    fn windows(&self) -> Option<usize> {
+        self.opts.search_windows
+    }
+
     fn observe(
         &mut self,
         ctx: &BlockContext,
@@ -164,7 +172,7 @@ impl BlockTransform for Awq {
             gptq: self.opts.search_gptq,
         };
         for gi in (0..self.groups.len()).filter(|&g| self.groups[g].site == site) {
-            self.found.push((gi, search_group(&search, bw, &self.groups[gi], x, self.opts.search_windows)?));
+            self.found.push((gi, search_group(&search, bw, &self.groups[gi], x)?));
         }
         self.timings.search += ts.elapsed().as_secs_f64();
         Ok(())

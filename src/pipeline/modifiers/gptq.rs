@@ -1,5 +1,6 @@
 //! GPTQ as a weight quantizer: one Hessian per site, shared by the linears reading it
-//! ([`crate::quant::gptq`]).
+//! ([`crate::quant::gptq`]); with asymmetric calibration (GPTAQ, or the least-squares target),
+//! also the site's cross term with the full-precision model's inputs.
 
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::{Error, Result};
@@ -17,7 +18,7 @@ impl WeightQuantizer for Gptq {
     }
 
     fn stats_request(&self) -> StatsRequest {
-        StatsRequest { hessian: true, ..Default::default() }
+        StatsRequest { hessian: true, cross: self.opts.asymmetry.is_some(), ..Default::default() }
     }
 
     fn quantize_site(
@@ -37,7 +38,17 @@ impl WeightQuantizer for Gptq {
             1 => first.name.clone(),
             n => format!("{} (and the {} other linears reading its input)", first.name, n - 1),
         };
-        let factor = HessianFactor::new(&site, &h, cols, &self.opts)?;
+        let mut factor = HessianFactor::new(&site, &h, cols, &self.opts)?;
+        if let Some(asym) = self.opts.asymmetry {
+            let cross = stats
+                .cross
+                .as_ref()
+                .ok_or_else(|| {
+                    Error::other_msg("gptq: asymmetric calibration, but the driver gave no full-precision inputs")
+                })?
+                .matrix();
+            factor = factor.with_asymmetry(&site, &cross, asym)?;
+        }
         if factor.damp_retries > 0 {
             eprintln!(
                 "gptq: {site}: Hessian not positive definite; damping raised {} time(s) to {}",

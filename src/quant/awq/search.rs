@@ -129,26 +129,17 @@ fn quadratic_sum(d: &[f32], rows: usize, n: usize, g: &[f32]) -> f64 {
 }
 
 /// Search the scales of `group` in the (unscaled, full-precision) block `bw`, whose
-/// input at the group's site is `x`: `[windows·seqlen, width]`. The activation
-/// magnitudes come from all of `x`; the errors from its first `search_windows` windows
-/// (all when `None`).
-pub fn search_group(
-    ctx: &SearchContext,
-    bw: &BlockWeights,
-    group: &ScaleGroup,
-    x: &[f32],
-    search_windows: Option<usize>,
-) -> Result<GroupSearch> {
+/// input at the group's site is `x`: `[windows·seqlen, width]`, the activation
+/// magnitudes and the errors both from all of `x`.
+pub fn search_group(ctx: &SearchContext, bw: &BlockWeights, group: &ScaleGroup, x: &[f32]) -> Result<GroupSearch> {
     let cfg = ctx.cfg;
     let idx: Vec<usize> = group.linears.iter().map(|l| linear_index(cfg, l)).collect();
     let shapes_owned: Vec<(usize, usize)> = group.linears.iter().map(|l| linear_shape(cfg, l)).collect();
     let shapes = shapes_owned.as_slice();
     let width = shapes[0].1;
-    let tokens = x.len() / width;
     let mut am = AbsMeanObserver::new(width);
     am.observe(x);
     let x_mean = am.mean();
-    let x = &x[..search_windows.map_or(tokens, |n| (n.max(1) * ctx.seqlen).min(tokens)) * width];
     let names: Vec<String> = group.linears.iter().map(|l| format!("model.layers.{}.{l}", bw.index)).collect();
     let schemes: Vec<Option<QuantScheme>> = names.iter().map(|n| (ctx.scheme_of)(n)).collect();
     let w_mean = ctx.duo_scaling.then(|| {
