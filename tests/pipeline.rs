@@ -386,6 +386,7 @@ fn asymmetric_calibration_runs_beside_a_full_precision_stream() {
     fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "--refit-scales"], &["--refit-scales", "asymmetric"]);
     fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "--asym-target"], &["--gptaq", "--asym-target"]);
     fails_with(&[m, "-o", o, "--method", "awq", "--gptaq"], &["--gptaq", "--method awq"]);
-    fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "-1"], &["asymmetric_alpha", "-1"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--gptaq", "--asym-alpha", "-1"], &["asymmetric_alpha", "-1"]);
+    fails_with(&[m, "-o", o, "--method", "gptq", "--asym-alpha", "0.5"], &["asymmetric_alpha", "without"]);
     assert!(!out.exists(), "nothing is written on a refused run");
 }

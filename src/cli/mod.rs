@@ -39,6 +39,7 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   awq (asym, scales from 16 windows)        int4 g128         +14.3%     4.27    5 min
   awq+gptq (asym act-order static-groups mse) int4 g128        +8.34%    4.27   32 min
   awq+gptq (same)                           int3 g128*        +53.4%     3.16   32 min
+  awq+gptq --gptaq --awq-search-windows 16  int4 g128          +7.62%    4.27   21 min
 
 GGUF types (--gguf-type; llama.cpp protocol, ctx 512, 40 windows, f32 38.19, scored by
 llama.cpp's llama-perplexity on the exported file):

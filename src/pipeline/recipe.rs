@@ -659,7 +659,10 @@ impl Recipe {
                 ModifierSpec::Gptq { asymmetric: Some(kind), asymmetric_alpha, refit_scales, .. } => {
                     let a = asymmetry(kind, *asymmetric_alpha)?;
                     if !(a.alpha().is_finite() && a.alpha() >= 0.0) {
-                        return Err(bad("gptq.asymmetric_alpha", format!("{}: expected a weight >= 0", a.alpha())));
+                        return Err(bad(
+                            "gptq.asymmetric_alpha (--asym-alpha)",
+                            format!("{}: expected a weight >= 0", a.alpha()),
+                        ));
                     }
                     if *refit_scales {
                         return Err(bad(
@@ -671,8 +674,10 @@ impl Recipe {
                 }
                 ModifierSpec::Gptq { asymmetric: None, asymmetric_alpha: Some(a), .. } => {
                     return Err(bad(
-                        "gptq.asymmetric_alpha",
-                        format!("{a} is given without gptq.asymmetric (\"gptaq\" or \"target\")"),
+                        "gptq.asymmetric_alpha (--asym-alpha)",
+                        format!(
+                            "{a} is given without gptq.asymmetric (\"gptaq\" or \"target\": --gptaq, --asym-target)"
+                        ),
                     ));
                 }
                 ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
