@@ -201,12 +201,6 @@ fn run_windows(mods: &Modifiers, q_req: StatsRequest, observe_kv: bool, given: u
     (fp, if all { given } else { fp })
 }
 
-fn progress_note(opts: &DriverOptions, line: String) {
-    if opts.progress {
-        eprintln!("{line}");
-    }
-}
-
 /// Statistics of one site input `x`, observed over the forward chunks, with the
 /// full-precision model's input `x_fp` of the same rows when the request has `cross`.
 fn observe(x: &[f32], x_fp: Option<&[f32]>, width: usize, rows: usize, req: StatsRequest) -> SiteStats {
@@ -337,15 +331,12 @@ pub fn run_streaming(
     let (fp_windows, run_windows) = run_windows(mods, q_req, opts.observe_kv, given);
     let (mut x, seqlen, tokens) = match &source {
         Source::Windows(w) => {
-            if run_windows < given {
-                progress_note(
-                    opts,
-                    format!(
-                        "{}: runs the first {run_windows} of {given} windows: {} reads no more and {} needs no statistics",
-                        opts.label,
-                        mods.transforms.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
-                        mods.weights.name()
-                    ),
+            if run_windows < given && opts.progress {
+                eprintln!(
+                    "{}: runs the first {run_windows} of {given} windows: {} reads no more and {} needs no statistics",
+                    opts.label,
+                    mods.transforms.iter().map(|m| m.name()).collect::<Vec<_>>().join(", "),
+                    mods.weights.name()
                 );
             }
             let embed =

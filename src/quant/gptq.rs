@@ -427,7 +427,7 @@ fn quantize_impl(
     // Target: the sweep runs on W* = W + W·C.
     let target;
     let weight = match &factor.asymmetry {
-        Some(Correction::Target(c)) if weight.len() == rows * cols => {
+        Some(Correction::Target(c)) => {
             let wm = MatRef::from_row_major_slice(weight, rows, cols);
             let wc = rows_product(wm, c.as_ref(), 1.0);
             target = (0..rows * cols).map(|k| weight[k] + wc[(k / cols, k % cols)]).collect::<Vec<f32>>();
