@@ -94,6 +94,7 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
     ] {
         let mut mods = Modifiers {
             schemes: SchemePolicy::uniform(weights),
+            rotation: None,
             transforms: vec![Box::new(SmoothQuant::new(0.5).unwrap())],
             weights: Box::new(Rtn { clip: None, imatrix: false }),
             inputs: Some(Box::new(Activations::new(act, ActCalib::Mse).unwrap())),

@@ -195,6 +195,7 @@ fn run_awq(
     };
     let mut mods = Modifiers {
         schemes: SchemePolicy::uniform(scheme),
+        rotation: None,
         transforms: vec![Box::new(Awq::new(cfg, quantize::pipeline::SchemePolicy::uniform(scheme), opts).unwrap())],
         weights,
         inputs: None,

@@ -377,3 +377,133 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused_before_calibration() {
     );
     assert!(!out.exists());
 }
+
+/// `src`'s model with every tensor in f32, in `dst` (config and tokenizer copied).
+fn f32_copy(src: &Path, dst: &Path) -> PathBuf {
+    use quantize::io::safetensors::{write_file, HeaderLayout, RawTensor};
+    use safetensors::Dtype;
+    std::fs::create_dir_all(dst).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
+    }
+    let store = SafetensorsStore::open(src).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = store
+        .names()
+        .map(|n| {
+            let (v, shape) = store.f32(n).unwrap();
+            (n.to_string(), shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        })
+        .collect();
+    let raws: Vec<RawTensor> =
+        tensors.iter().map(|(n, shape, bytes)| RawTensor { name: n, dtype: Dtype::F32, shape, bytes }).collect();
+    write_file(&dst.join("model.safetensors"), &raws, &Default::default(), HeaderLayout::Sorted).unwrap();
+    dst.to_path_buf()
+}
+
+/// A rotation folded into the weights (`--rotate`, QuaRot) leaves the function unchanged:
+/// with every linear left dense, each family's rotated model gives transformers' logits
+/// (norms folded into the readers, v/o rotated per head, qwen2's v bias and phi3's fused
+/// qkv rows included, tied heads untied); quantized, it reloads and evaluates like any
+/// checkpoint, and its bytes do not depend on the thread count. Gemma's post-norms refuse.
+#[test]
+fn a_rotated_model_computes_what_the_original_computes() {
+    let root = tempfile::tempdir().unwrap();
+    let text = family_text(root.path());
+    let recipe = root.path().join("rotate-only.toml");
+    std::fs::write(
+        &recipe,
+        "ignore = [\"re:.*\"]\n[scheme]\ntype = \"int8\"\n[[modifier]]\ntype = \"rotate\"\nseed = 3\n[[modifier]]\ntype = \"rtn\"\n",
+    )
+    .unwrap();
+    for name in ["llama3", "llama_bias_linear", "qwen2", "qwen3", "mistral", "phi3"] {
+        // An f32 copy (the same values as the bf16/f16 fixture), so the rotated weights are
+        // not rounded again and transformers' logits hold to the same tolerance.
+        let src = f32_copy(&fixture(name), &root.path().join(format!("{name}-f32")));
+        let (tokens, want) = reference(&fixture(name));
+        let out = root.path().join(format!("{name}-rotated"));
+        let (ok, err) = common::quantize(&[
+            src.to_str().unwrap(),
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{name}: {err}");
+        let (model, info) = load_model(&out).unwrap();
+        assert!(info.format.is_none(), "{name}: nothing quantized, a dense model");
+        let err = rel_err(&logits(&model, &tokens), &want);
+        eprintln!("{name} rotated: max relative logit error {err:.2e}");
+        assert!(err < TOLERANCE, "{name}: rotated model's logits {err:.3e} from transformers'");
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let store = SafetensorsStore::open(&out).unwrap();
+        assert!(store.contains("lm_head.weight"), "{name}: the rotated head is its own tensor");
+        assert_eq!(cfg["tie_word_embeddings"], serde_json::json!(false), "{name}");
+        let norm = store.f32("model.layers.1.input_layernorm.weight").unwrap().0;
+        assert!(norm.iter().all(|&g| g == 1.0), "{name}: the norm weights are folded into the readers");
+        let embed = store.f32("model.embed_tokens.weight").unwrap().0;
+        let orig = SafetensorsStore::open(&src).unwrap().f32("model.embed_tokens.weight").unwrap().0;
+        assert!(rel_err(&embed, &orig) > 0.1, "{name}: the embedding is rotated");
+    }
+    // The checkpoint keeps the source's dtype (bf16 here).
+    let out = root.path().join("llama3-bf16-rotated");
+    let (ok, err) = common::quantize(&[
+        fixture("llama3").to_str().unwrap(),
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let store = SafetensorsStore::open(&out).unwrap();
+    for t in ["lm_head.weight", "model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"] {
+        assert_eq!(store.raw(t).unwrap().dtype, safetensors::Dtype::BF16, "{t}");
+    }
+    // Quantized after the rotation: int8 stays close to the dense model, 1 and 2 threads agree.
+    let src = fixture("qwen2");
+    let run = |threads: &str| {
+        let out = root.path().join(format!("qwen2-rot-gptq-{threads}"));
+        let args = [
+            src.to_str().unwrap(),
+            "--rotate",
+            "--method",
+            "gptq",
+            "--bits",
+            "8",
+            "--group-size",
+            "32",
+            "--calib",
+            text.to_str().unwrap(),
+            "--nsamples",
+            "6",
+            "--seqlen",
+            "32",
+            "--threads",
+            threads,
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        let (ok, err) = common::quantize(&args);
+        assert!(ok, "{err}");
+        out
+    };
+    let (two, one) = (run("2"), run("1"));
+    common::assert_same_files(&two, &one, "between 2 threads and 1");
+    let report = eval_report(&two, &src, &text, &root.path().join("rot.json"));
+    let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
+    assert!(kl < 0.02, "rotated int8 GPTQ: KL {kl}");
+    assert!(std::fs::read_to_string(two.join("recipe.toml")).unwrap().contains("type = \"rotate\""));
+    // Gemma normalizes the block outputs before the residual add: refused, nothing written.
+    let out = root.path().join("gemma2-rot");
+    common::fails_with(
+        &[fixture("gemma2").to_str().unwrap(), "--rotate", "--method", "rtn", "-o", out.to_str().unwrap()],
+        &["--rotate", "post_attention_layernorm"],
+    );
+    assert!(!out.exists());
+    // A GGUF file cannot hold the untied head yet: refused before any work.
+    common::fails_with(
+        &[src.to_str().unwrap(), "--rotate", "--gguf-type", "Q8_0", "-o", root.path().join("x.gguf").to_str().unwrap()],
+        &["--rotate", "GGUF"],
+    );
+}

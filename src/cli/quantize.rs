@@ -218,6 +218,14 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "ALPHA", allow_negative_numbers = true, help_heading = "RTN / FP8 / GPTQ")]
     pub asym_alpha: Option<f32>,
 
+    /// Rotate the residual stream by a random Hadamard matrix folded into the weights
+    /// (QuaRot; and v/o per head): outlier channels are spread before rounding, and the
+    /// output is an ordinary checkpoint. RMSNorm weights are folded into the linears that
+    /// read them; a tied head is written as its own `lm_head` (the checkpoint grows by the
+    /// head). Recipe: `[[modifier]] type = "rotate"` (`kind`, `seed`).
+    #[arg(long)]
+    pub rotate: bool,
+
     /// AWQ: points of the alpha grid (alpha = i / N, i = 0 .. N).
     #[arg(long, default_value_t = 20, help_heading = "AWQ")]
     pub awq_grid: usize,
@@ -555,6 +563,10 @@ impl QuantizeArgs {
                     modifiers.push(if plus { gptq() } else { ModifierSpec::Rtn { mse, imatrix: false } });
                 }
             }
+        }
+        used.insert("rotate"); // every method
+        if self.rotate {
+            modifiers.insert(0, ModifierSpec::Rotate { kind: "hadamard".into(), seed: 0 });
         }
         used.insert("kv_cache");
         if self.kv_cache.is_some() {

@@ -414,15 +414,34 @@ impl CheckpointWriter {
         if name.strip_suffix(".weight").is_some_and(|m| self.schemes.contains_key(m)) {
             return Err(Error::tensor(name, "is quantized; it cannot also be replaced by dense values"));
         }
-        let src = self
-            .store
-            .raw(name)
-            .map_err(|_| Error::tensor(name, "replacement for a tensor the source model does not have"))?;
+        if !self.store.contains(name) {
+            return Err(Error::tensor(name, "replacement for a tensor the source model does not have"));
+        }
+        let raw = self.dense_like(name, name, values)?;
+        if !self.replaced.insert(name.to_string()) {
+            return Err(Error::tensor(name, "replaced twice"));
+        }
+        self.push(Pending::Owned(raw))
+    }
+
+    /// Add the dense tensor `name`, which the source model lacks, in the dtype and shape
+    /// of its tensor `like` (a rotated tied head: `lm_head.weight` like the embedding).
+    pub fn add_dense(&mut self, name: &str, like: &str, values: &[f32]) -> Result<()> {
+        if self.store.contains(name) {
+            return Err(Error::tensor(name, "is in the source model already; it can only be replaced"));
+        }
+        let raw = self.dense_like(like, name, values)?;
+        self.push(Pending::Owned(raw))
+    }
+
+    /// `values` as the tensor `name`, in the dtype and shape of the source tensor `like`.
+    fn dense_like(&self, like: &str, name: &str, values: &[f32]) -> Result<RawTensor> {
+        let src = self.store.raw(like)?;
         let shape = src.shape.to_vec();
         if shape.iter().product::<usize>() != values.len() {
-            return Err(Error::tensor(name, format!("{} replacement values for shape {shape:?}", values.len())));
+            return Err(Error::tensor(name, format!("{} values for shape {shape:?}", values.len())));
         }
-        let raw = match src.dtype {
+        Ok(match src.dtype {
             Dtype::F32 => RawTensor::from_f32(name.to_string(), &shape, values),
             Dtype::F16 => RawTensor::from_f16(name.to_string(), &shape, values),
             Dtype::BF16 => {
@@ -430,13 +449,9 @@ impl CheckpointWriter {
                 RawTensor { name: name.to_string(), dtype: Dtype::BF16, shape, data: bytes }
             }
             other => {
-                return Err(Error::tensor(name, format!("dtype {other:?}: only F32/F16/BF16 tensors can be replaced")))
+                return Err(Error::tensor(like, format!("dtype {other:?}: only F32/F16/BF16 tensors can be replaced")))
             }
-        };
-        if !self.replaced.insert(name.to_string()) {
-            return Err(Error::tensor(name, "replaced twice"));
-        }
-        self.push(Pending::Owned(raw))
+        })
     }
 
     /// Block `b` is done: its remaining source tensors (norms, biases, unquantized
@@ -503,7 +518,9 @@ impl CheckpointWriter {
         for n in rest {
             self.push_source(n)?;
         }
-        let qconfig = self.quantization_config()?;
+        // Nothing quantized (a rotated model with every linear ignored): a dense model.
+        let dense_only = self.schemes.is_empty() && !self.kv_cache;
+        let qconfig = if dense_only { Value::Null } else { self.quantization_config()? };
         self.flush()?;
         let count = self.shards.len().max(1);
         if self.shards.is_empty() {
@@ -523,9 +540,11 @@ impl CheckpointWriter {
             self.dir.write("model.safetensors.index.json", &pretty(&index))?;
         }
         let mut config = std::mem::take(&mut self.config);
-        config["quantization_config"] = qconfig;
+        if !dense_only {
+            config["quantization_config"] = qconfig;
+        }
         self.dir.write("config.json", &pretty(&config))?;
-        if self.format == CheckpointFormat::Gptq {
+        if self.format == CheckpointFormat::Gptq && !dense_only {
             let layout = GptqLayout::for_tensors(self.schemes.iter().map(|(k, v)| (k.as_str(), v)))?;
             let mut qcfg = layout.base.quantize_config();
             qcfg["lm_head"] = config["quantization_config"]["lm_head"].clone();

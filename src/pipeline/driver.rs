@@ -3,7 +3,8 @@
 //! Block 0's inputs are the embedded calibration windows; block i's are the outputs of
 //! the already processed (transformed and quantized) blocks before it. For each block:
 //!
-//! 1. its weights are read from the memory-mapped store (one block in memory at a time);
+//! 1. its weights are read from the memory-mapped store (one block in memory at a time)
+//!    and rotated when the run has a rotation (the embedded windows were rotated too);
 //! 2. if the run has [`BlockTransform`]s, the full-precision block runs through its
 //!    stages ([`BLOCK_STAGES`]) on a copy of the inputs; at each site the transforms see the
 //!    input and the statistics they asked for; then each transform changes the block;
@@ -70,7 +71,7 @@ pub struct Timings {
     pub forward: f64,
     /// Observers (Hessians, ranges, histograms).
     pub statistics: f64,
-    /// Transforms: searches and folds (AWQ, SmoothQuant).
+    /// Transforms: rotations, searches and folds (AWQ, SmoothQuant).
     pub transform: f64,
     pub quantize: f64,
 }
@@ -342,8 +343,11 @@ pub fn run_streaming(
             let embed =
                 MappedLinear::new(store.mapped("model.embed_tokens.weight", [cfg.vocab_size, cfg.hidden_size])?);
             let all: Vec<u32> = w[..run_windows].iter().flatten().copied().collect();
-            (embed_tokens(cfg, &embed, &all)?, w[0].len(), all.len())
-            // [n·seqlen, hidden]
+            let mut x = embed_tokens(cfg, &embed, &all)?; // [n·seqlen, hidden]
+            if let Some(r) = &mods.rotation {
+                r.rotate_stream(&mut x);
+            }
+            (x, w[0].len(), all.len())
         }
         Source::Stats(st, _) => (vec![], 1, st.tokens()),
         Source::None => (vec![], 1, 0),
@@ -370,6 +374,11 @@ pub fn run_streaming(
         let tl = Instant::now();
         let mut bw = BlockWeights::load(cfg, store, b)?;
         t.load += tl.elapsed().as_secs_f64();
+        if let Some(r) = &mods.rotation {
+            let tr = Instant::now();
+            out.dense.extend(r.rotate_block(cfg, &mut bw));
+            t.transform += tr.elapsed().as_secs_f64();
+        }
         let ctx = BlockContext { cfg, block: b, rope: &rope, seqlen, chunk_windows: chunk };
 
         // (a) Transforms, from the full-precision block's site inputs.
@@ -431,6 +440,16 @@ pub fn run_streaming(
                 }
             }
             t.transform += tt.elapsed().as_secs_f64();
+        }
+
+        // Linears left unquantized are written as the rotation and transforms left them.
+        if mods.rotation.is_some() || !mods.transforms.is_empty() {
+            for (k, (short, _)) in cfg.linears().iter().enumerate() {
+                let name = format!("model.layers.{b}.{short}");
+                if mods.schemes.scheme_for(&name).is_none() {
+                    out.dense.insert(format!("{name}.weight"), bw.linears[k].clone());
+                }
+            }
         }
 
         // (b) Quantize site by site, each site seeing the quantized sites before it.
@@ -570,22 +589,19 @@ pub fn check_extra(mods: &Modifiers) -> Result<()> {
     Ok(())
 }
 
-/// Quantize one more linear outside the blocks (the LM head) with a calibration-free
-/// quantizer: `name`'s weights are read from the tensor `source` (`lm_head.weight`, or the
-/// embedding of a tied head).
+/// Quantize one more linear outside the blocks (the LM head, `weight [o, i]`) with a
+/// calibration-free quantizer.
 pub fn quantize_extra(
-    store: &SafetensorsStore,
     mods: &mut Modifiers,
     name: &str,
-    source: &str,
+    weight: &[f32],
     shape: (usize, usize),
     out: &mut DriverOutput,
 ) -> Result<()> {
     check_extra(mods)?;
     let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let (o, i) = shape;
-    let w = store.f32_shaped(source, &[o, i])?;
-    let l = LinearWeight { name: name.to_string(), scheme, weight: &w, out_features: o, in_features: i };
+    let l = LinearWeight { name: name.to_string(), scheme, weight, out_features: o, in_features: i };
     let (q, report) = mods.weights.quantize_site(&[l], &SiteStats::new(i, StatsRequest::default()))?.remove(0);
     out.tensors.insert(name.to_string(), q);
     out.layers.push(report);

@@ -3,7 +3,9 @@
 //!
 //! A run is a list of modifiers in three roles, applied block by block:
 //!
-//! - [`BlockTransform`] (AWQ, SmoothQuant; later rotations): sees the inputs of every
+//! - a rotation ([`crate::quant::rotation`], QuaRot) folded into each block as it is
+//!   loaded, so everything after sees a rotated model;
+//! - [`BlockTransform`] (AWQ, SmoothQuant): sees the inputs of every
 //!   site of the *full-precision* block, then changes the block's f32 weights so that it
 //!   computes the same function in a form that quantizes better;
 //! - [`WeightQuantizer`] (RTN, FP8, HQQ, GPTQ): quantizes the linears of each site from
@@ -382,6 +384,9 @@ impl GroupFallback {
 /// The modifiers of one run, by role, in the order they act.
 pub struct Modifiers {
     pub schemes: SchemePolicy,
+    /// A rotation of the residual stream folded into every block before the transforms
+    /// (and into the embedding and head by [`run`]).
+    pub rotation: Option<crate::quant::rotation::ModelRotation>,
     pub transforms: Vec<Box<dyn BlockTransform>>,
     pub weights: Box<dyn WeightQuantizer>,
     pub inputs: Option<Box<dyn InputQuantizer>>,

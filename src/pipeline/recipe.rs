@@ -38,6 +38,7 @@ use crate::quant::activation::ActCalib;
 use crate::quant::awq::clip::AwqClip;
 use crate::quant::gptq::{Asymmetry, GptqOptions};
 use crate::quant::hqq::HqqOptions;
+use crate::quant::rotation::{ModelRotation, RotationKind};
 use crate::quant::rtn::ClipSearch;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -228,6 +229,15 @@ fn default_chunk() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModifierSpec {
+    /// Rotate the residual stream (and v/o per head) by a random orthogonal matrix folded
+    /// into the weights (QuaRot): the checkpoint stays an ordinary one.
+    Rotate {
+        /// `hadamard` (random signs times a Hadamard matrix) or `orthogonal`.
+        #[serde(default = "hadamard")]
+        kind: String,
+        #[serde(default)]
+        seed: u64,
+    },
     /// Round-to-nearest (also FP8 weights, by the scheme).
     Rtn {
         /// Clipping search of the group ranges (GPTQ's `mse`).
@@ -339,6 +349,9 @@ fn smooth_alpha() -> f32 {
 fn minmax() -> String {
     "minmax".into()
 }
+fn hadamard() -> String {
+    "hadamard".into()
+}
 fn percentile() -> f64 {
     99.99
 }
@@ -346,6 +359,7 @@ fn percentile() -> f64 {
 /// What a modifier does, for the ordering rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Role {
+    Rotation,
     Transform,
     Weights,
     Inputs,
@@ -354,6 +368,7 @@ enum Role {
 impl ModifierSpec {
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Rotate { .. } => "rotate",
             Self::Rtn { .. } => "rtn",
             Self::Hqq { .. } => "hqq",
             Self::Gptq { .. } => "gptq",
@@ -365,6 +380,7 @@ impl ModifierSpec {
 
     fn role(&self) -> Role {
         match self {
+            Self::Rotate { .. } => Role::Rotation,
             Self::Awq { .. } | Self::Smoothquant { .. } => Role::Transform,
             Self::Rtn { .. } | Self::Hqq { .. } | Self::Gptq { .. } => Role::Weights,
             Self::Activations { .. } => Role::Inputs,
@@ -486,6 +502,7 @@ impl Recipe {
         let names: Vec<&str> = self.modifiers.iter().map(|m| m.name()).collect();
         match names.as_slice() {
             ["awq", "rtn"] => "awq".into(),
+            ["rotate", "awq", "rtn"] => "rotate+awq".into(),
             _ => names.join("+"),
         }
     }
@@ -506,7 +523,7 @@ impl Recipe {
         self.kv_cache.is_some()
             || self.modifiers.iter().any(|m| match m {
                 ModifierSpec::Rtn { imatrix, .. } => *imatrix,
-                ModifierSpec::Hqq { .. } => false,
+                ModifierSpec::Hqq { .. } | ModifierSpec::Rotate { .. } => false,
                 ModifierSpec::Activations { dynamic, .. } => !dynamic,
                 _ => true,
             })
@@ -532,14 +549,14 @@ impl Recipe {
                     return Err(bad(
                         "modifier",
                         format!(
-                            "{} cannot follow {}: transforms (awq, smoothquant) come first, then one weight \
-                             quantizer (rtn, hqq, gptq), then activations",
+                            "{} cannot follow {}: a rotation (rotate) comes first, then transforms (awq, \
+                             smoothquant), then one weight quantizer (rtn, hqq, gptq), then activations",
                             pos(i, m),
                             pos(j, p)
                         ),
                     ));
                 }
-                if role == Role::Transform {
+                if role == Role::Transform && prev == Role::Transform {
                     return Err(bad(
                         "modifier",
                         format!("{} after {}: both fold scales into the same norms; keep one", pos(i, m), pos(j, p)),
@@ -589,6 +606,17 @@ impl Recipe {
             );
         }
         let format = self.checkpoint_format()?;
+        if let Some(ModifierSpec::Rotate { kind, .. }) = self.modifiers.iter().find(|m| m.role() == Role::Rotation) {
+            RotationKind::parse(kind)?;
+            if format == CheckpointFormat::Gguf {
+                return Err(bad(
+                    "--rotate",
+                    "a rotated tied model needs its own output tensor, which the GGUF export does not lay out yet; \
+                     write --format compressed-tensors / gptq / awq"
+                        .into(),
+                ));
+            }
+        }
         if format == CheckpointFormat::Gguf || gguf_scheme {
             self.check_gguf(format, &weights)?;
         } else if matches!(weights, ModifierSpec::Rtn { imatrix: true, .. }) {
@@ -786,8 +814,12 @@ impl Recipe {
         let mut transforms: Vec<Box<dyn BlockTransform>> = Vec::new();
         let mut inputs: Option<Box<dyn super::InputQuantizer>> = None;
         let mut wq: Option<Box<dyn super::WeightQuantizer>> = None;
+        let mut rotation = None;
         for m in &self.modifiers {
             match m.clone() {
+                ModifierSpec::Rotate { kind, seed } => {
+                    rotation = Some(ModelRotation::new(cfg, RotationKind::parse(&kind)?, seed)?)
+                }
                 ModifierSpec::Rtn { mse, imatrix } => {
                     wq = Some(Box::new(Rtn { clip: mse.then(ClipSearch::default), imatrix }))
                 }
@@ -820,7 +852,13 @@ impl Recipe {
                 }
             }
         }
-        Ok(Modifiers { schemes, transforms, weights: wq.expect("resolve checked the weight quantizer"), inputs })
+        Ok(Modifiers {
+            schemes,
+            rotation,
+            transforms,
+            weights: wq.expect("resolve checked the weight quantizer"),
+            inputs,
+        })
     }
 
     /// The activation scheme and observer of the `activations` modifier.

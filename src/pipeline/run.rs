@@ -11,7 +11,9 @@ use crate::format::kv_cache;
 use crate::io::checkpoint::{ActivationSpec, CheckpointFormat, CheckpointWriter};
 use crate::io::safetensors::SafetensorsStore;
 use crate::io::tokenizer::{read_text, Tokenizer};
+use crate::model::llama::{load_norm, stored_norm};
 use crate::model::LlamaConfig;
+use crate::quant::rotation::ModelRotation;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,11 +75,17 @@ fn stats_key(recipe: &Recipe) -> Result<BTreeMap<String, Value>> {
         ModifierSpec::Smoothquant { alpha } => Some(*alpha),
         _ => None,
     });
-    Ok(BTreeMap::from([
+    let mut key = BTreeMap::from([
         ("weights".to_string(), json!(recipe.weight_scheme()?.to_string())),
         ("weights_clip".to_string(), json!(clip)),
         ("smooth".to_string(), json!(smooth)),
-    ]))
+    ]);
+    // Statistics of a rotated model are of its rotated sites (the key only when rotated,
+    // so files and checkpoints of unrotated runs keep their bytes).
+    if let Some(ModifierSpec::Rotate { kind, seed }) = recipe.modifiers.iter().find(|m| m.name() == "rotate") {
+        key.insert("rotation".to_string(), json!({"kind": kind, "seed": seed}));
+    }
+    Ok(key)
 }
 
 /// Every quantized linear against what `format`'s loaders accept ([`crate::format::rules`]),
@@ -185,9 +193,18 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
     let mut mods = recipe.build(&cfg)?;
+    if let Some(r) = mods.rotation.as_ref().filter(|_| opts.progress) {
+        eprintln!("{label}: {}", r.describe());
+    }
     // GPTQ act-order without static groups stores a g_idx per column.
     let g_idx = recipe.weights()?.gptq_options().is_some_and(|g| g.act_order && !g.static_groups);
     check_consumer_rules(&cfg, &mods.schemes, format, recipe.group_fallback()?, recipe.include_head, g_idx)?;
+    let quantizes_any =
+        crate::model::llama::block_linears(&cfg).iter().any(|(n, ..)| mods.schemes.scheme_for(n).is_some())
+            || (recipe.include_head && mods.schemes.scheme_for("lm_head").is_some());
+    if !quantizes_any && mods.rotation.is_none() {
+        return Err(Error::option("ignore", "every linear is ignored: there is nothing to quantize"));
+    }
     let key = stats_key(&recipe)?;
     let (loaded, windows);
     let mut calibration = Value::Null;
@@ -316,8 +333,18 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         }
         Output::Checkpoint(w) => w,
     };
+    let head_shape = (cfg.vocab_size, cfg.hidden_size);
+    // A rotated model's embedding and head (the head returned, to be quantized or written).
+    let rotated_head = match &mods.rotation {
+        Some(r) => Some(rotate_outside_blocks(&cfg, &store, r, &mut writer)?),
+        None => None,
+    };
     if recipe.include_head {
-        driver::quantize_extra(&store, &mut mods, "lm_head", head_source, (cfg.vocab_size, cfg.hidden_size), &mut res)?;
+        let w = match &rotated_head {
+            Some(h) => h.clone(),
+            None => store.f32_shaped(head_source, &[head_shape.0, head_shape.1])?,
+        };
+        driver::quantize_extra(&mut mods, "lm_head", &w, head_shape, &mut res)?;
         if res.tensors.contains_key("lm_head") && head_source != "lm_head.weight" {
             writer.untie_head();
         }
@@ -325,8 +352,38 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             writer.add_quantized(&m, &q, None)?;
         }
     }
+    if let Some(head) = rotated_head.filter(|_| !res.layers.iter().any(|l| l.name == "lm_head")) {
+        if head_source == "lm_head.weight" {
+            writer.replace_dense("lm_head.weight", &head)?;
+        } else {
+            // Tied: `E·Q` and `E·diag(g)·Q` differ by the final norm's weight.
+            writer.add_dense("lm_head.weight", head_source, &head)?;
+            writer.untie_head();
+        }
+    }
     writer.finish(&[("recipe.toml", recipe_text.as_bytes())])?;
     finish_report(&mods, res, opts, stats_meta, t0, out, format, &method, &label, scheme_text)
+}
+
+/// The tensors outside the blocks of a rotated model: the embedding `E·Q` and the final
+/// norm's weight (ones, its multipliers folded into the head) are written; the head
+/// `H·diag(g)·Q` (`[vocab, hidden]`, from the embedding when tied) is returned.
+fn rotate_outside_blocks(
+    cfg: &LlamaConfig,
+    store: &SafetensorsStore,
+    rotation: &ModelRotation,
+    writer: &mut CheckpointWriter,
+) -> Result<Vec<f32>> {
+    let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+    let embed = "model.embed_tokens.weight";
+    let source = if store.contains("lm_head.weight") { "lm_head.weight" } else { embed };
+    let mut head = store.f32_shaped(source, &[v, h])?;
+    rotation.rotate_head(&mut head, &load_norm(cfg, store, "model.norm.weight", h)?);
+    let mut e = store.f32_shaped(embed, &[v, h])?;
+    rotation.rotate_stream(&mut e);
+    writer.replace_dense(embed, &e)?;
+    writer.replace_dense("model.norm.weight", &stored_norm(cfg, &vec![1.0; h]))?;
+    Ok(head)
 }
 
 /// Where the blocks go: a safetensors checkpoint directory or one GGUF file.

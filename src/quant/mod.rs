@@ -1,4 +1,4 @@
-//! Quantization algorithms, one per file: rtn, gptq, awq, activation; linalg helpers.
+//! Quantization algorithms, one per file: rtn, gptq, awq, activation, rotation; linalg helpers.
 pub mod activation;
 pub mod awq;
 pub mod ggml;
@@ -6,4 +6,5 @@ pub mod gptq;
 pub mod hqq;
 pub mod linalg;
 pub mod refit;
+pub mod rotation;
 pub mod rtn;
