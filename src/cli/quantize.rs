@@ -258,10 +258,12 @@ pub struct QuantizeArgs {
     #[arg(long, help_heading = "AWQ")]
     pub awq_rtn_search: bool,
 
-    /// W8A8 (weights and activations in 8 bits, compressed-tensors as vLLM loads it):
+    /// Weights and activations quantized (compressed-tensors as vLLM loads it):
     /// w8a8-int8 = INT8 per-channel symmetric weights + INT8 activations, w8a8-fp8 = FP8
-    /// E4M3 per-channel weights + FP8 E4M3 activations. Fixes --bits/--group-size.
-    #[arg(long = "scheme", value_parser = ["w8a8-int8", "w8a8-fp8"], help_heading = "W8A8 activations")]
+    /// E4M3 per-channel weights + FP8 E4M3 activations (these fix --bits/--group-size);
+    /// w4a8-int8 = INT4 symmetric weights in groups of --group-size (128) + INT8
+    /// activations (vLLM's W4A8 int; best with --rotate, which spreads activation outliers).
+    #[arg(long = "scheme", value_parser = ["w8a8-int8", "w8a8-fp8", "w4a8-int8"], help_heading = "W8A8 activations")]
     pub w8a8: Option<String>,
     /// W8A8: activation scales per token, computed at run time (the default).
     #[arg(long, conflicts_with = "static_act", help_heading = "W8A8 activations")]
@@ -362,7 +364,8 @@ impl QuantizeArgs {
         // static groups, MSE: int4 g128 +19.2% against +32.0% plain) and act-order of FP8
         // (llama.cpp protocol +0.49% against +0.74%); GGUF grids and W8A8 keep plain GPTQ.
         let fp8_weights = m == Method::Fp8 || self.fp8_format.is_some();
-        let int_weights = w8a8.is_none() && self.gguf_type.is_none() && !fp8_weights;
+        let w4a8 = w8a8 == Some("w4a8-int8");
+        let int_weights = (w8a8.is_none() || w4a8) && self.gguf_type.is_none() && !fp8_weights;
         let grouped = !(self.per_channel || self.per_tensor || self.group_size == -1);
         let mse = choice(self.mse, self.no_mse, int_weights && matches!(m, Method::Gptq | Method::AwqGptq));
         let gptq = || ModifierSpec::Gptq {
@@ -450,10 +453,12 @@ impl QuantizeArgs {
                 used.insert("per_tensor");
                 let fp8 = name == "w8a8-fp8";
                 let dynamic = !self.static_act;
-                if !matches!(m, Method::Rtn | Method::Fp8) && !(m == Method::Gptq && !fp8) {
+                if (!matches!(m, Method::Rtn | Method::Fp8) && !(m == Method::Gptq && !fp8))
+                    || (w4a8 && m == Method::Fp8)
+                {
                     return Err(Error::option(
                         "--method",
-                        format!("{} with {name}: use rtn (or gptq with w8a8-int8)", m.name()),
+                        format!("{} with {name}: use rtn (or gptq with w8a8-int8 / w4a8-int8)", m.name()),
                     ));
                 }
                 if self.asym {
@@ -466,7 +471,7 @@ impl QuantizeArgs {
                 let smooth = match self.smooth {
                     Some(x) if x <= 0.0 => None,
                     Some(x) => Some(x),
-                    None if !fp8 && m != Method::Gptq => Some(0.8),
+                    None if name == "w8a8-int8" && m != Method::Gptq => Some(0.8),
                     None => None,
                 };
                 if m == Method::Gptq && (smooth.is_some() || self.save_stats.is_some() || self.load_stats.is_some()) {
@@ -503,9 +508,31 @@ impl QuantizeArgs {
                 if cal {
                     used.extend(CALIB_FLAGS);
                 }
+                if w4a8 {
+                    used.extend(["group_size", "per_channel", "group_fallback"]);
+                    if self.group_size > 0 && !self.per_channel {
+                        group_fallback = Some(GroupFallbackSpec::from_flag(&self.group_fallback)?);
+                    }
+                }
                 SchemeSpec {
-                    kind: if fp8 { "fp8-e4m3" } else { "int8" }.into(),
-                    group_size: None,
+                    kind: if fp8 {
+                        "fp8-e4m3"
+                    } else if w4a8 {
+                        "int4"
+                    } else {
+                        "int8"
+                    }
+                    .into(),
+                    group_size: match self.group_size {
+                        g if w4a8 && g > 0 && !self.per_channel => Some(g as usize),
+                        g if w4a8 && g <= 0 && g != -1 => {
+                            return Err(Error::option(
+                                "--group-size",
+                                format!("{g} is not valid; use a positive group size or -1 for per-channel"),
+                            ))
+                        }
+                        _ => None,
+                    },
                     per_tensor: self.per_tensor,
                     symmetric: true,
                 }

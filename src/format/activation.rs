@@ -92,6 +92,32 @@ impl ActScheme {
         self.format == NumberFormat::Fp8E4M3
     }
 
+    /// Refuse weights vLLM does not run with these activations (compressed-tensors):
+    /// W8A8 takes symmetric per-channel or per-tensor INT8 weights with INT8 activations,
+    /// or FP8 E4M3 weights; W4A8 (`CompressedTensorsW4A8Int`) symmetric per-channel or
+    /// grouped INT4 weights, stored one code per int8, with INT8 activations.
+    pub fn check_weights(&self, w: super::QuantScheme) -> Result<()> {
+        use super::Granularity;
+        let int_act = self.format == NumberFormat::Int { bits: 8 };
+        let ok = match w.format {
+            NumberFormat::Int { bits: 8 } => w.symmetric && !matches!(w.granularity, Granularity::Group(_)),
+            NumberFormat::Int { bits: 4 } => int_act && w.symmetric && w.granularity != Granularity::PerTensor,
+            NumberFormat::Fp8E4M3 => true,
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(Error::option(
+            "scheme",
+            format!(
+                "{w} with {self} activations: vLLM runs W8A8 with symmetric per-channel or per-tensor INT8 \
+                 weights, or FP8 E4M3 weights, and W4A8 with symmetric per-channel or grouped INT4 weights \
+                 and INT8 activations"
+            ),
+        ))
+    }
+
     /// Refuse what neither this tool nor vLLM runs: other widths, E5M2, asymmetric FP8.
     pub fn check(&self) -> Result<()> {
         match (self.format, self.symmetric) {

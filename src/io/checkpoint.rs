@@ -20,7 +20,7 @@ use crate::format::compressed_tensors::{self as ct, CtConfig, CtFormat, PyMatch}
 use crate::format::gptq::{self, GptqConfig, GptqLayout};
 use crate::format::kv_cache;
 use crate::format::pack::RawTensor;
-use crate::format::{Granularity, NumberFormat, QuantizedTensor};
+use crate::format::QuantizedTensor;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
@@ -176,20 +176,9 @@ fn activation_tensors(
     params: Option<ActParams>,
 ) -> Result<Vec<RawTensor>> {
     let s = q.scheme;
-    let ok = match s.format {
-        NumberFormat::Int { bits: 8 } => {
-            s.symmetric && !matches!(s.granularity, Granularity::Group(_)) && q.g_idx.is_none()
-        }
-        NumberFormat::Fp8E4M3 => true,
-        _ => false,
-    };
-    if !ok {
-        return Err(Error::tensor(
-            m,
-            format!(
-                "{s}: W8A8 (vLLM) needs symmetric 8-bit per-channel or per-tensor INT8 weights, or FP8 E4M3 weights"
-            ),
-        ));
+    act.scheme.check_weights(s).map_err(|e| Error::tensor(m, e.to_string()))?;
+    if q.g_idx.is_some() {
+        return Err(Error::tensor(m, format!("{s} with act-order: activation checkpoints hold no g_idx")));
     }
     let mut raws = if s.is_fp8() { ct::to_tensors(q, m)? } else { ct::to_int_quantized_tensors(q, m)? };
     match (act.scheme.dynamic, params) {

@@ -711,16 +711,7 @@ impl Recipe {
                 ModifierSpec::Activations { format, dynamic, symmetric, observer, percentile } => {
                     let act = act_scheme(format, *dynamic, *symmetric)?;
                     ActCalib::parse(observer, *percentile)?;
-                    let ok = match scheme.format {
-                        crate::format::NumberFormat::Int { bits: 8 } => {
-                            scheme.symmetric && !matches!(scheme.granularity, crate::format::Granularity::Group(_))
-                        }
-                        crate::format::NumberFormat::Fp8E4M3 => true,
-                        _ => false,
-                    };
-                    if !ok {
-                        return Err(bad("scheme", format!("{scheme} with {act} activations: vLLM runs W8A8 with symmetric per-channel or per-tensor INT8 weights, or FP8 E4M3 weights")));
-                    }
+                    act.check_weights(scheme)?;
                 }
                 _ => {}
             }
