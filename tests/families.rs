@@ -578,3 +578,61 @@ fn w4a8_checkpoints_hold_int4_codes_with_int8_activations() {
     .unwrap();
     common::fails_with(&[s, "--recipe", recipe.to_str().unwrap(), "-o", o], &["int4", "W4A8", "symmetric"]);
 }
+
+/// Mixed precision to a budget (`--target-bpw`): the measured choice stays within the
+/// budget and uses it, lands in the recipe as overrides (rerunning the recipe gives the
+/// same bytes without measuring), writes the sensitivity report beside the checkpoint,
+/// and reloads; a budget below the cheapest candidates or on FP8 is refused by name.
+#[test]
+fn a_bits_budget_picks_schemes_per_linear_within_it() {
+    let root = tempfile::tempdir().unwrap();
+    let text = family_text(root.path());
+    let src = fixture("llama_bias_linear");
+    let out = root.path().join("mixed");
+    let json = root.path().join("mixed.json");
+    let calib = ["--calib", text.to_str().unwrap(), "--nsamples", "6", "--seqlen", "32"];
+    let mut args = vec![src.to_str().unwrap(), "--method", "gptq", "--target-bpw", "5", "-o", out.to_str().unwrap()];
+    args.extend(calib);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let (ok, err) = common::quantize(&args);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let achieved = report["budget"]["achieved_bpw"].as_f64().unwrap();
+    assert!(achieved <= 5.0 && achieved > 4.5, "achieved {achieved} bits/weight for a budget of 5");
+    let chosen: std::collections::BTreeSet<&str> =
+        report["budget"]["linears"].as_array().unwrap().iter().map(|l| l["chosen"].as_str().unwrap()).collect();
+    assert!(chosen.len() >= 2, "a mix: {chosen:?}");
+    let bits = report["bits_per_weight"].as_f64().unwrap();
+    assert!((bits - achieved).abs() < 1e-9, "the checkpoint holds the measured bits: {bits} vs {achieved}");
+    for f in ["sensitivity.txt", "sensitivity.json", "sensitivity.svg"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert!(std::fs::read_to_string(out.join("sensitivity.svg")).unwrap().starts_with("<svg"));
+    let recipe = std::fs::read_to_string(out.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("[[override]]") && !recipe.contains("[budget]"), "{recipe}");
+    let again = root.path().join("again");
+    let (ok, err) = common::quantize(&[
+        src.to_str().unwrap(),
+        "--recipe",
+        out.join("recipe.toml").to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for f in ["model.safetensors", "config.json", "recipe.toml"] {
+        assert!(std::fs::read(out.join(f)).unwrap() == std::fs::read(again.join(f)).unwrap(), "{f} differs on rerun");
+    }
+    let report = eval_report(&out, &src, &text, &root.path().join("mixed-eval.json"));
+    let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
+    assert!(kl.is_finite() && kl < 0.5, "mixed: KL {kl}");
+
+    let o = root.path().join("bad");
+    let mut low = vec![src.to_str().unwrap(), "--method", "rtn", "--target-bpw", "2", "-o", o.to_str().unwrap()];
+    low.extend(calib);
+    common::fails_with(&low, &["--target-bpw", "cheapest"]);
+    assert!(!o.exists());
+    common::fails_with(
+        &[src.to_str().unwrap(), "--method", "fp8", "--target-bpw", "5", "-o", o.to_str().unwrap()],
+        &["--target-bpw"],
+    );
+}

@@ -5,7 +5,7 @@
 //! naming the flag and the method. `--recipe FILE` takes the run from a file instead.
 
 use crate::error::Error;
-use crate::pipeline::recipe::{CalibrationSpec, GroupFallbackSpec, ModifierSpec, Recipe, SchemeSpec};
+use crate::pipeline::recipe::{BudgetSpec, CalibrationSpec, GroupFallbackSpec, ModifierSpec, Recipe, SchemeSpec};
 use crate::pipeline::run::{run_recipe, RunOptions};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -218,6 +218,13 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "ALPHA", allow_negative_numbers = true, help_heading = "RTN / FP8 / GPTQ")]
     pub asym_alpha: Option<f32>,
 
+    /// Mixed precision to this many stored bits per weight (e.g. 4.5): a measurement pass
+    /// (RTN of every linear in int3 g128, int4 g128, int4 g32 and int8 g128, its output
+    /// error through the Hessian of 16 calibration windows) picks each linear's scheme to
+    /// minimize the summed errors within the budget; written as per-module overrides, with
+    /// sensitivity.txt/.json/.svg beside the checkpoint. Recipe: `[budget] bpw = 4.5`.
+    #[arg(long, value_name = "BPW")]
+    pub target_bpw: Option<f64>,
     /// Rotate the residual stream by a random Hadamard matrix folded into the weights
     /// (QuaRot; and v/o per head): outlier channels are spread before rounding, and the
     /// output is an ordinary checkpoint. RMSNorm weights are folded into the linears that
@@ -592,6 +599,12 @@ impl QuantizeArgs {
             }
         }
         used.insert("rotate"); // every method
+        if self.target_bpw.is_some() {
+            if !int_weights {
+                return Err(Error::option("--target-bpw", "mixes integer weight schemes (not FP8, GGUF or W8A8)"));
+            }
+            used.extend(["target_bpw"].into_iter().chain(CALIB_FLAGS));
+        }
         if self.rotate {
             modifiers.insert(0, ModifierSpec::Rotate { kind: "hadamard".into(), seed: 0 });
         }
@@ -626,6 +639,7 @@ impl QuantizeArgs {
                 chunk_windows: self.chunk_windows,
             }),
             modifiers,
+            budget: self.target_bpw.map(|bpw| BudgetSpec { bpw, candidates: vec![], windows: 16 }),
         })
     }
 }

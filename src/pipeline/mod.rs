@@ -17,6 +17,7 @@
 //! them once per site. Adding a method means one file in [`modifiers`] implementing one of
 //! these traits and one line in [`recipe::ModifierSpec`].
 
+pub mod budget;
 pub mod driver;
 pub mod gguf_export;
 pub mod modifiers;

@@ -78,6 +78,29 @@ pub struct Recipe {
     /// `down_proj` at 8 bits. Written as compressed-tensors `config_groups`.
     #[serde(default, rename = "override", skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<OverrideSpec>,
+    /// Mixed precision to a bits budget: each linear's scheme chosen among `candidates`
+    /// from a measurement pass ([`crate::pipeline::budget`]); the run writes the choice as
+    /// `override`s in its recipe.toml (and this section no more), so the rerun repeats it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
+}
+
+/// `[budget]`: a target of stored bits per weight over the quantized block linears.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    pub bpw: f64,
+    /// Schemes a linear may take (default: int3 g128, int4 g128, int4 g32, int8 g128, as
+    /// symmetric as the recipe's scheme).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<SchemeSpec>,
+    /// Calibration windows of the measurement pass (the first N).
+    #[serde(default = "budget_windows")]
+    pub windows: usize,
+}
+
+fn budget_windows() -> usize {
+    16
 }
 
 /// `group_fallback = 64` or `group_fallback = "auto"` ([`GroupFallback`]).
@@ -132,6 +155,22 @@ pub struct SchemeSpec {
 }
 
 impl SchemeSpec {
+    /// The recipe form of an integer or FP8 scheme.
+    pub fn from_scheme(q: QuantScheme) -> Self {
+        use crate::format::{Granularity, NumberFormat};
+        let kind = match q.format {
+            NumberFormat::Int { bits } => format!("int{bits}"),
+            NumberFormat::Fp8E4M3 => "fp8-e4m3".into(),
+            NumberFormat::Fp8E5M2 => "fp8-e5m2".into(),
+            NumberFormat::Ggml(t) => t.name().to_ascii_lowercase(),
+        };
+        let group_size = match q.granularity {
+            Granularity::Group(g) => Some(g),
+            _ => None,
+        };
+        Self { kind, group_size, per_tensor: q.granularity == Granularity::PerTensor, symmetric: q.symmetric }
+    }
+
     /// The [`QuantScheme`] this describes.
     pub fn to_scheme(&self) -> Result<QuantScheme> {
         let s = self;
@@ -521,6 +560,7 @@ impl Recipe {
 
     pub fn needs_calibration(&self) -> bool {
         self.kv_cache.is_some()
+            || self.budget.is_some()
             || self.modifiers.iter().any(|m| match m {
                 ModifierSpec::Rtn { imatrix, .. } => *imatrix,
                 ModifierSpec::Hqq { .. } | ModifierSpec::Rotate { .. } => false,
@@ -714,6 +754,48 @@ impl Recipe {
                     act.check_weights(scheme)?;
                 }
                 _ => {}
+            }
+        }
+        if let Some(b) = self.budget.as_mut() {
+            let bad_budget = |msg: String| Err(bad("--target-bpw", msg));
+            if !(b.bpw.is_finite() && b.bpw > 0.0) {
+                return bad_budget(format!("{} is not a positive number of bits per weight", b.bpw));
+            }
+            if !matches!(scheme.format, crate::format::NumberFormat::Int { .. }) {
+                return bad_budget(format!("mixes integer schemes; {scheme} is not one"));
+            }
+            if !self.overrides.is_empty() {
+                return bad_budget("chooses every linear's scheme; drop the recipe's overrides".into());
+            }
+            if format == CheckpointFormat::Awq {
+                return bad_budget("awq stores one scheme; use --format compressed-tensors or gptq".into());
+            }
+            if has_act {
+                return bad_budget("goes with weight-only schemes".into());
+            }
+            if b.windows == 0 {
+                return Err(bad("budget.windows", "0; the measurement needs at least one window".into()));
+            }
+            if b.candidates.is_empty() {
+                let sym = scheme.symmetric;
+                b.candidates = [(3, Some(128)), (4, Some(128)), (4, Some(32)), (8, Some(128))]
+                    .into_iter()
+                    .map(|(bits, group_size)| SchemeSpec {
+                        kind: format!("int{bits}"),
+                        group_size,
+                        per_tensor: false,
+                        symmetric: sym,
+                    })
+                    .collect();
+            }
+            for (i, c) in b.candidates.iter().enumerate() {
+                let q = c.to_scheme().map_err(|e| bad(&format!("budget.candidates[{i}]"), e.to_string()))?;
+                if !matches!(q.format, crate::format::NumberFormat::Int { .. }) {
+                    return Err(bad(
+                        &format!("budget.candidates[{i}]"),
+                        format!("{q}: candidates are integer schemes"),
+                    ));
+                }
             }
         }
         if self.needs_calibration() && self.calibration.is_none() {

@@ -192,6 +192,12 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     }
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
+    // Mixed precision: measure, then run the recipe with the chosen schemes as overrides.
+    let allocation = match recipe.budget {
+        Some(_) => Some(super::budget::allocate_to_budget(&recipe, dir, &cfg, &store, opts)?),
+        None => None,
+    };
+    let recipe = allocation.as_ref().map_or(recipe, |a| a.recipe.clone());
     let mut mods = recipe.build(&cfg)?;
     if let Some(r) = mods.rotation.as_ref().filter(|_| opts.progress) {
         eprintln!("{label}: {}", r.describe());
@@ -361,8 +367,16 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             writer.untie_head();
         }
     }
-    writer.finish(&[("recipe.toml", recipe_text.as_bytes())])?;
-    finish_report(&mods, res, opts, stats_meta, t0, out, format, &method, &label, scheme_text)
+    let mut files: Vec<(&str, &[u8])> = vec![("recipe.toml", recipe_text.as_bytes())];
+    if let Some(a) = &allocation {
+        files.extend(a.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    }
+    writer.finish(&files)?;
+    let mut report = finish_report(&mods, res, opts, stats_meta, t0, out, format, &method, &label, scheme_text)?;
+    if let Some(a) = allocation {
+        report["budget"] = a.report;
+    }
+    Ok(report)
 }
 
 /// The tensors outside the blocks of a rotated model: the embedding `E·Q` and the final

@@ -1,6 +1,7 @@
-//! Quantization algorithms, one per file: rtn, gptq, awq, activation, rotation; linalg helpers.
+//! Quantization algorithms, one per file: rtn, gptq, awq, activation, rotation, budget (mixed precision); linalg helpers.
 pub mod activation;
 pub mod awq;
+pub mod budget;
 pub mod ggml;
 pub mod gptq;
 pub mod hqq;

@@ -6,5 +6,6 @@ pub mod activation;
 pub mod awq;
 pub mod gptq;
 pub mod hqq;
+pub mod measure;
 pub mod rtn;
 pub mod smooth;
