@@ -636,3 +636,34 @@ fn a_bits_budget_picks_schemes_per_linear_within_it() {
         &["--target-bpw"],
     );
 }
+
+/// A linear left unquantized (`ignore`) after AWQ scaled its input columns is written
+/// with those columns, as the norm it reads was divided: the model computes what the
+/// full-precision one does (before: the source weights were written, a wrong model).
+#[test]
+fn ignored_linears_are_written_as_the_transforms_left_them() {
+    let root = tempfile::tempdir().unwrap();
+    let text = family_text(root.path());
+    let src = fixture("llama_bias_linear");
+    let recipe = root.path().join("awq-ignore.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "ignore = [\"re:.*self_attn\\\\.q_proj$\"]\n[scheme]\ntype = \"int8\"\n[calibration]\nfiles = [{:?}]\n\
+             nsamples = 6\nseqlen = 32\n[[modifier]]\ntype = \"awq\"\ngrid = 4\n[[modifier]]\ntype = \"rtn\"\n",
+            text.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = root.path().join("awq-ignore");
+    let (ok, err) =
+        common::quantize(&[src.to_str().unwrap(), "--recipe", recipe.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let store = SafetensorsStore::open(&out).unwrap();
+    let q = store.f32("model.layers.0.self_attn.q_proj.weight").unwrap().0;
+    let orig = SafetensorsStore::open(&src).unwrap().f32("model.layers.0.self_attn.q_proj.weight").unwrap().0;
+    assert!(q != orig, "the ignored q_proj carries AWQ's scales");
+    let report = eval_report(&out, &src, &text, &root.path().join("awq-ignore.json"));
+    let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
+    assert!(kl < 0.01, "int8 AWQ with q_proj ignored: KL {kl}");
+}
