@@ -219,8 +219,8 @@ pub struct QuantizeArgs {
     pub asym_alpha: Option<f32>,
 
     /// Mixed precision to this many stored bits per weight (e.g. 4.5): a measurement pass
-    /// (RTN of every linear in int3 g128, int4 g128, int4 g32 and int8 g128, its output
-    /// error through the Hessian of 16 calibration windows) picks each linear's scheme to
+    /// (RTN of each linear alone in int3 g128, int4 g128, int4 g32 and int8 g128, the
+    /// error of its attention or MLP output on 16 calibration windows) picks each scheme to
     /// minimize the summed errors within the budget; written as per-module overrides, with
     /// sensitivity.txt/.json/.svg beside the checkpoint. Recipe: `[budget] bpw = 4.5`.
     #[arg(long, value_name = "BPW")]

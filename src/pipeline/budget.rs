@@ -1,7 +1,7 @@
 //! Mixed precision to a bits budget (`--target-bpw`, recipe `[budget]`): a measurement
-//! pass over the first calibration windows (the recipe's rotation applied, transforms not
-//! run) quantizes every linear by RTN in each candidate scheme and records its relative
-//! output error through the site's Hessian ([`Measure`]); [`crate::quant::budget::allocate`]
+//! pass over the first calibration windows (the recipe's rotation applied, its transforms
+//! not run) quantizes every linear alone by RTN in each candidate scheme and records the
+//! relative error of its attention or MLP output ([`Measure`]); [`crate::quant::budget::allocate`]
 //! then picks one candidate per linear, minimizing the summed errors with the stored bits
 //! of all linears at most `bpw` per weight. The choice becomes the recipe's per-module
 //! overrides, so the main run, its checkpoint (compressed-tensors `config_groups`, gptq
@@ -47,7 +47,6 @@ pub fn allocate_to_budget(
     let windows = calibration_windows(&spec, dir, &label, cfg.vocab_size)?;
 
     let mut mods = recipe.build(cfg)?;
-    mods.transforms.clear();
     mods.inputs = None;
     let widths: Vec<(String, usize)> =
         crate::model::llama::block_linears(cfg).into_iter().map(|(n, _, i)| (n, i)).collect();
@@ -61,7 +60,10 @@ pub fn allocate_to_budget(
         candidates.push(p);
     }
     let results = Arc::new(Mutex::new(Vec::new()));
-    mods.weights = Box::new(Measure { candidates, results: results.clone() });
+    // The measurement is the only transform; RTN (no statistics) carries the run on, so
+    // only the measured windows run.
+    mods.transforms = vec![Box::new(Measure::new(candidates, windows.len(), results.clone()))];
+    mods.weights = Box::new(super::modifiers::rtn::Rtn { clip: None, imatrix: false });
     let dopts = DriverOptions {
         chunk_windows: calib.chunk_windows,
         progress: opts.progress,
@@ -132,7 +134,7 @@ pub fn allocate_to_budget(
 fn table(measured: &[Sensitivity], picks: &[usize]) -> String {
     let mut s = String::new();
     let Some(first) = measured.first() else { return s };
-    s += &format!("{:<40}", "linear (relative output error, RTN)");
+    s += &format!("{:<40}", "linear (sub-layer output error, RTN)");
     for m in &first.candidates {
         s += &format!(" {:>16}", m.scheme.to_string());
     }

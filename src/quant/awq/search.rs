@@ -61,11 +61,24 @@ impl GroupSearch {
 
 /// The inspected output of `block` for input rows `x` (`windows` whole windows).
 fn inspect(ctx: &SearchContext, block: &Block, target: ScaleTarget, x: &[f32], windows: usize) -> Vec<f32> {
-    let cfg = ctx.cfg;
-    let t = windows * ctx.seqlen;
+    sublayer_output(ctx.cfg, ctx.rope, ctx.seqlen, block, target, x, windows)
+}
+
+/// The attention output after o_proj (`x`: the normalized block input) or the MLP output
+/// after down_proj (`x`: the normalized MLP input) of `block`, `[windows·seqlen, hidden]`.
+pub fn sublayer_output(
+    cfg: &LlamaConfig,
+    rope: &Rope,
+    seqlen: usize,
+    block: &Block,
+    target: ScaleTarget,
+    x: &[f32],
+    windows: usize,
+) -> Vec<f32> {
+    let t = windows * seqlen;
     match target {
         ScaleTarget::AttentionOutput => {
-            let attn = block.attention(cfg, ctx.rope, x, windows, ctx.seqlen);
+            let attn = block.attention(cfg, rope, x, windows, seqlen);
             let mut o = vec![0.0f32; t * cfg.hidden_size];
             block.linears[linear_index(cfg, "self_attn.o_proj")].forward(&attn, t, &mut o);
             o
