@@ -28,6 +28,7 @@ args_of() {
     awqgptq-int4-all) echo "--method awq+gptq --bits 4 --awq-search-windows 128" ;;
     awqtarget-int4) echo "--method awq+gptq --bits 4 --asym-target" ;;
     awqgptaq-int4) echo "--method awq+gptq --bits 4 --gptaq" ;;
+    awqgptaq16-int4) echo "--method awq+gptq --bits 4 --gptaq --awq-search-windows 16" ;;
     w4a8-gptq) echo "--method gptq --scheme w4a8-int8" ;;
     w4a8-gptaq) echo "--method gptq --scheme w4a8-int8 --gptaq" ;;
     mix45-gptq) echo "--method gptq --target-bpw 4.5" ;;

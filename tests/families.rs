@@ -378,6 +378,11 @@ fn a_tokenizer_larger_than_the_vocabulary_is_refused_before_calibration() {
     assert!(!out.exists());
 }
 
+/// A small calibration on `text`: 6 windows of 32 tokens.
+fn small_calib(text: &Path) -> [&str; 6] {
+    ["--calib", text.to_str().unwrap(), "--nsamples", "6", "--seqlen", "32"]
+}
+
 /// `src`'s model with every tensor in f32, in `dst` (config and tokenizer copied).
 fn f32_copy(src: &Path, dst: &Path) -> PathBuf {
     use quantize::io::safetensors::{write_file, HeaderLayout, RawTensor};
@@ -473,17 +478,12 @@ fn a_rotated_model_computes_what_the_original_computes() {
             "8",
             "--group-size",
             "32",
-            "--calib",
-            text.to_str().unwrap(),
-            "--nsamples",
-            "6",
-            "--seqlen",
-            "32",
             "--threads",
             threads,
             "-o",
             out.to_str().unwrap(),
         ];
+        let args: Vec<&str> = args.into_iter().chain(small_calib(&text)).collect();
         let (ok, err) = common::quantize(&args);
         assert!(ok, "{err}");
         out
@@ -527,15 +527,10 @@ fn w4a8_checkpoints_hold_int4_codes_with_int8_activations() {
             "w4a8-int8",
             "--group-size",
             "32",
-            "--calib",
-            text.to_str().unwrap(),
-            "--nsamples",
-            "6",
-            "--seqlen",
-            "32",
             "-o",
             out.to_str().unwrap(),
         ];
+        args.extend(small_calib(&text));
         if rotate {
             args.push("--rotate");
         }
@@ -590,7 +585,7 @@ fn a_bits_budget_picks_schemes_per_linear_within_it() {
     let src = fixture("llama_bias_linear");
     let out = root.path().join("mixed");
     let json = root.path().join("mixed.json");
-    let calib = ["--calib", text.to_str().unwrap(), "--nsamples", "6", "--seqlen", "32"];
+    let calib = small_calib(&text);
     let mut args = vec![src.to_str().unwrap(), "--method", "gptq", "--target-bpw", "5", "-o", out.to_str().unwrap()];
     args.extend(calib);
     args.extend(["--json", json.to_str().unwrap()]);

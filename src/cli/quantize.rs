@@ -227,7 +227,8 @@ pub struct QuantizeArgs {
     pub target_bpw: Option<f64>,
     /// Rotate the residual stream by a random Hadamard matrix folded into the weights
     /// (QuaRot; and v/o per head): outlier channels are spread before rounding, and the
-    /// output is an ordinary checkpoint. RMSNorm weights are folded into the linears that
+    /// output is an ordinary checkpoint. Helps GPTQ (int4 g128 +15.0% -> +8.7%) and
+    /// activation quantization; hurts plain RTN weights on SmolLM2 (+25% -> +116%). RMSNorm weights are folded into the linears that
     /// read them; a tied head is written as its own `lm_head` (the checkpoint grows by the
     /// head). Recipe: `[[modifier]] type = "rotate"` (`kind`, `seed`).
     #[arg(long)]
