@@ -19,7 +19,7 @@ const AFTER_HELP: &str = "\
 Measured costs on SmolLM2-135M (2-core AMD EPYC; docs/BENCHMARKS.md): perplexity increase
 over f32 on Brown held-out (chunks protocol, ctx 512, 40 windows), stored bits per weight
 of the quantized linears, wall time with the default 128 x 512 calibration windows
-(the gptaq, asym-target and awq rows: 2-core Intel Xeon, 2026-12-07).
+(the gptaq, asym-target, awq, rotate, mixed and w4a8 rows: 2-core Intel Xeon, 2026-12-07).
 
 g128 rows: SmolLM2's 576-wide linears do not hold groups of 128; `*` rows were measured
 with a ragged last group (--group-fallback partial, which only this tool reads), the
@@ -40,6 +40,12 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   awq+gptq (asym act-order static-groups mse) int4 g128        +8.34%    4.27   32 min
   awq+gptq (same)                           int3 g128*        +53.4%     3.16   32 min
   awq+gptq --gptaq --awq-search-windows 16  int4 g128          +7.62%    4.27   21 min
+  gptq --rotate (QuaRot Hadamard)           int4 g128          +8.69%    4.27    4 min
+  gptq --rotate --gptaq                     int4 g128          +8.01%    4.27   10 min
+  gptq --rotate                             int3 g128         +44.7%     3.26    6 min
+  rtn --rotate (rotation hurts plain RTN)   int4 g128        +116%       4.27    6 s
+  gptq --gptaq --rotate --target-bpw 4.5    mixed int3..int8   +7.34%    4.50    9 min
+  gptq --gptaq --rotate --scheme w4a8-int8  int4 g128 sym, A8 +12.7%     4.22   10 min
 
 GGUF types (--gguf-type; llama.cpp protocol, ctx 512, 40 windows, f32 38.19, scored by
 llama.cpp's llama-perplexity on the exported file):
