@@ -494,6 +494,26 @@ fn a_rotated_model_computes_what_the_original_computes() {
     let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
     assert!(kl < 0.02, "rotated int8 GPTQ: KL {kl}");
     assert!(std::fs::read_to_string(two.join("recipe.toml")).unwrap().contains("type = \"rotate\""));
+    // The rotated head quantized too (`--include-head`): its own int8 `lm_head`.
+    let head = root.path().join("llama3-rot-head");
+    let (ok, err) = common::quantize(&[
+        fixture("llama3").to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--bits",
+        "8",
+        "--per-channel",
+        "--rotate",
+        "--include-head",
+        "-o",
+        head.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (_, info) = load_model(&head).unwrap();
+    assert_eq!(info.quantized_linears, 2 * 7 + 1, "the blocks' linears and the head");
+    let report = eval_report(&head, &fixture("llama3"), &text, &root.path().join("rot-head.json"));
+    let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
+    assert!(kl < 0.01, "rotated int8 with an int8 head: KL {kl}");
     // Gemma normalizes the block outputs before the residual add: refused, nothing written.
     let out = root.path().join("gemma2-rot");
     common::fails_with(
