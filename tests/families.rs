@@ -612,6 +612,7 @@ fn a_bits_budget_picks_schemes_per_linear_within_it() {
     let (ok, err) = common::quantize(&args);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["budget"]["measure"], "hessian", "before GPTQ: errors through the Hessian");
     let achieved = report["budget"]["achieved_bpw"].as_f64().unwrap();
     assert!(achieved <= 5.0 && achieved > 4.5, "achieved {achieved} bits/weight for a budget of 5");
     let chosen: std::collections::BTreeSet<&str> =
@@ -640,6 +641,18 @@ fn a_bits_budget_picks_schemes_per_linear_within_it() {
     let report = eval_report(&out, &src, &text, &root.path().join("mixed-eval.json"));
     let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
     assert!(kl.is_finite() && kl < 0.5, "mixed: KL {kl}");
+
+    // Before RTN: each linear alone at its attention or MLP output.
+    let rtn = root.path().join("mixed-rtn");
+    let rtn_json = root.path().join("mixed-rtn.json");
+    let mut args = vec![src.to_str().unwrap(), "--method", "rtn", "--target-bpw", "5", "-o", rtn.to_str().unwrap()];
+    args.extend(calib);
+    args.extend(["--json", rtn_json.to_str().unwrap()]);
+    let (ok, err) = common::quantize(&args);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&rtn_json).unwrap()).unwrap();
+    assert_eq!(report["budget"]["measure"], "output");
+    assert!(report["budget"]["achieved_bpw"].as_f64().unwrap() <= 5.0);
 
     let o = root.path().join("bad");
     let mut low = vec![src.to_str().unwrap(), "--method", "rtn", "--target-bpw", "2", "-o", o.to_str().unwrap()];

@@ -219,8 +219,9 @@ pub struct QuantizeArgs {
     pub asym_alpha: Option<f32>,
 
     /// Mixed precision to this many stored bits per weight (e.g. 4.5): a measurement pass
-    /// (RTN of each linear alone in int3 g128, int4 g128, int4 g32 and int8 g128, the
-    /// error of its attention or MLP output on 16 calibration windows) picks each scheme to
+    /// (RTN of each linear in int3 g128, int4 g128, int4 g32 and int8 g128 on 16 windows:
+    /// its output error through its Hessian before GPTQ, the error of its attention or MLP
+    /// output alone before RTN, as measured best for each) picks each scheme to
     /// minimize the summed errors within the budget; written as per-module overrides, with
     /// sensitivity.txt/.json/.svg beside the checkpoint. Recipe: `[budget] bpw = 4.5`.
     #[arg(long, value_name = "BPW")]
@@ -640,7 +641,7 @@ impl QuantizeArgs {
                 chunk_windows: self.chunk_windows,
             }),
             modifiers,
-            budget: self.target_bpw.map(|bpw| BudgetSpec { bpw, candidates: vec![], windows: 16 }),
+            budget: self.target_bpw.map(|bpw| BudgetSpec { bpw, candidates: vec![], windows: 16, measure: None }),
         })
     }
 }

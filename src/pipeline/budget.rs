@@ -1,7 +1,8 @@
 //! Mixed precision to a bits budget (`--target-bpw`, recipe `[budget]`): a measurement
 //! pass over the first calibration windows (the recipe's rotation applied, its transforms
-//! not run) quantizes every linear alone by RTN in each candidate scheme and records the
-//! relative error of its attention or MLP output ([`Measure`]); [`crate::quant::budget::allocate`]
+//! not run) quantizes every linear by RTN in each candidate scheme and records a relative
+//! error: of its own output through its site's Hessian before GPTQ ([`HessianMeasure`]),
+//! of its attention or MLP output before RTN ([`Measure`]); [`crate::quant::budget::allocate`]
 //! then picks one candidate per linear, minimizing the summed errors with the stored bits
 //! of all linears at most `bpw` per weight. The choice becomes the recipe's per-module
 //! overrides, so the main run, its checkpoint (compressed-tensors `config_groups`, gptq
@@ -9,7 +10,7 @@
 //! the sensitivity report (a table, JSON, and an SVG plot of every linear's errors).
 
 use super::driver::{self, DriverOptions, Source};
-use super::modifiers::measure::{Measure, Sensitivity};
+use super::modifiers::measure::{HessianMeasure, Measure, Sensitivity};
 use super::recipe::{OverrideSpec, Recipe, SchemeSpec};
 use super::run::{calibration_windows, RunOptions};
 use crate::error::{Error, Result};
@@ -60,10 +61,16 @@ pub fn allocate_to_budget(
         candidates.push(p);
     }
     let results = Arc::new(Mutex::new(Vec::new()));
-    // The measurement is the only transform; RTN (no statistics) carries the run on, so
-    // only the measured windows run.
-    mods.transforms = vec![Box::new(Measure::new(candidates, windows.len(), results.clone()))];
-    mods.weights = Box::new(super::modifiers::rtn::Rtn { clip: None, imatrix: false });
+    if budget.measure.as_deref() == Some("hessian") {
+        // Each site's Hessian on the inputs through the RTN-quantized blocks before it.
+        mods.transforms.clear();
+        mods.weights = Box::new(HessianMeasure { candidates, results: results.clone() });
+    } else {
+        // The measurement is the only transform; RTN (no statistics) carries the run on, so
+        // only the measured windows run.
+        mods.transforms = vec![Box::new(Measure::new(candidates, windows.len(), results.clone()))];
+        mods.weights = Box::new(super::modifiers::rtn::Rtn { clip: None, imatrix: false });
+    }
     let dopts = DriverOptions {
         chunk_windows: calib.chunk_windows,
         progress: opts.progress,
@@ -117,6 +124,7 @@ pub fn allocate_to_budget(
         "bpw": budget.bpw,
         "achieved_bpw": achieved,
         "windows": windows.len(),
+        "measure": budget.measure,
         "estimated_loss": picks.iter().zip(&options).map(|(&k, o)| o[k].loss).sum::<f64>(),
         "linears": measured.iter().zip(&picks).map(|(s, &k)| json!({
             "name": s.name, "weights": s.weights, "chosen": s.candidates[k].scheme.to_string(), "candidates": s.candidates,
@@ -134,7 +142,7 @@ pub fn allocate_to_budget(
 fn table(measured: &[Sensitivity], picks: &[usize]) -> String {
     let mut s = String::new();
     let Some(first) = measured.first() else { return s };
-    s += &format!("{:<40}", "linear (sub-layer output error, RTN)");
+    s += &format!("{:<40}", "linear (relative error of RTN)");
     for m in &first.candidates {
         s += &format!(" {:>16}", m.scheme.to_string());
     }

@@ -97,6 +97,11 @@ pub struct BudgetSpec {
     /// Calibration windows of the measurement pass (the first N).
     #[serde(default = "budget_windows")]
     pub windows: usize,
+    /// The error measured: `"hessian"` (each linear's output through its Hessian; the
+    /// default before GPTQ) or `"output"` (each linear alone at its attention or MLP
+    /// output; the default otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measure: Option<String>,
 }
 
 fn budget_windows() -> usize {
@@ -775,6 +780,16 @@ impl Recipe {
             }
             if b.windows == 0 {
                 return Err(bad("budget.windows", "0; the measurement needs at least one window".into()));
+            }
+            match b.measure.as_deref() {
+                None => {
+                    let gptq = weights.gptq_options().is_some();
+                    b.measure = Some(if gptq { "hessian" } else { "output" }.into());
+                }
+                Some("hessian" | "output") => {}
+                Some(other) => {
+                    return Err(bad("budget.measure", format!("{other:?} is not \"hessian\" or \"output\"")));
+                }
             }
             if b.candidates.is_empty() {
                 let sym = scheme.symmetric;

@@ -1,15 +1,22 @@
-//! The measurement pass of mixed precision ([`crate::pipeline::budget`]), as a transform
-//! that changes nothing: on the full-precision block, each linear alone is quantized by
-//! RTN in every candidate scheme and the relative error of its sub-layer's output is
-//! recorded — the attention output after o_proj for q/k/v/o, the MLP output after
-//! down_proj for gate/up/down (ExLlamaV2's measure: errors of linears feeding the same
-//! output are in the same units) — with the stored bits of the candidate.
+//! The measurement passes of mixed precision ([`crate::pipeline::budget`]): each linear
+//! quantized by RTN in every candidate scheme, with the candidate's stored bits and one of
+//! two errors (measured on SmolLM2, docs/BENCHMARKS.md: each suits one quantizer):
+//!
+//! - [`Measure`] (`measure = "output"`, the default before RTN), a transform that changes
+//!   nothing: on the full-precision block, each linear alone, the relative error of its
+//!   sub-layer's output — the attention output after o_proj for q/k/v/o, the MLP output
+//!   after down_proj for gate/up/down (ExLlamaV2's measure);
+//! - [`HessianMeasure`] (`measure = "hessian"`, the default before GPTQ), a weight
+//!   quantizer: the linear's own relative output error through its site's Hessian
+//!   (`Σ‖Δw‖²_H / Σ‖w‖²_H`, [`LayerReport::measure`]), the quantity GPTQ minimizes; the
+//!   run goes on with RTN in each linear's own scheme.
 
 use crate::calib::observers::{SiteStats, StatsRequest};
 use crate::error::Result;
+use crate::format::QuantizedTensor;
 use crate::format::{Granularity, QuantScheme};
 use crate::model::llama::{linear_shape, InputSite, ScaleTarget};
-use crate::pipeline::{BlockContext, BlockTransform, SchemePolicy};
+use crate::pipeline::{BlockContext, BlockTransform, LayerReport, LinearWeight, SchemePolicy, WeightQuantizer};
 use crate::quant::awq::search::sublayer_output;
 use crate::quant::awq::weights::BlockWeights;
 use crate::quant::rtn::quantize_rtn;
@@ -24,7 +31,8 @@ pub struct Measured {
     pub scheme: QuantScheme,
     /// Stored bits of the whole tensor (codes, scales, zero points).
     pub bits: u64,
-    /// `‖y_q − y‖² / ‖y‖²` of the sub-layer output `y` on the measurement windows.
+    /// The relative error: of the sub-layer output ([`Measure`]) or of the linear's own
+    /// output through its Hessian ([`HessianMeasure`]).
     pub error: f64,
 }
 
@@ -55,6 +63,16 @@ impl Measure {
     pub fn new(candidates: Vec<SchemePolicy>, windows: usize, results: Arc<Mutex<Vec<Sensitivity>>>) -> Self {
         Self { candidates, windows, results, inputs: [vec![], vec![]] }
     }
+}
+
+/// A candidate's scheme for a linear of `cols` input columns: a group as wide as the row
+/// or wider is one scale per row.
+fn scheme_for(policy: &SchemePolicy, name: &str, cols: usize) -> Option<QuantScheme> {
+    let mut scheme = policy.scheme_for(name)?;
+    if matches!(scheme.granularity, Granularity::Group(g) if g >= cols) {
+        scheme.granularity = Granularity::PerChannel;
+    }
+    Some(scheme)
 }
 
 /// `Σ (a − b)²` and `Σ b²`.
@@ -127,11 +145,7 @@ impl BlockTransform for Measure {
             };
             let mut candidates = Vec::with_capacity(self.candidates.len());
             for policy in &self.candidates {
-                let Some(mut scheme) = policy.scheme_for(&name) else { continue };
-                // A group as wide as the row or wider is one scale per row.
-                if matches!(scheme.granularity, Granularity::Group(g) if g >= i) {
-                    scheme.granularity = Granularity::PerChannel;
-                }
+                let Some(scheme) = scheme_for(policy, &name, i) else { continue };
                 let q = quantize_rtn(&name, &bw.linears[k], o, i, scheme, None)?;
                 let block = bw.block_with(cfg, &[(k, q.dequantize())]);
                 let (mut d, mut n) = (0.0, 0.0);
@@ -151,5 +165,49 @@ impl BlockTransform for Measure {
 
     fn report(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
+    }
+}
+
+pub struct HessianMeasure {
+    /// Each candidate as a policy over the model's linears (its group fallback applied).
+    pub candidates: Vec<SchemePolicy>,
+    /// Filled as the driver reaches each linear.
+    pub results: Arc<Mutex<Vec<Sensitivity>>>,
+}
+
+impl WeightQuantizer for HessianMeasure {
+    fn name(&self) -> &'static str {
+        "measure"
+    }
+
+    fn stats_request(&self) -> StatsRequest {
+        StatsRequest { hessian: true, ..Default::default() }
+    }
+
+    fn quantize_site(
+        &mut self,
+        linears: &[LinearWeight],
+        stats: &SiteStats,
+    ) -> Result<Vec<(QuantizedTensor, LayerReport)>> {
+        let mut out = Vec::with_capacity(linears.len());
+        for l in linears {
+            let (o, i) = (l.out_features, l.in_features);
+            let mut candidates = Vec::with_capacity(self.candidates.len());
+            for policy in &self.candidates {
+                let Some(scheme) = scheme_for(policy, &l.name, i) else { continue };
+                let lw =
+                    LinearWeight { name: l.name.clone(), scheme, weight: l.weight, out_features: o, in_features: i };
+                let q = quantize_rtn(&l.name, l.weight, o, i, scheme, None)?;
+                let mut r = LayerReport::new(&lw, 0.0, 0.0);
+                r.measure(&lw, &q, &q.dequantize(), stats)?;
+                candidates.push(Measured { scheme, bits: q.storage_bits(), error: r.error });
+            }
+            let sensitivity = Sensitivity { name: l.name.clone(), weights: o * i, candidates };
+            self.results.lock().expect("not poisoned").push(sensitivity);
+            let t = std::time::Instant::now();
+            let q = quantize_rtn(&l.name, l.weight, o, i, l.scheme, None)?;
+            out.push((q.clone(), LayerReport::plain(l, &q, t.elapsed().as_secs_f64())));
+        }
+        Ok(out)
     }
 }
