@@ -38,7 +38,8 @@ fn main() {
     } else {
         (Source::None, Box::new(Rtn { clip: None, imatrix: false }))
     };
-    let mut mods = Modifiers { schemes: SchemePolicy::uniform(scheme), transforms: vec![], weights, inputs: None };
+    let mut mods =
+        Modifiers { schemes: SchemePolicy::uniform(scheme), rotation: None, transforms: vec![], weights, inputs: None };
     let dopts =
         DriverOptions { chunk_windows: 8, progress: true, verbose: false, label: method.into(), observe_kv: false };
     let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
