@@ -462,9 +462,13 @@ impl QuantizeArgs {
                 used.insert("per_tensor");
                 let fp8 = name == "w8a8-fp8";
                 let dynamic = !self.static_act;
-                if (!matches!(m, Method::Rtn | Method::Fp8) && !(m == Method::Gptq && !fp8))
-                    || (w4a8 && m == Method::Fp8)
-                {
+                let method_fits = match m {
+                    Method::Rtn => true,
+                    Method::Fp8 => !w4a8,
+                    Method::Gptq => !fp8,
+                    _ => false,
+                };
+                if !method_fits {
                     return Err(Error::option(
                         "--method",
                         format!("{} with {name}: use rtn (or gptq with w8a8-int8 / w4a8-int8)", m.name()),

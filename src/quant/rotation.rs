@@ -166,7 +166,7 @@ fn fwht(x: &mut [f64]) {
 }
 
 fn is_prime(q: usize) -> bool {
-    q >= 2 && (2..).take_while(|d| d * d <= q).all(|d| q % d != 0)
+    q >= 2 && (2..).take_while(|d| d * d <= q).all(|d| !q.is_multiple_of(d))
 }
 
 /// `n = a · 2^k` with a ±1 Hadamard matrix `A` of order `a` (1, or Paley's): the smallest
@@ -419,7 +419,7 @@ mod tests {
             }
             // The reference: diag(s)·(A ⊗ H_b)/√n written out from the definition.
             if let Form::Kron { a, order_a, order_b } = &q.form {
-                let syl = |i: usize, j: usize| if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+                let syl = |i: usize, j: usize| if (i & j).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 };
                 for i in 0..n {
                     for j in 0..n {
                         let h = a[(i / order_b) * order_a + j / order_b] * syl(i % order_b, j % order_b);
