@@ -12,7 +12,7 @@
 use super::driver::{self, DriverOptions, Source};
 use super::modifiers::measure::{HessianMeasure, Measure, Sensitivity};
 use super::recipe::{OverrideSpec, Recipe, SchemeSpec};
-use super::run::{calibration_windows, RunOptions};
+use super::run::RunOptions;
 use crate::error::{Error, Result};
 use crate::format::QuantScheme;
 use crate::io::safetensors::SafetensorsStore;
@@ -21,7 +21,6 @@ use crate::quant::budget::{allocate, Choice};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// What the allocation adds to a run: the recipe with its overrides, files to write beside
@@ -32,10 +31,11 @@ pub struct Allocation {
     pub report: Value,
 }
 
-/// Measure, allocate and return the recipe with the chosen schemes as overrides.
+/// Measure on `windows` (the run's calibration windows; the first `budget.windows` are
+/// read), allocate and return the recipe with the chosen schemes as overrides.
 pub fn allocate_to_budget(
     recipe: &Recipe,
-    dir: &Path,
+    windows: &[Vec<u32>],
     cfg: &LlamaConfig,
     store: &SafetensorsStore,
     opts: &RunOptions,
@@ -43,21 +43,15 @@ pub fn allocate_to_budget(
     let budget = recipe.budget.clone().expect("a recipe with a budget");
     let calib = recipe.calibration.as_ref().expect("resolve: a budget needs calibration");
     let label = format!("measure {}", recipe.method_name());
-    let mut spec = calib.clone();
-    spec.nsamples = budget.windows.min(calib.nsamples);
-    let windows = calibration_windows(&spec, dir, &label, cfg.vocab_size)?;
+    let windows = &windows[..budget.windows.min(windows.len())];
 
     let mut mods = recipe.build(cfg)?;
     mods.inputs = None;
-    let widths: Vec<(String, usize)> =
-        crate::model::llama::block_linears(cfg).into_iter().map(|(n, _, i)| (n, i)).collect();
-    let format = recipe.checkpoint_format()?;
-    let one_group = matches!(format, crate::io::checkpoint::CheckpointFormat::Gptq).then(|| format.as_str());
     let mut candidates = Vec::new();
     for c in &budget.candidates {
         let mut p =
             super::SchemePolicy { default: c.to_scheme()?, ignore: mods.schemes.ignore.clone(), overrides: vec![] };
-        p.apply_group_fallback(&widths, recipe.group_fallback()?, one_group)?;
+        recipe.apply_group_fallback(cfg, &mut p)?;
         candidates.push(p);
     }
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -79,7 +73,7 @@ pub fn allocate_to_budget(
         observe_kv: false,
     };
     let t = std::time::Instant::now();
-    driver::run(cfg, store, Source::Windows(&windows), &mut mods, &dopts)?;
+    driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts)?;
     let measured: Vec<Sensitivity> = std::mem::take(&mut *results.lock().expect("not poisoned"));
 
     let options: Vec<Vec<Choice>> = measured

@@ -872,6 +872,21 @@ impl Recipe {
         }
     }
 
+    /// This recipe's group fallback applied to `schemes` over the model's linears (and the
+    /// head when it is quantized); returns the notes to print.
+    pub fn apply_group_fallback(&self, cfg: &LlamaConfig, schemes: &mut SchemePolicy) -> Result<Vec<String>> {
+        let mut widths: Vec<(String, usize)> =
+            crate::model::llama::block_linears(cfg).into_iter().map(|(n, _, i)| (n, i)).collect();
+        if self.include_head {
+            widths.push(("lm_head".into(), cfg.hidden_size));
+        }
+        let format = self.checkpoint_format()?;
+        // AutoAWQ's config holds one group size, and so does gptq's as transformers reads
+        // it (optimum ignores GPTQModel's `dynamic`).
+        let one_group = matches!(format, CheckpointFormat::Awq | CheckpointFormat::Gptq).then(|| format.as_str());
+        schemes.apply_group_fallback(&widths, self.group_fallback()?, one_group)
+    }
+
     /// The modifiers of a resolved recipe, ready for the driver.
     pub fn build(&self, cfg: &LlamaConfig) -> Result<Modifiers> {
         let mut names: Vec<String> = crate::model::llama::block_linears(cfg).into_iter().map(|(n, ..)| n).collect();
@@ -885,16 +900,7 @@ impl Recipe {
             schemes.overrides.extend(mix.overrides);
             schemes.ignore.extend(mix.ignore);
         }
-        let mut widths: Vec<(String, usize)> =
-            crate::model::llama::block_linears(cfg).into_iter().map(|(n, _, i)| (n, i)).collect();
-        if self.include_head {
-            widths.push(("lm_head".into(), cfg.hidden_size));
-        }
-        let format = self.checkpoint_format()?;
-        // AutoAWQ's config holds one group size, and so does gptq's as transformers reads
-        // it (optimum ignores GPTQModel's `dynamic`).
-        let one_group = matches!(format, CheckpointFormat::Awq | CheckpointFormat::Gptq).then(|| format.as_str());
-        for note in schemes.apply_group_fallback(&widths, self.group_fallback()?, one_group)? {
+        for note in self.apply_group_fallback(cfg, &mut schemes)? {
             eprintln!("{note}");
         }
         let weights = self.weights()?;

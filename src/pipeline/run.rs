@@ -192,10 +192,16 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
     }
     let store = SafetensorsStore::open(dir)?;
     crate::model::llama::check_store(&cfg, &store)?;
-    // Mixed precision: measure, then run the recipe with the chosen schemes as overrides.
-    let allocation = match recipe.budget {
-        Some(_) => Some(super::budget::allocate_to_budget(&recipe, dir, &cfg, &store, opts)?),
-        None => None,
+    // Mixed precision: measure on the first calibration windows (the same text, seed and
+    // draws as the run's, so they are tokenized once), then run the recipe with the chosen
+    // schemes as overrides.
+    let mut tokenized = None;
+    let allocation = match (&recipe.budget, &recipe.calibration) {
+        (Some(_), Some(c)) => {
+            let w: &Vec<Vec<u32>> = tokenized.insert(calibration_windows(c, dir, &label, cfg.vocab_size)?);
+            Some(super::budget::allocate_to_budget(&recipe, w, &cfg, &store, opts)?)
+        }
+        _ => None,
     };
     let recipe = allocation.as_ref().map_or(recipe, |a| a.recipe.clone());
     let mut mods = recipe.build(&cfg)?;
@@ -232,7 +238,10 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             Source::Stats(&loaded, p)
         }
         (None, Some(c)) if recipe.needs_calibration() || opts.save_stats.is_some() => {
-            windows = calibration_windows(c, dir, &label, cfg.vocab_size)?;
+            windows = match tokenized.take() {
+                Some(w) => w,
+                None => calibration_windows(c, dir, &label, cfg.vocab_size)?,
+            };
             Source::Windows(&windows)
         }
         _ => Source::None,
@@ -390,10 +399,10 @@ fn rotate_outside_blocks(
 ) -> Result<Vec<f32>> {
     let (v, h) = (cfg.vocab_size, cfg.hidden_size);
     let embed = "model.embed_tokens.weight";
-    let source = if store.contains("lm_head.weight") { "lm_head.weight" } else { embed };
-    let mut head = store.f32_shaped(source, &[v, h])?;
-    rotation.rotate_head(&mut head, &load_norm(cfg, store, "model.norm.weight", h)?);
     let mut e = store.f32_shaped(embed, &[v, h])?;
+    let mut head =
+        if store.contains("lm_head.weight") { store.f32_shaped("lm_head.weight", &[v, h])? } else { e.clone() };
+    rotation.rotate_head(&mut head, &load_norm(cfg, store, "model.norm.weight", h)?);
     rotation.rotate_stream(&mut e);
     writer.replace_dense(embed, &e)?;
     writer.replace_dense("model.norm.weight", &stored_norm(cfg, &vec![1.0; h]))?;

@@ -94,12 +94,13 @@ impl Orthogonal {
         }
     }
 
-    /// `x ← x·Q` for one row (`x.len() == dim`), through `buf` (f64 scratch).
-    fn rotate_row_with(&self, x: &mut [f32], buf: &mut Vec<f64>) {
+    /// `x ← x·Q` for one row (`x.len() == dim`), through `scratch` (f64, reused).
+    fn rotate_row_with(&self, x: &mut [f32], scratch: &mut Vec<f64>) {
         let n = self.dim;
         assert_eq!(x.len(), n, "a rotated row has the rotation's width");
-        buf.clear();
-        buf.extend(x.iter().zip(&self.signs).map(|(&v, &s)| v as f64 * s));
+        scratch.resize(2 * n, 0.0);
+        let (buf, out) = scratch.split_at_mut(n);
+        buf.iter_mut().zip(x.iter().zip(&self.signs)).for_each(|(b, (&v, &s))| *b = v as f64 * s);
         match &self.form {
             Form::Kron { a, order_a, order_b } => {
                 let (oa, ob) = (*order_a, *order_b);
@@ -110,7 +111,7 @@ impl Orthogonal {
                     x.iter_mut().zip(buf.iter()).for_each(|(o, &v)| *o = (v * self.scale) as f32);
                 } else {
                     // out[i][j] = Σ_p A[p][i] · X[p][j]
-                    let mut out = vec![0.0f64; n];
+                    out.fill(0.0);
                     for p in 0..oa {
                         let xp = &buf[p * ob..(p + 1) * ob];
                         for i in 0..oa {
@@ -118,15 +119,15 @@ impl Orthogonal {
                             out[i * ob..(i + 1) * ob].iter_mut().zip(xp).for_each(|(o, &v)| *o += c * v);
                         }
                     }
-                    x.iter_mut().zip(&out).for_each(|(o, &v)| *o = (v * self.scale) as f32);
+                    x.iter_mut().zip(out.iter()).for_each(|(o, &v)| *o = (v * self.scale) as f32);
                 }
             }
             Form::Dense(q) => {
-                let mut out = vec![0.0f64; n];
+                out.fill(0.0);
                 for (i, &v) in buf.iter().enumerate() {
                     out.iter_mut().zip(&q[i * n..(i + 1) * n]).for_each(|(o, &c)| *o += v * c);
                 }
-                x.iter_mut().zip(&out).for_each(|(o, &v)| *o = v as f32);
+                x.iter_mut().zip(out.iter()).for_each(|(o, &v)| *o = v as f32);
             }
         }
     }
