@@ -1,6 +1,7 @@
 //! A random-weight llama model with the shapes of a real one, bf16, sharded with an index,
 //! for memory and time measurements at sizes this machine cannot hold (docs/BENCHMARKS.md).
-//! `cargo run --release --example synthetic_model -- OUT_DIR tinyllama|llama3-8b TOKENIZER.json`
+//! `cargo run --release --example synthetic_model -- OUT_DIR tinyllama|llama3-8b TOKENIZER.json [BLOCKS]`
+//! (BLOCKS: keep only the first blocks, for per-block time and memory at full widths)
 //! Weights are uniform in ±1/sqrt(fan_in)·√3 (unit-variance activations), norms 1; the
 //! tokenizer is copied (its ids are a subset of the vocabulary).
 
@@ -23,6 +24,7 @@ fn main() {
         "llama3-8b" => (4096, 14336, 32, 32, 8, 128256, false, 500000.0),
         other => panic!("unknown preset {other}"),
     };
+    let layers = args.get(4).map_or(layers, |b| b.parse().expect("BLOCKS: a number"));
     let hd = h / heads;
     std::fs::create_dir_all(out).unwrap();
     let mut shapes: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![vocab, h])];

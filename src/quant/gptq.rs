@@ -36,6 +36,7 @@ use super::ggml::{check_width, element_weight, mean_square, nearest_code, solve_
 use super::linalg::{cholesky_inverse_upper_of, LinalgError};
 use super::refit::{refit_scales, RefitStats};
 use super::rtn::{fp8_group_scale, group_params, ClipSearch};
+use crate::calib::hessian::HessianView;
 use crate::error::{Error, Result};
 use crate::format::fp8;
 use crate::format::ggml::encode::BlockHeader;
@@ -146,7 +147,7 @@ pub fn gptq_quantize(
     opts: &GptqOptions,
 ) -> Result<GptqResult> {
     let factor = HessianFactor::new(name, hessian, cols, opts)?;
-    let mut r = quantize_impl(name, weight, rows, hessian, &factor, scheme, opts, false)?.0;
+    let mut r = quantize_impl(name, weight, rows, HessianView::dense(hessian, cols), &factor, scheme, opts, false)?.0;
     r.seconds += factor.seconds;
     Ok(r)
 }
@@ -159,7 +160,7 @@ pub fn gptq_quantize_factored(
     name: &str,
     weight: &[f32],
     rows: usize,
-    hessian: &[f32],
+    hessian: HessianView<'_>,
     factor: &HessianFactor,
     scheme: QuantScheme,
     opts: &GptqOptions,
@@ -191,10 +192,22 @@ pub struct HessianFactor {
 impl HessianFactor {
     /// Factor `hessian` (`[cols, cols]`); `name` (a linear or a site) is for messages.
     pub fn new(name: &str, hessian: &[f32], cols: usize, opts: &GptqOptions) -> Result<Self> {
+        if hessian.len() != cols * cols {
+            return Err(Error::tensor(
+                name,
+                format!("Hessian has {} values, expected [{cols}, {cols}]", hessian.len()),
+            ));
+        }
+        Self::of(name, HessianView::dense(hessian, cols), opts)
+    }
+
+    /// [`HessianFactor::new`] of a Hessian read entry by entry (an accumulator's, in place).
+    pub fn of(name: &str, hessian: HessianView<'_>, opts: &GptqOptions) -> Result<Self> {
         let start = Instant::now();
-        validate_hessian(name, cols, hessian, opts)?;
+        let cols = hessian.cols();
+        validate_hessian(name, hessian, opts)?;
         // 1. Dead columns; 2. act-order permutation.
-        let diag: Vec<f32> = (0..cols).map(|i| hessian[i * cols + i]).collect();
+        let diag: Vec<f32> = (0..cols).map(|i| hessian.entry(i, i)).collect();
         let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
         let key: Vec<f32> = diag.iter().map(|&d| if d == 0.0 { 1.0 } else { d }).collect();
         let mut perm: Vec<usize> = (0..cols).collect();
@@ -202,7 +215,7 @@ impl HessianFactor {
             perm.sort_by(|&a, &b| key[b].total_cmp(&key[a]));
         }
         // The permuted Hessian, dead diagonals set to 1, read in place.
-        let hp = |a: usize, b: usize| if a == b { key[perm[b]] } else { hessian[perm[a] * cols + perm[b]] };
+        let hp = |a: usize, b: usize| if a == b { key[perm[b]] } else { hessian.entry(perm[a], perm[b]) };
 
         // 3. Damped inverse factor, raising the damping until it factors.
         let mean_diag = key.iter().map(|&d| d as f64).sum::<f64>() / cols.max(1) as f64;
@@ -400,7 +413,7 @@ fn quantize_impl(
     name: &str,
     weight: &[f32],
     rows: usize,
-    hessian: &[f32],
+    hessian: HessianView<'_>,
     factor: &HessianFactor,
     scheme: QuantScheme,
     opts: &GptqOptions,
@@ -456,7 +469,7 @@ fn quantize_impl(
         check_width(name, ty, cols)?;
     }
     let importance = match params {
-        Params::Ggml { .. } => (0..cols).map(|c| hessian[c * cols + c]).collect(),
+        Params::Ggml { .. } => (0..cols).map(|c| hessian.entry(c, c)).collect(),
         _ => vec![],
     };
     let plan = Plan {
@@ -528,7 +541,7 @@ fn quantize_impl(
         }
     };
     let refit = (opts.refit_scales && !scheme.is_fp8() && tensor.ggml.is_none())
-        .then(|| refit_scales(&mut tensor, weight, hessian));
+        .then(|| refit_scales(&mut tensor, weight, &hessian.to_dense()));
     if refit.is_some_and(|r| r.rows_changed > 0) {
         if let Some(q) = q.as_mut() {
             *q = tensor.dequantize();
@@ -558,23 +571,20 @@ fn validate(name: &str, weight: &[f32], rows: usize, cols: usize, scheme: QuantS
     Ok(())
 }
 
-fn validate_hessian(name: &str, cols: usize, hessian: &[f32], opts: &GptqOptions) -> Result<()> {
+fn validate_hessian(name: &str, hessian: HessianView<'_>, opts: &GptqOptions) -> Result<()> {
     if opts.block_size == 0 {
         return Err(Error::option("--block-size", "0 is not a valid GPTQ block size (the reference uses 128)"));
     }
     if !(opts.damp >= 0.0 && opts.damp.is_finite()) {
         return Err(Error::option("--damp", format!("{} is not a valid damping fraction (use e.g. 0.01)", opts.damp)));
     }
-    if hessian.len() != cols * cols {
-        return Err(Error::tensor(name, format!("Hessian has {} values, expected [{cols}, {cols}]", hessian.len())));
+    if let Some((r, c, v)) = hessian.first_non_finite() {
+        return Err(Error::tensor(name, format!("Hessian holds {v} at [{r}, {c}]")));
     }
-    if let Some(k) = crate::model::layers::first_non_finite(hessian) {
-        return Err(Error::tensor(name, format!("Hessian holds {} at [{}, {}]", hessian[k], k / cols, k % cols)));
-    }
-    if let Some(i) = (0..cols).find(|&i| hessian[i * cols + i] < 0.0) {
+    if let Some(i) = (0..hessian.cols()).find(|&i| hessian.entry(i, i) < 0.0) {
         return Err(Error::tensor(
             name,
-            format!("Hessian diagonal is negative at column {i}: {}", hessian[i * cols + i]),
+            format!("Hessian diagonal is negative at column {i}: {}", hessian.entry(i, i)),
         ));
     }
     Ok(())
@@ -978,7 +988,8 @@ mod tests {
             for (act_order, static_groups) in [(false, false), (false, true), (true, false)] {
                 let opts = GptqOptions { act_order, static_groups, ..Default::default() };
                 let factor = HessianFactor::new("t", &h, cols, &opts).unwrap();
-                let (r, q) = quantize_impl("t", &w, rows, &h, &factor, scheme, &opts, true).unwrap();
+                let (r, q) =
+                    quantize_impl("t", &w, rows, HessianView::dense(&h, cols), &factor, scheme, &opts, true).unwrap();
                 let (g, q) = (r.tensor, q.unwrap());
                 assert_eq!(g.dequantize(), q, "{ty}");
                 if act_order || static_groups {
@@ -1018,7 +1029,7 @@ mod tests {
                     "t",
                     &w,
                     rows,
-                    &h,
+                    HessianView::dense(&h, cols),
                     &HessianFactor::new("t", &h, cols, &opts).unwrap(),
                     scheme,
                     &opts,
@@ -1061,7 +1072,7 @@ mod tests {
             "t",
             &w,
             rows,
-            &h,
+            HessianView::dense(&h, cols),
             &HessianFactor::new("t", &h, cols, &opts).unwrap(),
             schemes[0],
             &opts,
@@ -1078,7 +1089,7 @@ mod tests {
                     "t",
                     &w,
                     rows,
-                    &h,
+                    HessianView::dense(&h, cols),
                     &HessianFactor::new("t", &h, cols, &opts).unwrap(),
                     scheme,
                     &opts,
@@ -1173,7 +1184,10 @@ mod tests {
             cross.add_batch(x, x_fp, tokens);
             factor = factor.with_asymmetry("t", &cross.matrix(), asym).unwrap();
         }
-        gptq_quantize_factored("t", w, rows, &h, &factor, scheme, &opts).unwrap().tensor.dequantize()
+        gptq_quantize_factored("t", w, rows, HessianView::dense(&h, cols), &factor, scheme, &opts)
+            .unwrap()
+            .tensor
+            .dequantize()
     }
 
     fn gptaq(alpha: f32) -> Option<Asymmetry> {
@@ -1242,6 +1256,30 @@ mod tests {
         let mut acc = HessianAccumulator::new(cols);
         acc.add_batch(x, x.len() / cols);
         acc.hessian()
+    }
+
+    /// The factor and the sweep read an accumulator in place with the same bits as its
+    /// dense copy: act-order or not, a dead column, MSE search, refit (which copies).
+    #[test]
+    fn the_accumulator_read_in_place_gives_the_dense_bits() {
+        let (rows, cols, tokens) = (24, 200, 300);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (w, x) = weights_and_inputs(&mut rng, rows, cols, tokens, Some(17));
+        let mut acc = HessianAccumulator::new(cols);
+        acc.add_batch(&x, tokens);
+        let dense = acc.hessian();
+        let view = HessianView::of(&acc);
+        assert!((0..cols).all(|r| (0..cols).all(|c| view.entry(r, c).to_bits() == dense[r * cols + c].to_bits())));
+        for (act_order, mse, refit_scales) in [(false, false, false), (true, true, false), (true, false, true)] {
+            let opts = GptqOptions { act_order, mse, refit_scales, static_groups: act_order, ..Default::default() };
+            let scheme = int4().group(64).unwrap();
+            let run = |h: HessianView| {
+                let f = HessianFactor::of("t", h, &opts).unwrap();
+                gptq_quantize_factored("t", &w, rows, h, &f, scheme, &opts).unwrap().tensor
+            };
+            let (a, b) = (run(view), run(HessianView::dense(&dense, cols)));
+            assert_eq!((a.codes, a.scales, a.zeros), (b.codes, b.scales, b.zeros), "{opts:?}");
+        }
     }
 
     /// The corrections are computed in fixed panels: the same bits on 1 and 3 threads.

@@ -13,7 +13,7 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
-use faer::{Mat, MatMut, MatRef, Par};
+use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 /// Columns of `M⁻¹` solved per task in [`cholesky_inverse_upper`] (fixed partition).
@@ -49,27 +49,33 @@ pub fn cholesky_inverse_upper_with(h: MatRef<'_, f32>, damp: f64, par: Par) -> R
     cholesky_inverse_upper_of(h.nrows(), |r, c| h[(r, c)], damp, par)
 }
 
-/// [`cholesky_inverse_upper`] of the `n x n` matrix whose entry `(r, c)`, `r <= c`, is
-/// `entry(r, c)` (the upper triangle is read): no f32 copy of the matrix is needed (GPTQ
-/// reads its permuted Hessian through the permutation). Memory: the f64 factor and the
-/// f64 inverse (16 bytes per entry) while it runs, then the f32 result.
+/// [`cholesky_inverse_upper`] of the `n x n` symmetric matrix whose entry `(r, c)`,
+/// `r >= c`, is `entry(r, c)` (the lower triangle is read, one row `r` at a time): no f32
+/// copy of the matrix is needed (GPTQ reads its permuted Hessian through the permutation,
+/// straight from the accumulator). Memory while it runs: the f64 factor (8 bytes per
+/// entry), the f32 result (4) and one f64 panel of [`INVERSE_PANEL`] columns per thread.
 pub fn cholesky_inverse_upper_of(
     n: usize,
-    entry: impl Fn(usize, usize) -> f32,
+    entry: impl Fn(usize, usize) -> f32 + Sync,
     damp: f64,
     par: Par,
 ) -> Result<Mat<f32>, LinalgError> {
     if n == 0 {
         return Ok(Mat::zeros(0, 0));
     }
-    // A = J (H + damp I) J, lower triangle.
+    // A = J (H + damp I) J, lower triangle: A[i][j] = H[n-1-i][n-1-j] = entry(n-1-j, n-1-i)
+    // for i >= j, so column j of A reads row n-1-j of H. Columns filled in parallel.
     let mut a = Mat::<f64>::zeros(n, n);
-    for j in 0..n {
-        for i in j..n {
-            a[(i, j)] = entry(n - 1 - i, n - 1 - j) as f64;
+    a.par_col_chunks_mut(INVERSE_PANEL).enumerate().for_each(|(p, mut cols)| {
+        for k in 0..cols.ncols() {
+            let j = p * INVERSE_PANEL + k;
+            let r = n - 1 - j;
+            for i in j..n {
+                cols[(i, k)] = entry(r, n - 1 - i) as f64;
+            }
+            cols[(j, k)] += damp;
         }
-        a[(j, j)] += damp;
-    }
+    });
     let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
     cholesky_in_place(a.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default()).map_err(
         |e| match e {
@@ -78,31 +84,40 @@ pub fn cholesky_inverse_upper_of(
             }
         },
     )?;
-    // M⁻¹ column panel by column panel: M[j0.., j0..] Y = [I; 0], in parallel.
+    // U = J M⁻¹ J, U[i][j] = M⁻¹[n-1-i][n-1-j]: column j of U is column n-1-j of M⁻¹
+    // reversed. M⁻¹ is solved in fixed panels of columns [p·P, p·P + w) (a partition that
+    // depends on n only), M[j0.., j0..] Y = [I; 0], each panel in parallel into its own
+    // f64 scratch and written at once into the U columns it gives, [n - j0 - w, n - j0).
     let m = a.as_ref();
-    let mut minv = vec![0.0f64; n * n];
-    minv.par_chunks_mut(INVERSE_PANEL * n).enumerate().for_each(|(p, panel)| {
-        let j0 = p * INVERSE_PANEL;
-        let w = panel.len() / n;
-        let mut y = MatMut::from_column_major_slice_mut(panel, n, w).subrows_mut(j0, n - j0);
+    let mut u = Mat::<f32>::zeros(n, n);
+    let mut u_panels = Vec::with_capacity(n.div_ceil(INVERSE_PANEL));
+    let mut rest = u.as_mut();
+    for j0 in (0..n).step_by(INVERSE_PANEL) {
+        let w = INVERSE_PANEL.min(n - j0);
+        let (left, right) = rest.split_at_col_mut(n - j0 - w);
+        u_panels.push((j0, right));
+        rest = left;
+    }
+    u_panels.into_par_iter().try_for_each(|(j0, mut cols)| {
+        let w = cols.ncols();
+        let mut y = Mat::<f64>::zeros(n - j0, w);
         for k in 0..w {
             y[(k, k)] = 1.0;
         }
-        solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y, Par::Seq);
-    });
-    drop(a);
-    let minv = MatRef::from_column_major_slice(&minv, n, n);
-    // U = J M⁻¹ J: U[i][j] = M⁻¹[n-1-i][n-1-j], upper for j ≥ i.
-    let mut u = Mat::<f32>::zeros(n, n);
-    for j in 0..n {
-        for i in 0..=j {
-            let v = minv[(n - 1 - i, n - 1 - j)] as f32;
-            if !v.is_finite() {
-                return Err(LinalgError::NonFinite);
+        solve_lower_triangular_in_place(m.submatrix(j0, j0, n - j0, n - j0), y.as_mut(), Par::Seq);
+        // U column c = n-1-(j0+k) holds M⁻¹[n-1-i][j0+k] for i <= c, i.e. y[n-1-i-j0][k].
+        for k in 0..w {
+            let (c, uk) = (n - 1 - (j0 + k), w - 1 - k);
+            for i in 0..=c {
+                let v = y[(n - 1 - i - j0, k)] as f32;
+                if !v.is_finite() {
+                    return Err(LinalgError::NonFinite);
+                }
+                cols[(i, uk)] = v;
             }
-            u[(i, j)] = v;
         }
-    }
+        Ok(())
+    })?;
     Ok(u)
 }
 

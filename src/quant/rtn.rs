@@ -38,8 +38,17 @@ impl Default for ClipSearch {
 impl ClipSearch {
     /// The shrink factors tried, `1.0` first.
     pub fn factors(&self) -> impl Iterator<Item = f32> + '_ {
-        let steps = ((self.max_shrink * self.grid as f32) as usize).max(1);
-        (0..steps).map(move |i| 1.0 - i as f32 / self.grid.max(1) as f32)
+        (0..self.steps()).map(move |i| self.factor(i))
+    }
+
+    /// How many factors are tried.
+    pub fn steps(&self) -> usize {
+        ((self.max_shrink * self.grid as f32) as usize).max(1)
+    }
+
+    /// The `i`-th factor, `1 - i / grid`.
+    pub fn factor(&self, i: usize) -> f32 {
+        1.0 - i as f32 / self.grid.max(1) as f32
     }
 }
 
@@ -85,21 +94,185 @@ pub(crate) fn min_max(values: &[f32]) -> (f32, f32) {
 
 /// Integer parameters of one group (`values` finite): min/max, or with `clip` the
 /// best shrunk range. A group of zeros gets scale 1 (see [`QuantScheme::int_params`]).
+///
+/// With GPTQ's norm 2.4 the search is screened first ([`screen`]): every factor's error
+/// is estimated within a proven relative bound at a fraction of `powf`'s cost, and only the
+/// factors that can still be the best (usually one) are summed exactly, so the result is
+/// the plain search's, bit for bit.
 pub fn group_params(values: &[f32], scheme: QuantScheme, clip: Option<ClipSearch>) -> IntParams {
     let (lo, hi) = min_max(values);
     let Some(clip) = clip else {
         return scheme.int_params(lo, hi);
     };
     let maxq = scheme.maxq();
+    let cand = |i: usize| scheme.int_params(clip.factor(i) * lo, clip.factor(i) * hi);
+    let mut candidates: Vec<usize> = (0..clip.steps()).collect();
+    if clip.norm == screen::NORM {
+        let estimates: Vec<f64> = candidates.iter().map(|&i| screen::error(values, cand(i), maxq)).collect();
+        let least = estimates.iter().copied().fold(f64::INFINITY, f64::min);
+        if least.is_finite() && least >= screen::SMALLEST {
+            // Exact sums lie within REL of the estimates (plus underflowed terms), so a
+            // factor estimated above `cut` is beaten by the one estimated at `least`.
+            let cut = least * (1.0 + screen::REL) / (1.0 - screen::REL) + values.len() as f64 * screen::UNDERFLOW;
+            candidates.retain(|&i| estimates[i] <= cut);
+            if let [only] = candidates[..] {
+                return cand(only);
+            }
+        }
+    }
+    // The plain search over what is left (in order: the first least error wins).
     let mut best = (f64::INFINITY, scheme.int_params(lo, hi));
-    for p in clip.factors() {
-        let cand = scheme.int_params(p * lo, p * hi);
-        let err = int_error(values, cand, maxq, clip.norm, best.0);
+    for i in candidates {
+        let p = cand(i);
+        let err = int_error(values, p, maxq, clip.norm, best.0);
         if err < best.0 {
-            best = (err, cand);
+            best = (err, p);
         }
     }
     best.1
+}
+
+/// A fast estimate of the clipping search's error `Σ |w - ŵ|^2.4` of one group, within a
+/// relative [`REL`](screen::REL) of the exact sum (f32 `powf` of each term, summed in f64).
+///
+/// `|d|^2.4` with `d = 2^e·m`, `m ∈ [1, 2)`, `e = 5a + r`: `2^(2e + 2a) · 2^(0.4r) · m^2.4`,
+/// `m^2.4` by a degree-6 polynomial (Chebyshev interpolation on [1, 2], evaluated in f32:
+/// ≤ 2.9e-7 relative), `2^(0.4r)` one of five constants (6e-8), the power of two exact,
+/// times the first-order factor of the f32 exponent's excess over 2.4 (≤ 1e-7 with its
+/// rounding); terms summed in 8 f32 lanes of at most 16 terms (≤ 9e-7) then in f64.
+/// Against the exact f32 `powf` (< 1 ulp, 1.2e-7) that is under 1.7e-6: `REL` is 12x
+/// that (the test measures the worst case). Terms below 2^-126 count as 0 (`UNDERFLOW`
+/// each); `d` is computed exactly as the plain search computes it.
+mod screen {
+    use crate::format::scheme::IntParams;
+
+    /// The norm the screen estimates (GPTQ's `quant.py` default).
+    pub(super) const NORM: f32 = 2.4;
+    /// Relative error bound of [`error`] against the exact sum (see the module).
+    pub(super) const REL: f64 = 2e-5;
+    /// Largest term the estimate drops (as 0) or the exact `powf` may round to a subnormal.
+    pub(super) const UNDERFLOW: f64 = 2.0e-37;
+    /// Below this least error (groups of zeros, tiny weights) the plain search runs.
+    pub(super) const SMALLEST: f64 = 1e-30;
+
+    /// `m^2.4` on `m ∈ [1, 2)` in `t = 2m - 3`, lowest degree first.
+    const POLY: [f32; 7] =
+        [2.646_177_8, 2.116_942_6, 0.493_953_1, 0.021_950_763, -0.001_097_148_9, 0.000_122_425_98, -1.794_382e-5];
+    /// `(2.4f32 - 2.4)·ln 2`: the exact search's exponent is the f32 nearest 2.4,
+    /// 2.4 + 9.54e-8, which moves `x^2.4` by up to 7e-6 relative over the f32 range.
+    const DELTA_LN2: f32 = 6.610_367e-8;
+    /// `2^(0.4 r)`, r = 0..5.
+    const TWO_POW_04R: [f32; 5] = [1.0, 1.319_508, 1.741_101_1, 2.297_396_7, 3.031_433];
+
+    #[inline(always)]
+    fn pow24(x: f32) -> f32 {
+        let bits = x.to_bits() & 0x7fff_ffff;
+        let biased = bits >> 23;
+        let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+        let t = 2.0 * m - 3.0;
+        let mut p = POLY[6];
+        for k in (0..6).rev() {
+            p = p * t + POLY[k];
+        }
+        // e + 130 = biased + 3 ∈ [3, 258]; /5 by multiply-shift (exact in this range).
+        let eb = biased + 3;
+        let a5 = (eb * 52_429) >> 18;
+        let r = eb - 5 * a5;
+        let c = if r == 0 {
+            TWO_POW_04R[0]
+        } else if r == 1 {
+            TWO_POW_04R[1]
+        } else if r == 2 {
+            TWO_POW_04R[2]
+        } else if r == 3 {
+            TWO_POW_04R[3]
+        } else {
+            TWO_POW_04R[4]
+        };
+        // K = 2e + 2a with e = biased - 127, a = a5 - 26.
+        let k = 2 * (biased as i32 - 127) + 2 * (a5 as i32 - 26);
+        let two_k = if k < -126 {
+            0.0
+        } else if k > 127 {
+            f32::INFINITY
+        } else {
+            f32::from_bits(((k + 127) as u32) << 23)
+        };
+        // The norm is the f32 2.4 = 2.4 + δ: times x^δ = 2^(δ·log2 x) ≈ 1 + δ·ln2·(e + m - 1).
+        let log2_x = (biased as i32 - 127) as f32 + (m - 1.0);
+        let excess = 1.0 + DELTA_LN2 * log2_x;
+        if biased == 0 {
+            0.0
+        } else {
+            p * c * excess * two_k
+        }
+    }
+
+    /// `v.round()` (half away from zero) for every f32, as `trunc(v ± pred(0.5))`, which
+    /// vectorizes where `round` does not: the sum rounds up exactly when `|v|`'s fraction is
+    /// at least 0.5 (tested against `round` on every f32 bit pattern's neighbourhood).
+    #[inline(always)]
+    pub(super) fn round_half_away(v: f32) -> f32 {
+        (v + 0.499_999_97f32.copysign(v)).trunc()
+    }
+
+    #[inline(always)]
+    fn error_generic(values: &[f32], p: IntParams, maxq: u32) -> f64 {
+        let (s, z, top) = (p.scale, p.zero as f32, maxq as f32);
+        let term = |w: f32| {
+            // = p.dequantize(p.quantize(w, maxq)) - w: the code is an integer in [0, maxq].
+            let q = (round_half_away(w / s) + z).clamp(0.0, top);
+            pow24(s * (q - z) - w)
+        };
+        let mut total = 0.0f64;
+        let mut terms = [0.0f32; 128];
+        // Terms of a piece of 128 values (one straight loop: vectorized), summed in 8 f32
+        // lanes of at most 16 terms, then in f64.
+        for piece in values.chunks(128) {
+            let t = &mut terms[..piece.len()];
+            for (ti, &w) in t.iter_mut().zip(piece) {
+                *ti = term(w);
+            }
+            let mut lanes = [0.0f32; 8];
+            let chunks = t.chunks_exact(8);
+            let rest = chunks.remainder();
+            for ch in chunks {
+                for k in 0..8 {
+                    lanes[k] += ch[k];
+                }
+            }
+            total += lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        total
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn error_avx2(values: &[f32], p: IntParams, maxq: u32) -> f64 {
+        error_generic(values, p, maxq)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn error_avx512(values: &[f32], p: IntParams, maxq: u32) -> f64 {
+        error_generic(values, p, maxq)
+    }
+
+    /// The estimate of `Σ |ŵ - w|^2.4` under `p` (the same value on every target: the
+    /// lanes and the order of the sums are fixed, and no product is fused).
+    pub(super) fn error(values: &[f32], p: IntParams, maxq: u32) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked above).
+            return unsafe { error_avx512(values, p, maxq) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked above).
+            return unsafe { error_avx2(values, p, maxq) };
+        }
+        error_generic(values, p, maxq)
+    }
 }
 
 /// FP8 scale of one group: `amax / fp8_max` (1 for a group of zeros), or with `clip` the
@@ -241,6 +414,126 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
+
+    /// The clipping search in its plain order (`quant.py`'s loop), every sum in full: the
+    /// reference the screened search must equal.
+    fn plain_group_params(values: &[f32], scheme: QuantScheme, clip: ClipSearch) -> IntParams {
+        let (lo, hi) = min_max(values);
+        let mut best = (f64::INFINITY, scheme.int_params(lo, hi));
+        for p in clip.factors() {
+            let cand = scheme.int_params(p * lo, p * hi);
+            let err: f64 =
+                values.iter().map(|&w| err_term(cand.dequantize(cand.quantize(w, scheme.maxq())) - w, clip.norm)).sum();
+            if err < best.0 {
+                best = (err, cand);
+            }
+        }
+        best.1
+    }
+
+    fn test_groups() -> Vec<Vec<f32>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut groups: Vec<Vec<f32>> = vec![vec![0.0; 128], vec![0.5; 128], vec![-2.0; 32], vec![1e-20; 128]];
+        groups.push((0..64).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 }).collect());
+        groups.push((0..128).map(|k| if k == 3 { 1.0 } else { 0.0 }).collect());
+        for scale in [1e-12f32, 1e-3, 0.05, 1.0, 1e6] {
+            for _ in 0..25 {
+                // Laplace values, some with an outlier.
+                let mut g: Vec<f32> = (0..128)
+                    .map(|_| {
+                        let u = rng.random::<f32>().max(1e-7);
+                        if rng.random::<bool>() {
+                            -u.ln() * scale
+                        } else {
+                            u.ln() * scale
+                        }
+                    })
+                    .collect();
+                if rng.random::<bool>() {
+                    g[rng.random_range(0..128)] = 40.0 * scale * (rng.random::<f32>() - 0.5);
+                }
+                groups.push(g);
+            }
+        }
+        // A whole row as one group (per-channel), and odd lengths.
+        groups.push((0..5000).map(|_| rng.random::<f32>() - 0.5).collect());
+        groups.push((0..37).map(|_| rng.random::<f32>() - 0.5).collect());
+        groups
+    }
+
+    /// The screened search gives the plain search's parameters, bit for bit: Laplace
+    /// groups of many magnitudes (1e-12 to 1e6) with outliers, zeros, tiny and constant
+    /// groups, two-valued groups where factors tie, a 5000-wide row, odd lengths; 2, 3, 4
+    /// and 8 bits, symmetric or not, GPTQ's norm and the MSE.
+    #[test]
+    fn screened_clipping_search_equals_the_plain_search() {
+        for g in test_groups() {
+            for bits in [2u8, 3, 4, 8] {
+                for symmetric in [true, false] {
+                    let scheme = QuantScheme { symmetric, ..QuantScheme::int(bits).unwrap() };
+                    for norm in [2.4f32, 2.0] {
+                        let clip = ClipSearch { norm, ..ClipSearch::default() };
+                        let (got, want) = (group_params(&g, scheme, Some(clip)), plain_group_params(&g, scheme, clip));
+                        assert_eq!(
+                            (got.scale.to_bits(), got.zero),
+                            (want.scale.to_bits(), want.zero),
+                            "{} values, bits {bits}, sym {symmetric}, norm {norm}",
+                            g.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The vectorizable rounding equals `f32::round` on a sweep of the bit patterns (every
+    /// 97th, plus each half-integer and its neighbours up to 2^24).
+    #[test]
+    fn screen_rounding_is_round_half_away() {
+        for bits in (0..u32::MAX).step_by(97) {
+            let v = f32::from_bits(bits);
+            if v.is_finite() {
+                assert_eq!(screen::round_half_away(v).to_bits(), v.round().to_bits(), "{v:e}");
+            }
+        }
+        for k in 0..(1u32 << 12) {
+            let h = k as f32 * 4097.0 + 0.5;
+            for v in [h, h.next_up(), h.next_down(), -h, -h.next_up(), -h.next_down()] {
+                assert_eq!(screen::round_half_away(v).to_bits(), v.round().to_bits(), "{v:e}");
+            }
+        }
+    }
+
+    /// The estimate is within a tenth of its stated bound of the exact sum, for terms from
+    /// 1e-30 to 1e15 and every exponent residue.
+    #[test]
+    fn screen_estimate_is_within_its_bound() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let maxq = 15;
+        let mut worst = 0.0f64;
+        for _ in 0..4000 {
+            let mag = 10f32.powf(rng.random_range(-12.0..6.0));
+            let g: Vec<f32> = (0..128).map(|_| (rng.random::<f32>() - 0.5) * mag).collect();
+            let (lo, hi) = min_max(&g);
+            let p = QuantScheme::int(4).unwrap().asymmetric().unwrap().int_params(0.9 * lo, 0.9 * hi);
+            let exact: f64 = g.iter().map(|&w| err_term(p.dequantize(p.quantize(w, maxq)) - w, 2.4)).sum();
+            let est = screen::error(&g, p, maxq);
+            if exact > screen::SMALLEST {
+                worst = worst.max((est - exact).abs() / exact);
+            }
+        }
+        eprintln!("screen: worst relative error {worst:e}");
+        assert!(worst < screen::REL / 10.0, "relative error {worst}");
+        // Single terms across the exponent range.
+        for e in -40..15 {
+            for m in [1.0f32, 1.1, 1.5, 1.9999] {
+                let x = m * 10f32.powi(e) / 3.0;
+                let p = IntParams { scale: 1e30, zero: 0 }; // every w rounds to 0: d = -w
+                let (est, exact) = (screen::error(&[x], p, 15), err_term(x, 2.4));
+                assert!((est - exact).abs() <= screen::REL / 10.0 * exact + screen::UNDERFLOW, "{x}: {est} vs {exact}");
+            }
+        }
+    }
 
     /// Relative slack on the half-step bound: `w / scale` and `scale * (q - z)` are each
     /// rounded once in f32 (≤ 2 ulp of the value, far below 1e-5 of a step at these sizes).

@@ -9,7 +9,7 @@
 //! inputs), so the scales are chosen for the quantizer that will run.
 
 use super::weights::{awq_scales, weight_mean, BlockWeights};
-use crate::calib::hessian::HessianAccumulator;
+use crate::calib::hessian::{HessianAccumulator, HessianView};
 use crate::calib::observers::AbsMeanObserver;
 use crate::error::Result;
 use crate::format::QuantScheme;
@@ -118,7 +118,9 @@ fn quantized_effective(
     let mut q = match quantizer {
         Quantizer::Rtn => quantize_rtn(name, &ws, rows, cols, scheme, None)?.dequantize(),
         Quantizer::Gptq(opts, hs, factor) => {
-            gptq_quantize_factored(name, &ws, rows, hs, factor, scheme, opts)?.tensor.dequantize()
+            gptq_quantize_factored(name, &ws, rows, HessianView::dense(hs, cols), factor, scheme, opts)?
+                .tensor
+                .dequantize()
         }
     };
     for row in q.chunks_mut(cols) {
