@@ -452,7 +452,12 @@ pub fn run_streaming(
             }
         }
 
-        // (b) Quantize site by site, each site seeing the quantized sites before it.
+        // (b) Quantize site by site, each site seeing the quantized sites before it. The
+        // forward runs on its own copy of the block (and GPTAQ's full-precision stream on
+        // another), so each linear's source weights are freed once its site is quantized
+        // (0.6 GB at 8B widths by the time down_proj is factored).
+        let mut block = matches!(source, Source::Windows(_)).then(|| bw.to_block(cfg));
+        let fp_block = x_fp.as_ref().filter(|_| block.is_some()).map(|_| bw.to_block(cfg));
         let (tensors, layers) = (&mut out.tensors, &mut out.layers);
         let mut quantize = |site: InputSite,
                             stats: &SiteStats,
@@ -505,6 +510,10 @@ pub fn run_streaming(
                     layers.push(report);
                 }
             }
+            for &(k, _) in &replaced {
+                bw.linears[k] = Vec::new();
+            }
+            crate::release_freed_memory();
             let names: Vec<&str> = names.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
             progress.event(&format!("quantized {}", names.join("/")));
             t.quantize += tq.elapsed().as_secs_f64();
@@ -513,16 +522,15 @@ pub fn run_streaming(
         let mut histograms = Vec::new();
         match &source {
             Source::Windows(_) => {
-                let mut block = bw.to_block(cfg);
+                let block = block.as_mut().expect("built for windows");
                 let mut kv = [0f32; 2];
                 let observe_kv = opts.observe_kv.then_some(&mut kv);
                 // GPTAQ: the (transformed, unquantized) block on the full-precision stream.
-                let fp_block = x_fp.as_ref().map(|_| bw.to_block(cfg));
                 let shadow = fp_block.as_ref().zip(x_fp.as_deref_mut()).map(|(block, x)| Shadow { block, x });
                 run_stages(
                     cfg,
                     &rope,
-                    &mut block,
+                    block,
                     &mut x,
                     seqlen,
                     chunk,

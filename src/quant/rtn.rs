@@ -216,62 +216,37 @@ mod screen {
         (v + 0.499_999_97f32.copysign(v)).trunc()
     }
 
-    #[inline(always)]
-    fn error_generic(values: &[f32], p: IntParams, maxq: u32) -> f64 {
-        let (s, z, top) = (p.scale, p.zero as f32, maxq as f32);
-        let term = |w: f32| {
-            // = p.dequantize(p.quantize(w, maxq)) - w: the code is an integer in [0, maxq].
-            let q = (round_half_away(w / s) + z).clamp(0.0, top);
-            pow24(s * (q - z) - w)
-        };
-        let mut total = 0.0f64;
-        let mut terms = [0.0f32; 128];
-        // Terms of a piece of 128 values (one straight loop: vectorized), summed in 8 f32
-        // lanes of at most 16 terms, then in f64.
-        for piece in values.chunks(128) {
-            let t = &mut terms[..piece.len()];
-            for (ti, &w) in t.iter_mut().zip(piece) {
-                *ti = term(w);
-            }
-            let mut lanes = [0.0f32; 8];
-            let chunks = t.chunks_exact(8);
-            let rest = chunks.remainder();
-            for ch in chunks {
-                for k in 0..8 {
-                    lanes[k] += ch[k];
+    simd_kernel! {
+        /// The estimate of `Σ |ŵ - w|^2.4` under `p` (the same value on every target: the
+        /// lanes and the order of the sums are fixed, and no product is fused).
+        pub(super) fn error(values: &[f32], p: IntParams, maxq: u32) -> f64 {
+            let (s, z, top) = (p.scale, p.zero as f32, maxq as f32);
+            let term = |w: f32| {
+                // = p.dequantize(p.quantize(w, maxq)) - w: the code is an integer in [0, maxq].
+                let q = (round_half_away(w / s) + z).clamp(0.0, top);
+                pow24(s * (q - z) - w)
+            };
+            let mut total = 0.0f64;
+            let mut terms = [0.0f32; 128];
+            // Terms of a piece of 128 values (one straight loop: vectorized), summed in 8 f32
+            // lanes of at most 16 terms, then in f64.
+            for piece in values.chunks(128) {
+                let t = &mut terms[..piece.len()];
+                for (ti, &w) in t.iter_mut().zip(piece) {
+                    *ti = term(w);
                 }
+                let mut lanes = [0.0f32; 8];
+                let chunks = t.chunks_exact(8);
+                let rest = chunks.remainder();
+                for ch in chunks {
+                    for k in 0..8 {
+                        lanes[k] += ch[k];
+                    }
+                }
+                total += lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64).sum::<f64>();
             }
-            total += lanes.iter().map(|&v| v as f64).sum::<f64>() + rest.iter().map(|&v| v as f64).sum::<f64>();
+            total
         }
-        total
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn error_avx2(values: &[f32], p: IntParams, maxq: u32) -> f64 {
-        error_generic(values, p, maxq)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn error_avx512(values: &[f32], p: IntParams, maxq: u32) -> f64 {
-        error_generic(values, p, maxq)
-    }
-
-    /// The estimate of `Σ |ŵ - w|^2.4` under `p` (the same value on every target: the
-    /// lanes and the order of the sums are fixed, and no product is fused).
-    pub(super) fn error(values: &[f32], p: IntParams, maxq: u32) -> f64 {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked above).
-            return unsafe { error_avx512(values, p, maxq) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked above).
-            return unsafe { error_avx2(values, p, maxq) };
-        }
-        error_generic(values, p, maxq)
     }
 }
 
