@@ -52,7 +52,7 @@ pub fn keep_freed_memory() {
 /// the heap and every free page inside it). With [`keep_freed_memory`] every allocation
 /// comes from the heap, so at real widths (8B: a 1.6 GB f64 factorization, 0.8 GB
 /// Hessians) the holes between live blocks would otherwise stay resident and the heap
-/// would grow block after block. The driver calls it after each site is quantized.
+/// would grow block after block. The driver calls it after each site of a wide model.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {

@@ -300,6 +300,11 @@ pub fn run(
 /// Called when a block is done, with the block index, the output so far (the sink may
 /// take the block's `tensors` and `dense` out of it, so they need not stay in memory)
 /// and the modifiers (for the static input parameters of the block's linears).
+/// When a block's widest solver matrices reach this size, the heap is returned to the
+/// kernel after each site ([`crate::release_freed_memory`]): TinyLlama and 8B widths,
+/// not SmolLM2's.
+const RELEASE_AFTER_BYTES: usize = 256 << 20;
+
 pub type BlockSink<'a> = dyn FnMut(usize, &mut DriverOutput, &Modifiers) -> Result<()> + 'a;
 
 /// [`run`], handing each finished block to `sink` (a checkpoint writer).
@@ -459,6 +464,7 @@ pub fn run_streaming(
         let mut block = matches!(source, Source::Windows(_)).then(|| bw.to_block(cfg));
         let fp_block = x_fp.as_ref().filter(|_| block.is_some()).map(|_| bw.to_block(cfg));
         let (tensors, layers) = (&mut out.tensors, &mut out.layers);
+        let widest_site = block_sites().map(|s| site_width(cfg, s)).max().unwrap_or(0);
         let mut quantize = |site: InputSite,
                             stats: &SiteStats,
                             t: &mut Timings,
@@ -513,7 +519,13 @@ pub fn run_streaming(
             for &(k, _) in &replaced {
                 bw.linears[k] = Vec::new();
             }
-            crate::release_freed_memory();
+            // Wide models' solver matrices (12 bytes per Hessian entry) leave holes in the
+            // heap: give them back after every site, so that none is resident when the
+            // widest one is factored. Narrow models skip it (the next stage's buffers would
+            // be faulted in again: +12% forward time on SmolLM2).
+            if widest_site * widest_site * 12 >= RELEASE_AFTER_BYTES {
+                crate::release_freed_memory();
+            }
             let names: Vec<&str> = names.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
             progress.event(&format!("quantized {}", names.join("/")));
             t.quantize += tq.elapsed().as_secs_f64();
