@@ -232,11 +232,53 @@ pub fn write_checkpoint_files(
     w.finish(extra)
 }
 
-/// One tensor waiting for its shard: its own bytes, or a source tensor read from the
-/// memory-mapped store when the shard is written.
+/// One tensor waiting for its shard: its own bytes, kept at `offset` in the shard's
+/// [`Spill`] file, or a source tensor read from the memory-mapped store when the shard is
+/// written.
 enum Pending {
-    Owned(RawTensor),
+    Spilled { name: String, dtype: Dtype, shape: Vec<usize>, offset: usize, len: usize },
     Source(String),
+}
+
+/// The bytes of the pending shard's new tensors, appended to a file in the output's
+/// temporary directory as they come, so that a waiting shard (up to 5 GB by default) holds
+/// no memory of the process: it is read back through a memory map (page cache, which the
+/// kernel may drop) when the shard is written in the safetensors order, then deleted.
+struct Spill {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    len: usize,
+}
+
+impl Spill {
+    fn create(path: PathBuf) -> Result<Self> {
+        // Read too: the file is mapped back when the shard is written.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self { path, file: std::io::BufWriter::with_capacity(1 << 20, file), len: 0 })
+    }
+
+    /// Append `bytes`; their offset in the file.
+    fn append(&mut self, bytes: &[u8]) -> Result<usize> {
+        use std::io::Write;
+        self.file.write_all(bytes).map_err(|e| Error::io(&self.path, e))?;
+        self.len += bytes.len();
+        Ok(self.len - bytes.len())
+    }
+
+    /// Everything appended, mapped read-only (None when nothing was).
+    fn map(self) -> Result<(PathBuf, Option<memmap2::Mmap>)> {
+        let io = |e| Error::io(&self.path, e);
+        let file = self.file.into_inner().map_err(|e| io(e.into_error()))?;
+        // SAFETY: the file is private to this writer's temporary directory and no longer
+        // written; the map is dropped before the file is deleted.
+        let map = if self.len == 0 { None } else { Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?) };
+        Ok((self.path, map))
+    }
 }
 
 /// Writes a quantized checkpoint as the quantization proceeds, so memory holds at most one
@@ -267,6 +309,8 @@ pub struct CheckpointWriter {
     replaced: BTreeSet<String>,
     pending: Vec<Pending>,
     pending_bytes: usize,
+    /// Where the pending tensors' own bytes wait (created with the shard's first one).
+    spill: Option<Spill>,
     /// Shards written so far: temporary file name and the tensor names it holds.
     shards: Vec<(String, Vec<String>)>,
     total_bytes: usize,
@@ -332,6 +376,7 @@ impl CheckpointWriter {
             replaced: BTreeSet::new(),
             pending: vec![],
             pending_bytes: 0,
+            spill: None,
             shards: vec![],
             total_bytes: 0,
             max_shard_bytes: MAX_SHARD_BYTES,
@@ -392,7 +437,7 @@ impl CheckpointWriter {
             if self.store.contains(&r.name) && !self.replaced.contains(&r.name) {
                 return Err(Error::tensor(&r.name, "already exists in the source model (is it already quantized?)"));
             }
-            self.push(Pending::Owned(r))?;
+            self.push_owned(r)?;
         }
         Ok(())
     }
@@ -410,7 +455,7 @@ impl CheckpointWriter {
         if !self.replaced.insert(name.to_string()) {
             return Err(Error::tensor(name, "replaced twice"));
         }
-        self.push(Pending::Owned(raw))
+        self.push_owned(raw)
     }
 
     /// Add the dense tensor `name`, which the source model lacks, in the dtype and shape
@@ -420,7 +465,7 @@ impl CheckpointWriter {
             return Err(Error::tensor(name, "is in the source model already; it can only be replaced"));
         }
         let raw = self.dense_like(like, name, values)?;
-        self.push(Pending::Owned(raw))
+        self.push_owned(raw)
     }
 
     /// `values` as the tensor `name`, in the dtype and shape of the source tensor `like`.
@@ -458,23 +503,36 @@ impl CheckpointWriter {
         if self.replaced.contains(&name) || self.names.contains(&name) {
             return Ok(());
         }
-        self.push(Pending::Source(name))
+        let bytes = self.store.raw(&name)?.bytes.len();
+        self.reserve(&name, bytes)?;
+        self.pending.push(Pending::Source(name));
+        Ok(())
     }
 
-    fn push(&mut self, p: Pending) -> Result<()> {
-        let (name, bytes) = match &p {
-            Pending::Owned(r) => (r.name.clone(), r.data.len()),
-            Pending::Source(n) => (n.clone(), self.store.raw(n)?.bytes.len()),
+    /// Queue a new tensor: its bytes go to the shard's spill file, not to memory.
+    fn push_owned(&mut self, r: RawTensor) -> Result<()> {
+        self.reserve(&r.name, r.data.len())?;
+        let spill = match &mut self.spill {
+            Some(s) => s,
+            None => {
+                self.spill.insert(Spill::create(self.dir.path(&format!("shard-{:05}.spill", self.shards.len() + 1)))?)
+            }
         };
-        if !self.names.insert(name.clone()) {
-            return Err(Error::tensor(&name, "written twice"));
+        let offset = spill.append(&r.data)?;
+        self.pending.push(Pending::Spilled { name: r.name, dtype: r.dtype, shape: r.shape, offset, len: r.data.len() });
+        Ok(())
+    }
+
+    /// Count `bytes` of tensor `name` into the pending shard, writing the shard first if
+    /// they would take it past `max_shard_bytes` (one tensor alone may be larger).
+    fn reserve(&mut self, name: &str, bytes: usize) -> Result<()> {
+        if !self.names.insert(name.to_string()) {
+            return Err(Error::tensor(name, "written twice"));
         }
-        // A shard holds at most `max_shard_bytes`, unless one tensor alone is larger.
         if self.pending_bytes > 0 && self.pending_bytes + bytes > self.max_shard_bytes {
             self.flush()?;
         }
         self.pending_bytes += bytes;
-        self.pending.push(p);
         Ok(())
     }
 
@@ -484,10 +542,17 @@ impl CheckpointWriter {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
+        let (spill_path, spilled) = match self.spill.take() {
+            Some(s) => s.map()?,
+            None => (PathBuf::new(), None),
+        };
         let mut all: Vec<st::RawTensor<'_>> = Vec::with_capacity(pending.len());
         for p in &pending {
             all.push(match p {
-                Pending::Owned(r) => st::RawTensor { name: &r.name, dtype: r.dtype, shape: &r.shape, bytes: &r.data },
+                Pending::Spilled { name, dtype, shape, offset, len } => {
+                    let bytes = spilled.as_ref().map_or(&[][..], |m| &m[*offset..*offset + *len]);
+                    st::RawTensor { name, dtype: *dtype, shape, bytes }
+                }
                 Pending::Source(n) => self.store.raw(n)?,
             });
         }
@@ -497,6 +562,11 @@ impl CheckpointWriter {
         self.total_bytes += self.pending_bytes;
         self.shards.push((file, all.iter().map(|t| t.name.to_string()).collect()));
         self.pending_bytes = 0;
+        drop(all);
+        if spilled.is_some() || spill_path.exists() {
+            drop(spilled);
+            std::fs::remove_file(&spill_path).map_err(|e| Error::io(&spill_path, e))?;
+        }
         Ok(())
     }
 
@@ -587,7 +657,7 @@ impl CheckpointWriter {
             if self.store.contains(&name) {
                 return Err(Error::tensor(&name, "the source model already holds it; quantize the unquantized model"));
             }
-            self.push(Pending::Owned(RawTensor::from_f32(name, &[1], &[s])))?;
+            self.push_owned(RawTensor::from_f32(name, &[1], &[s]))?;
         }
         Ok(())
     }

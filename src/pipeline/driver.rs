@@ -460,8 +460,13 @@ pub fn run_streaming(
         // (b) Quantize site by site, each site seeing the quantized sites before it. The
         // forward runs on its own copy of the block (and GPTAQ's full-precision stream on
         // another), so each linear's source weights are freed once its site is quantized
-        // (0.6 GB at 8B widths by the time down_proj is factored).
+        // (0.6 GB at 8B widths by the time down_proj is factored), and the forward's
+        // copies once they have run (`free_finished_linears`).
         let mut block = matches!(source, Source::Windows(_)).then(|| bw.to_block(cfg));
+        // Which linears the quantizer replaces (the others stay dense in the forward).
+        let replaced_by_quantizer: Vec<bool> = (cfg.linears().iter())
+            .map(|(short, _)| mods.schemes.scheme_for(&format!("model.layers.{b}.{short}")).is_some())
+            .collect();
         let fp_block = x_fp.as_ref().filter(|_| block.is_some()).map(|_| bw.to_block(cfg));
         let (tensors, layers) = (&mut out.tensors, &mut out.layers);
         let widest_site = block_sites().map(|s| site_width(cfg, s)).max().unwrap_or(0);
@@ -560,6 +565,7 @@ pub fn run_streaming(
                             histograms.push((site, width, stats.tokens, h.clone()));
                         }
                         t.statistics += ts.elapsed().as_secs_f64();
+                        free_finished_linears(cfg, block, site, &replaced_by_quantizer);
                         for (k, w) in quantize(site, &stats, t, progress)? {
                             let (o, i) = linear_shape(cfg, cfg.linears()[k].0);
                             block.linears[k] = Box::new(DenseLinear::new(w, o, i)) as Box<dyn Linear>;
@@ -595,6 +601,20 @@ pub fn run_streaming(
     progress.finish();
     out.timings = t;
     Ok(out)
+}
+
+/// Drop the forward's copies of the linears `block` no longer runs when `site`'s input
+/// is complete: stages run one after another over all windows, so every linear of an
+/// earlier site has done its forward, and this site's linears that the quantizer
+/// replaces are about to be (`replaced[k]`). At 8B widths this frees 0.9 GB before
+/// down_proj's factorization.
+fn free_finished_linears(cfg: &LlamaConfig, block: &mut Block, site: InputSite, replaced: &[bool]) {
+    let order = |s: InputSite| block_sites().position(|x| x == s);
+    for (k, (_, reads)) in cfg.linears().iter().enumerate() {
+        if order(*reads) < order(site) || (*reads == site && replaced[k]) {
+            block.linears[k] = Box::new(DenseLinear::new(Vec::new(), 0, 0));
+        }
+    }
 }
 
 /// Refuse, before any work, an extra linear the weight quantizer cannot quantize
