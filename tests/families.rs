@@ -695,3 +695,70 @@ fn ignored_linears_are_written_as_the_transforms_left_them() {
     let kl = report["comparison"]["mean_kl_divergence"].as_f64().unwrap();
     assert!(kl < 0.01, "int8 AWQ with q_proj ignored: KL {kl}");
 }
+
+/// `--include-head` with GPTQ: the (tied) head is solved from its input's statistics on
+/// the calibration windows (the final norm of the quantized stream), so its logits are
+/// closer to the dense model's than the same body's with the head rounded to nearest in
+/// the same scheme.
+#[test]
+fn gptq_quantizes_the_head_from_its_calibration_inputs() {
+    use quantize::format::QuantScheme;
+    use quantize::model::qlinear::QuantizedLinear;
+    let root = tempfile::tempdir().unwrap();
+    let text = family_text(root.path());
+    let src = fixture("llama3");
+    let out = root.path().join("gptq-head");
+    let (ok, err) = common::quantize(&[
+        src.to_str().unwrap(),
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--asym",
+        "--no-mse",
+        "--calib",
+        text.to_str().unwrap(),
+        "--nsamples",
+        "6",
+        "--seqlen",
+        "32",
+        "--include-head",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let dense = LlamaModel::load(&src).unwrap();
+    let (mut model, _) = load_model(&out).unwrap();
+    assert!(model.lm_head.is_some(), "the head is its own quantized linear");
+    let tok = quantize::io::tokenizer::Tokenizer::for_model(&src).unwrap();
+    let ids = tok.encode(&std::fs::read_to_string(&text).unwrap()).unwrap();
+    let ids = &ids[ids.len() - 64..];
+    let want = dense.forward(ids, 2, 32).unwrap();
+    let vocab = dense.config.vocab_size;
+    let mean_kl = |got: &[f32]| -> f64 {
+        let log_softmax = |l: &[f32]| {
+            let m = l.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+            let z = l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+            l.iter().map(|&v| v as f64 - z).collect::<Vec<f64>>()
+        };
+        let rows = want.chunks(vocab).zip(got.chunks(vocab));
+        rows.map(|(p, q)| {
+            let (lp, lq) = (log_softmax(p), log_softmax(q));
+            lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>()
+        })
+        .sum::<f64>()
+            / 64.0
+    };
+    let gptq_kl = mean_kl(&model.forward(ids, 2, 32).unwrap());
+    let h = dense.config.hidden_size;
+    let store = SafetensorsStore::open(&src).unwrap();
+    let e = store.f32_shaped("model.embed_tokens.weight", &[vocab, h]).unwrap();
+    let scheme = QuantScheme::int(4).unwrap().group(32).unwrap().asymmetric().unwrap();
+    let q = quantize::quant::rtn::quantize_rtn("lm_head", &e, vocab, h, scheme, None).unwrap();
+    model.lm_head = Some(Box::new(QuantizedLinear::new("lm_head", &q).unwrap()));
+    let rtn_kl = mean_kl(&model.forward(ids, 2, 32).unwrap());
+    eprintln!("KL to dense: gptq head {gptq_kl:.5}, rtn head {rtn_kl:.5}");
+    assert!(gptq_kl < rtn_kl, "gptq head {gptq_kl:.5} vs rtn head {rtn_kl:.5}");
+}

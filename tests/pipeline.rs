@@ -185,7 +185,7 @@ fn options_and_recipes_that_do_not_fit_are_refused_by_name() {
     fails_with(&[m, "-o", o, "--method", "rtn", "--calib", c], &["--calib", "takes no calibration"]);
     fails_with(&[m, "-o", o, "--method", "fp8", "--seqlen", "64"], &["--seqlen", "--method fp8"]);
     fails_with(&[m, "-o", o, "--method", "rtn", "--static"], &["--static", "does not apply"]);
-    fails_with(&[m, "-o", o, "--method", "gptq", "--include-head"], &["--include-head"]);
+    fails_with(&[m, "-o", o, "--method", "awq+gptq", "--gguf-type", "Q4_0", "--include-head"], &["--include-head"]);
     fails_with(&[m, "-o", o, "--per-channel", "--group-size", "64"], &["--per-channel", "--group-size"]);
     fails_with(&[m, "-o", o, "--scheme", "w8a8-int8", "--dynamic", "--act-calib", "mse"], &["--act-calib", "--static"]);
 

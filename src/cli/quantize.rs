@@ -168,8 +168,9 @@ pub struct QuantizeArgs {
     /// No clipping search: min/max ranges.
     #[arg(long, overrides_with = "mse", help_heading = "RTN / FP8 / GPTQ")]
     pub no_mse: bool,
-    /// Also quantize the LM head (rtn, fp8, hqq); a tied head is written as its own quantized
-    /// `lm_head` (the embedding stays full precision; config.json unties them).
+    /// Also quantize the LM head (gptq solves it from its input on the calibration windows,
+    /// the final norm's output; awq rounds it to nearest); a tied head is written as its own
+    /// quantized `lm_head` (the embedding stays full precision; config.json unties them).
     #[arg(long, help_heading = "RTN / FP8 / GPTQ")]
     pub include_head: bool,
     /// `fp8`: an FP8 E4M3 KV cache with static per-block scales measured on the calibration
@@ -571,11 +572,11 @@ impl QuantizeArgs {
                     });
                 }
                 Method::Gptq => {
-                    used.extend(GPTQ_FLAGS.into_iter().chain(CALIB_FLAGS));
+                    used.extend(GPTQ_FLAGS.into_iter().chain(CALIB_FLAGS).chain(["include_head"]));
                     modifiers.push(gptq());
                 }
                 Method::Awq | Method::AwqGptq => {
-                    used.extend(AWQ_FLAGS.into_iter().chain(CALIB_FLAGS));
+                    used.extend(AWQ_FLAGS.into_iter().chain(CALIB_FLAGS).chain(["include_head"]));
                     let plus = m == Method::AwqGptq;
                     if plus {
                         used.extend(GPTQ_FLAGS.into_iter().chain(["awq_clip", "awq_rtn_search"]));

@@ -71,6 +71,7 @@ pub fn allocate_to_budget(
         verbose: false,
         label: label.clone(),
         observe_kv: false,
+        observe_head: false,
     };
     let t = std::time::Instant::now();
     driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts)?;

@@ -27,10 +27,10 @@ use crate::calib::stats_file::{CalibStats, SiteRecord};
 use crate::error::{Error, Result};
 use crate::format::QuantizedTensor;
 use crate::io::safetensors::SafetensorsStore;
-use crate::model::layers::{first_non_finite, Rope};
+use crate::model::layers::{first_non_finite, rms_norm, Rope};
 use crate::model::linear::{DenseLinear, Linear, MappedLinear};
 use crate::model::llama::{
-    block_sites, embed_tokens, linear_shape, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
+    block_sites, embed_tokens, linear_shape, load_norm, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
 };
 use crate::model::LlamaConfig;
 use crate::pipeline::progress::BlockProgress;
@@ -61,6 +61,9 @@ pub struct DriverOptions {
     /// Record each block's largest |key| and |value| (after RoPE, from the quantized block)
     /// for an FP8 KV cache's static scales ([`DriverOutput::kv_absmax`]).
     pub observe_kv: bool,
+    /// Observe the LM head's input (the final norm of the quantized stream) after the last
+    /// block, for a head quantized from calibration statistics ([`DriverOutput::head_stats`]).
+    pub observe_head: bool,
 }
 
 /// Where the time went, in seconds.
@@ -90,6 +93,9 @@ pub struct DriverOutput {
     /// Per block so far, `[max |k|, max |v|]` over the calibration tokens (with
     /// [`DriverOptions::observe_kv`]); block `b`'s entry is there when the sink sees `b`.
     pub kv_absmax: Vec<[f32; 2]>,
+    /// Statistics of the head's input over the calibration windows (with
+    /// [`DriverOptions::observe_head`]).
+    pub head_stats: Option<SiteStats>,
 }
 
 fn check_finite(b: usize, what: &str, x: &[f32], width: usize) -> Result<()> {
@@ -369,6 +375,7 @@ pub fn run_streaming(
         timings: Timings::default(),
         tokens,
         kv_absmax: Vec::new(),
+        head_stats: None,
     };
     t.load += t0.elapsed().as_secs_f64();
     let passes = (fp_windows.div_ceil(chunk) + run_windows.div_ceil(chunk)) * BLOCK_STAGES.len();
@@ -598,6 +605,25 @@ pub fn run_streaming(
         sink(b, &mut out, mods)?;
         progress.end_block();
     }
+    if opts.observe_head && matches!(source, Source::Windows(_)) {
+        let ts = Instant::now();
+        // A rotated model's final norm weight is folded into its head: the head reads
+        // the unweighted norm.
+        let h = cfg.hidden_size;
+        let weight =
+            if mods.rotation.is_some() { vec![1.0; h] } else { load_norm(cfg, store, "model.norm.weight", h)? };
+        let final_norm = |x: &[f32]| {
+            let mut out = vec![0.0f32; x.len()];
+            for (o, r) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                rms_norm(r, &weight, cfg.rms_norm_eps, o);
+            }
+            out
+        };
+        let input = final_norm(&x);
+        let input_fp = x_fp.as_deref().map(final_norm);
+        out.head_stats = Some(observe(&input, input_fp.as_deref(), h, chunk * seqlen, q_req));
+        t.statistics += ts.elapsed().as_secs_f64();
+    }
     progress.finish();
     out.timings = t;
     Ok(out)
@@ -618,7 +644,7 @@ fn free_finished_linears(cfg: &LlamaConfig, block: &mut Block, site: InputSite, 
 }
 
 /// Refuse, before any work, an extra linear the weight quantizer cannot quantize
-/// (it needs calibration statistics, which only block linears get).
+/// (it needs calibration statistics, and the run has no windows to observe the head on).
 pub fn check_extra(mods: &Modifiers) -> Result<()> {
     if mods.weights.stats_request() != StatsRequest::default() {
         return Err(Error::option(
@@ -629,8 +655,9 @@ pub fn check_extra(mods: &Modifiers) -> Result<()> {
     Ok(())
 }
 
-/// Quantize one more linear outside the blocks (the LM head, `weight [o, i]`) with a
-/// calibration-free quantizer.
+/// Quantize one more linear outside the blocks (the LM head, `weight [o, i]`): from its
+/// input's statistics when the driver observed them ([`DriverOutput::head_stats`]), else
+/// with a calibration-free quantizer.
 pub fn quantize_extra(
     mods: &mut Modifiers,
     name: &str,
@@ -638,11 +665,17 @@ pub fn quantize_extra(
     shape: (usize, usize),
     out: &mut DriverOutput,
 ) -> Result<()> {
-    check_extra(mods)?;
-    let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let (o, i) = shape;
+    let stats = match out.head_stats.take() {
+        Some(s) => s,
+        None => {
+            check_extra(mods)?;
+            SiteStats::new(i, StatsRequest::default())
+        }
+    };
+    let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let l = LinearWeight { name: name.to_string(), scheme, weight, out_features: o, in_features: i };
-    let (q, report) = mods.weights.quantize_site(&[l], &SiteStats::new(i, StatsRequest::default()))?.remove(0);
+    let (q, report) = mods.weights.quantize_site(&[l], &stats)?.remove(0);
     out.tensors.insert(name.to_string(), q);
     out.layers.push(report);
     Ok(())

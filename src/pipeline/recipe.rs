@@ -50,7 +50,7 @@ pub struct Recipe {
     /// default of GGUF types).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// Also quantize the LM head (calibration-free quantizers only); a tied head becomes its
+    /// Also quantize the LM head (GPTQ from its input on the calibration windows); a tied head becomes its
     /// own quantized `lm_head`, the embedding staying full precision.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_head: bool,
@@ -695,12 +695,6 @@ impl Recipe {
             return Err(bad(
                 "--format",
                 format!("activation quantization is written as compressed-tensors only, not {}", format.as_str()),
-            ));
-        }
-        if self.include_head && weights.role() == Role::Weights && matches!(weights, ModifierSpec::Gptq { .. }) {
-            return Err(bad(
-                "--include-head",
-                "goes with the calibration-free quantizers (rtn, fp8, hqq), not gptq".into(),
             ));
         }
         if scheme.is_fp8() && matches!(weights, ModifierSpec::Hqq { .. }) {

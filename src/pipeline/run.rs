@@ -287,7 +287,9 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
             "the model has no lm_head.weight and config.json does not tie it to the embedding",
         ));
     }
-    if recipe.include_head {
+    // A head quantized from statistics (GPTQ) reads its input on the calibration windows.
+    let observe_head = recipe.include_head && from_windows;
+    if recipe.include_head && !from_windows {
         driver::check_extra(&mods)?;
     }
     // The checkpoint is written block by block as the driver finishes them.
@@ -313,6 +315,7 @@ pub fn run_recipe(recipe: &Recipe, dir: &Path, out: &Path, opts: &RunOptions) ->
         verbose: opts.verbose,
         label: label.clone(),
         observe_kv: kv_cache,
+        observe_head,
     };
     let no_params = BTreeMap::new();
     let mut res = driver::run_streaming(&cfg, &store, source, &mut mods, &dopts, &mut |b, res, mods| {
