@@ -472,20 +472,30 @@ unsafe fn row_dot_int4_avx512(
     const PER: usize = 8;
     let codes_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
     let codes_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+    const STEP: usize = WORD_LANES * PER; // columns per 8 words
+    // Steps of 8 words, `group_steps` to a group (the last group may be shorter); indices,
+    // not `chunks`, keep divisions out of the per-row setup (a row is only ~10 steps).
+    let steps = (words.len() / WORD_LANES).min(xi.len() / STEP);
+    let group_steps = (width / STEP).max(1);
     let mut acc = [_mm256_setzero_ps(); PER];
     let mut offset = 0.0f32;
-    for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
+    let (mut step, mut g) = (0, 0);
+    while step < steps {
+        let end = (step + group_steps).min(steps);
         let s = _mm256_set1_ps(scales[g]);
         let (lo, hi) = (_mm256_mul_ps(codes_lo, s), _mm256_mul_ps(codes_hi, s));
-        for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
-            let w = _mm256_loadu_si256(ws.as_ptr() as *const __m256i);
+        for st in step..end {
+            // SAFETY: st < steps, so words[8·st..8·st + 8] and xi[64·st..64·st + 64] exist.
+            let w = _mm256_loadu_si256(words.as_ptr().add(st * WORD_LANES) as *const __m256i);
+            let xs = xi.as_ptr().add(st * STEP);
             for (k, ak) in acc.iter_mut().enumerate() {
                 let q = _mm256_srl_epi32(w, _mm_cvtsi32_si128(4 * k as i32));
-                let x = _mm256_loadu_ps(xs.as_ptr().add(k * WORD_LANES));
+                let x = _mm256_loadu_ps(xs.add(k * WORD_LANES));
                 *ak = _mm256_fmadd_ps(_mm256_permutex2var_ps(lo, q, hi), x, *ak);
             }
         }
         offset += scales[g] * (zeros[g] as f32 * gsums[g]);
+        (step, g) = (end, g + 1);
     }
     let mut tot = acc[0];
     for ak in &acc[1..] {
