@@ -427,19 +427,28 @@ unsafe fn row_dot_avx2<const PER: usize>(
     use std::arch::x86_64::*;
     let bits = (32 / PER) as i32;
     let mask = _mm256_set1_epi32((1i32 << bits) - 1);
+    let step_cols = WORD_LANES * PER;
+    // Steps of 8 words, `group_steps` to a group, by index (see row_dot_int4_avx512).
+    let steps = (words.len() / WORD_LANES).min(xi.len() / step_cols);
+    let group_steps = (width / step_cols).max(1);
     let mut acc = [_mm256_setzero_ps(); PER];
     let mut offset = 0.0f32;
-    for (g, (xg, wg)) in xi.chunks(width).zip(words.chunks(width / PER)).enumerate() {
+    let (mut step, mut g) = (0, 0);
+    while step < steps {
+        let end = (step + group_steps).min(steps);
         let s = _mm256_set1_ps(scales[g]);
-        for (xs, ws) in xg.chunks_exact(WORD_LANES * PER).zip(wg.chunks_exact(WORD_LANES)) {
-            let w = _mm256_loadu_si256(ws.as_ptr() as *const __m256i);
+        for st in step..end {
+            // SAFETY: st < steps: the 8 words and `step_cols` inputs of this step exist.
+            let w = _mm256_loadu_si256(words.as_ptr().add(st * WORD_LANES) as *const __m256i);
+            let xs = xi.as_ptr().add(st * step_cols);
             for (k, ak) in acc.iter_mut().enumerate() {
                 let q = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32)), mask);
-                let x = _mm256_loadu_ps(xs.as_ptr().add(k * WORD_LANES));
+                let x = _mm256_loadu_ps(xs.add(k * WORD_LANES));
                 *ak = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s), x, *ak);
             }
         }
         offset += scales[g] * (zeros[g] as f32 * gsums[g]);
+        (step, g) = (end, g + 1);
     }
     let mut tot = acc[0];
     for ak in &acc[1..] {
