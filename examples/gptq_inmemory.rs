@@ -40,8 +40,14 @@ fn main() {
     };
     let mut mods =
         Modifiers { schemes: SchemePolicy::uniform(scheme), rotation: None, transforms: vec![], weights, inputs: None };
-    let dopts =
-        DriverOptions { chunk_windows: 8, progress: true, verbose: false, label: method.into(), observe_kv: false, observe_head: false };
+    let dopts = DriverOptions {
+        chunk_windows: 8,
+        progress: true,
+        verbose: false,
+        label: method.into(),
+        observe_kv: false,
+        observe_head: false,
+    };
     let report = driver::run(&cfg, &store, source, &mut mods, &dopts).unwrap();
     let tensors = &report.tensors;
     eprintln!("{method} {scheme}: {:.1}s timings {:?}", t0.elapsed().as_secs_f64(), report.timings);

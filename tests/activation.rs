@@ -99,8 +99,14 @@ fn static_and_dynamic_checkpoints_have_the_layout_vllm_loads_and_load_back_exact
             weights: Box::new(Rtn { clip: None, imatrix: false }),
             inputs: Some(Box::new(Activations::new(act, ActCalib::Mse).unwrap())),
         };
-        let dopts =
-            DriverOptions { chunk_windows: 2, progress: false, verbose: false, label: name.into(), observe_kv: false, observe_head: false };
+        let dopts = DriverOptions {
+            chunk_windows: 2,
+            progress: false,
+            verbose: false,
+            label: name.into(),
+            observe_kv: false,
+            observe_head: false,
+        };
         let o = driver::run(&cfg, &store, Source::Windows(&w), &mut mods, &dopts).unwrap();
         let params = mods.inputs.as_ref().unwrap().params().clone();
         assert_eq!(params.is_empty(), act.dynamic, "static schemes get one scale per linear");

@@ -200,8 +200,14 @@ fn run_awq(
         weights,
         inputs: None,
     };
-    let dopts =
-        DriverOptions { chunk_windows: 2, progress: false, verbose: false, label: "awq".into(), observe_kv: false, observe_head: false };
+    let dopts = DriverOptions {
+        chunk_windows: 2,
+        progress: false,
+        verbose: false,
+        label: "awq".into(),
+        observe_kv: false,
+        observe_head: false,
+    };
     let out = driver::run(cfg, store, Source::Windows(windows), &mut mods, &dopts).unwrap();
     let report = serde_json::Value::Object(mods.transforms[0].report());
     let groups = serde_json::from_value(report["awq_groups"].clone()).unwrap();

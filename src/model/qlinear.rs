@@ -366,7 +366,7 @@ fn row_dot<const PER: usize>(
         if PER == 8 && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
         {
             // SAFETY: AVX-512F/VL are present; slice lengths are checked by the loops' chunking.
-            return unsafe { row_dot_int4_avx512(words, xi, width, scales, zeros, gsums) };
+            return unsafe { row_dot_int4_avx512::<8>(words, xi, width, scales, zeros, gsums) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: AVX2 and FMA are present; slice lengths are checked by the loops' chunking.
@@ -413,108 +413,81 @@ fn row_dot_plain<const PER: usize>(
     sum_by_halves(tot) - offset
 }
 
-/// [`row_dot_plain`] in AVX2 registers, operation for operation.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_dot_avx2<const PER: usize>(
-    words: &[u32],
-    xi: &[f32],
-    width: usize,
-    scales: &[f32],
-    zeros: &[u8],
-    gsums: &[f32],
-) -> f32 {
-    use std::arch::x86_64::*;
-    let bits = (32 / PER) as i32;
-    let mask = _mm256_set1_epi32((1i32 << bits) - 1);
-    let step_cols = WORD_LANES * PER;
-    // Steps of 8 words, `group_steps` to a group, by index (see row_dot_int4_avx512).
-    let steps = (words.len() / WORD_LANES).min(xi.len() / step_cols);
-    let group_steps = (width / step_cols).max(1);
-    let mut acc = [_mm256_setzero_ps(); PER];
-    let mut offset = 0.0f32;
-    let (mut step, mut g) = (0, 0);
-    while step < steps {
-        let end = (step + group_steps).min(steps);
-        let s = _mm256_set1_ps(scales[g]);
-        for st in step..end {
-            // SAFETY: st < steps: the 8 words and `step_cols` inputs of this step exist.
-            let w = _mm256_loadu_si256(words.as_ptr().add(st * WORD_LANES) as *const __m256i);
-            let xs = xi.as_ptr().add(st * step_cols);
-            for (k, ak) in acc.iter_mut().enumerate() {
-                let q = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32)), mask);
-                let x = _mm256_loadu_ps(xs.add(k * WORD_LANES));
-                *ak = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), s), x, *ak);
+/// The x86 twins of [`row_dot_plain`], operation for operation: 8 words a step, code `k`
+/// of each shifted down (`$shifted`, its higher codes still above it) and turned into
+/// `q·s_g` by `$scaled`, given the group's scale `$s` in every lane, the masks of the
+/// codes `$mask`, and `q·s_g` for `q = 0..15` in two registers `$lo`, `$hi` (unused, and
+/// optimized away, where codes are converted instead of looked up). Steps and groups are
+/// walked by index, not `chunks`: no divisions in a row's setup (a row is ~10 steps).
+macro_rules! row_dot_x86 {
+    ($(#[$meta:meta])* $name:ident, $features:literal,
+     |$shifted:ident, $s:ident, $mask:ident, $lo:ident, $hi:ident| $scaled:expr) => {
+        $(#[$meta])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const PER: usize>(
+            words: &[u32],
+            xi: &[f32],
+            width: usize,
+            scales: &[f32],
+            zeros: &[u8],
+            gsums: &[f32],
+        ) -> f32 {
+            use std::arch::x86_64::*;
+            let bits = (32 / PER) as i32;
+            let $mask = _mm256_set1_epi32((1i32 << bits) - 1);
+            let codes_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+            let codes_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
+            let step_cols = WORD_LANES * PER;
+            let steps = (words.len() / WORD_LANES).min(xi.len() / step_cols);
+            let group_steps = (width / step_cols).max(1);
+            let mut acc = [_mm256_setzero_ps(); PER];
+            let mut offset = 0.0f32;
+            let (mut step, mut g) = (0, 0);
+            while step < steps {
+                let end = (step + group_steps).min(steps);
+                let $s = _mm256_set1_ps(scales[g]);
+                let ($lo, $hi) = (_mm256_mul_ps(codes_lo, $s), _mm256_mul_ps(codes_hi, $s));
+                for st in step..end {
+                    // SAFETY: st < steps: the 8 words and `step_cols` inputs of this step exist.
+                    let w = _mm256_loadu_si256(words.as_ptr().add(st * WORD_LANES) as *const __m256i);
+                    let xs = xi.as_ptr().add(st * step_cols);
+                    for (k, ak) in acc.iter_mut().enumerate() {
+                        let $shifted = _mm256_srl_epi32(w, _mm_cvtsi32_si128(bits * k as i32));
+                        let x = _mm256_loadu_ps(xs.add(k * WORD_LANES));
+                        *ak = _mm256_fmadd_ps($scaled, x, *ak);
+                    }
+                }
+                offset += scales[g] * (zeros[g] as f32 * gsums[g]);
+                (step, g) = (end, g + 1);
             }
+            let mut tot = acc[0];
+            for ak in &acc[1..] {
+                tot = _mm256_add_ps(tot, *ak);
+            }
+            // Halves: lanes i + 4, then i + 2, then i + 1, as the plain loop.
+            let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
+            let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+            let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+            _mm_cvtss_f32(h1) - offset
         }
-        offset += scales[g] * (zeros[g] as f32 * gsums[g]);
-        (step, g) = (end, g + 1);
-    }
-    let mut tot = acc[0];
-    for ak in &acc[1..] {
-        tot = _mm256_add_ps(tot, *ak);
-    }
-    // Halves: lanes i + 4, then i + 2, then i + 1, as the plain loop.
-    let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
-    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    _mm_cvtss_f32(h1) - offset
+    };
 }
 
-/// [`row_dot_plain`] for 4-bit codes with AVX-512VL: the 16 scaled codes of a group,
-/// `q·s` for `q = 0..15` (the very products the plain loop makes), sit in two registers and
-/// each code is looked up by one two-table permute (`vpermt2ps`, which reads only the low
-/// 4 bits of a lane: no mask), so a code costs a shift, a permute and the FMA instead of
-/// shift, mask, convert, multiply and FMA. Same operations per lane in the same order as
-/// the plain loop: the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn row_dot_int4_avx512(
-    words: &[u32],
-    xi: &[f32],
-    width: usize,
-    scales: &[f32],
-    zeros: &[u8],
-    gsums: &[f32],
-) -> f32 {
-    use std::arch::x86_64::*;
-    const PER: usize = 8;
-    let codes_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
-    let codes_hi = _mm256_setr_ps(8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0);
-    const STEP: usize = WORD_LANES * PER; // columns per 8 words
-    // Steps of 8 words, `group_steps` to a group (the last group may be shorter); indices,
-    // not `chunks`, keep divisions out of the per-row setup (a row is only ~10 steps).
-    let steps = (words.len() / WORD_LANES).min(xi.len() / STEP);
-    let group_steps = (width / STEP).max(1);
-    let mut acc = [_mm256_setzero_ps(); PER];
-    let mut offset = 0.0f32;
-    let (mut step, mut g) = (0, 0);
-    while step < steps {
-        let end = (step + group_steps).min(steps);
-        let s = _mm256_set1_ps(scales[g]);
-        let (lo, hi) = (_mm256_mul_ps(codes_lo, s), _mm256_mul_ps(codes_hi, s));
-        for st in step..end {
-            // SAFETY: st < steps, so words[8·st..8·st + 8] and xi[64·st..64·st + 64] exist.
-            let w = _mm256_loadu_si256(words.as_ptr().add(st * WORD_LANES) as *const __m256i);
-            let xs = xi.as_ptr().add(st * STEP);
-            for (k, ak) in acc.iter_mut().enumerate() {
-                let q = _mm256_srl_epi32(w, _mm_cvtsi32_si128(4 * k as i32));
-                let x = _mm256_loadu_ps(xs.add(k * WORD_LANES));
-                *ak = _mm256_fmadd_ps(_mm256_permutex2var_ps(lo, q, hi), x, *ak);
-            }
-        }
-        offset += scales[g] * (zeros[g] as f32 * gsums[g]);
-        (step, g) = (end, g + 1);
-    }
-    let mut tot = acc[0];
-    for ak in &acc[1..] {
-        tot = _mm256_add_ps(tot, *ak);
-    }
-    let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
-    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    _mm_cvtss_f32(h1) - offset
-}
+row_dot_x86!(
+    /// AVX2: shift, mask, convert, multiply by the scale, FMA per 8 codes.
+    row_dot_avx2, "avx2,fma",
+    |q, s, mask, _lo, _hi| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, mask)), s)
+);
+
+row_dot_x86!(
+    /// 4-bit codes with AVX-512VL: each code is looked up among the group's 16 scaled codes
+    /// (the very products `q·s` the plain loop makes) by one two-table permute
+    /// (`vpermt2ps`, which reads only the low 4 bits of a lane: no mask): shift, permute,
+    /// FMA per 8 codes. Only for `PER = 8`.
+    row_dot_int4_avx512, "avx512f,avx512vl,avx2,fma",
+    |q, _s, _mask, lo, hi| _mm256_permutex2var_ps(lo, q, hi)
+);
 
 /// The bytes of packed words in memory order (little-endian: code order for 8-bit codes).
 fn words_as_bytes(words: &[u32]) -> &[u8] {
@@ -756,7 +729,7 @@ mod tests {
                 }
                 if per == 8 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
                     // SAFETY: features checked.
-                    let avx512 = unsafe { row_dot_int4_avx512(args.0, args.1, args.2, args.3, args.4, args.5) };
+                    let avx512 = unsafe { row_dot_int4_avx512::<8>(args.0, args.1, args.2, args.3, args.4, args.5) };
                     assert_eq!(avx512.to_bits(), plain.to_bits(), "avx512: {cols} cols, groups of {width}");
                 }
             }

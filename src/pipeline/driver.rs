@@ -30,7 +30,8 @@ use crate::io::safetensors::SafetensorsStore;
 use crate::model::layers::{first_non_finite, rms_norm, Rope};
 use crate::model::linear::{DenseLinear, Linear, MappedLinear};
 use crate::model::llama::{
-    block_sites, embed_tokens, linear_shape, load_norm, site_linears, site_width, Attend, Block, InputSite, BLOCK_STAGES,
+    block_sites, embed_tokens, linear_shape, load_norm, site_linears, site_width, Attend, Block, InputSite,
+    BLOCK_STAGES,
 };
 use crate::model::LlamaConfig;
 use crate::pipeline::progress::BlockProgress;
@@ -675,7 +676,8 @@ pub fn quantize_extra(
     };
     let Some(scheme) = mods.schemes.scheme_for(name) else { return Ok(()) };
     let l = LinearWeight { name: name.to_string(), scheme, weight, out_features: o, in_features: i };
-    let (q, report) = mods.weights.quantize_site(&[l], &stats)?.remove(0);
+    let (q, mut report) = mods.weights.quantize_site(std::slice::from_ref(&l), &stats)?.remove(0);
+    report.measure(&l, &q, &q.dequantize(), &stats)?;
     out.tensors.insert(name.to_string(), q);
     out.layers.push(report);
     Ok(())
