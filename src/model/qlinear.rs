@@ -350,7 +350,8 @@ fn interleave(x: &[f32], per: usize, out: &mut [f32]) {
 /// 32-bit word (8, 4 for 4, 8 bits), in contiguous groups of `width` columns (multiples
 /// of [`step_columns`]; the last group may be shorter). `xi` is `x` [`interleave`]d;
 /// `gsums` holds `X_g = Σ_{c∈g} x_c`. Codes are unpacked in registers (a shift and a mask
-/// of 8 words at once), never stored. AVX2+FMA where the CPU has them, else the plain
+/// of 8 words at once), never stored. AVX-512VL's permute for 4-bit codes, else AVX2+FMA
+/// where the CPU has them, else the plain
 /// loops below, which define the arithmetic: the same operations in the same order, each
 /// product-sum one fused multiply-add (`f32::mul_add`), so both give the same bits.
 fn row_dot<const PER: usize>(
