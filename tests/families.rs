@@ -702,32 +702,17 @@ fn ignored_linears_are_written_as_the_transforms_left_them() {
 /// the same scheme.
 #[test]
 fn gptq_quantizes_the_head_from_its_calibration_inputs() {
+    use quantize::eval::{kl_and_agreement, log_softmax_rows};
     use quantize::format::QuantScheme;
     use quantize::model::qlinear::QuantizedLinear;
     let root = tempfile::tempdir().unwrap();
     let text = family_text(root.path());
     let src = fixture("llama3");
     let out = root.path().join("gptq-head");
-    let (ok, err) = common::quantize(&[
-        src.to_str().unwrap(),
-        "--method",
-        "gptq",
-        "--bits",
-        "4",
-        "--group-size",
-        "32",
-        "--asym",
-        "--no-mse",
-        "--calib",
-        text.to_str().unwrap(),
-        "--nsamples",
-        "6",
-        "--seqlen",
-        "32",
-        "--include-head",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let mut args = vec![src.to_str().unwrap(), "--method", "gptq", "--bits", "4", "--group-size", "32", "--asym"];
+    args.extend(["--no-mse", "--include-head", "-o", out.to_str().unwrap()]);
+    args.extend(small_calib(&text));
+    let (ok, err) = common::quantize(&args);
     assert!(ok, "{err}");
     let dense = LlamaModel::load(&src).unwrap();
     let (mut model, _) = load_model(&out).unwrap();
@@ -737,19 +722,10 @@ fn gptq_quantizes_the_head_from_its_calibration_inputs() {
     let ids = &ids[ids.len() - 64..];
     let want = dense.forward(ids, 2, 32).unwrap();
     let vocab = dense.config.vocab_size;
+    let want_logp = log_softmax_rows(&want, vocab);
     let mean_kl = |got: &[f32]| -> f64 {
-        let log_softmax = |l: &[f32]| {
-            let m = l.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-            let z = l.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-            l.iter().map(|&v| v as f64 - z).collect::<Vec<f64>>()
-        };
-        let rows = want.chunks(vocab).zip(got.chunks(vocab));
-        rows.map(|(p, q)| {
-            let (lp, lq) = (log_softmax(p), log_softmax(q));
-            lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>()
-        })
-        .sum::<f64>()
-            / 64.0
+        let rows = kl_and_agreement(&want_logp, &log_softmax_rows(got, vocab), vocab);
+        rows.iter().map(|(kl, _)| kl).sum::<f64>() / rows.len() as f64
     };
     let gptq_kl = mean_kl(&model.forward(ids, 2, 32).unwrap());
     let h = dense.config.hidden_size;

@@ -542,15 +542,14 @@ impl CheckpointWriter {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
-        let (spill_path, spilled) = match self.spill.take() {
-            Some(s) => s.map()?,
-            None => (PathBuf::new(), None),
-        };
+        // (the spill file, its bytes mapped): the pending shard's own tensors.
+        let spill = self.spill.take().map(Spill::map).transpose()?;
+        let spilled = spill.as_ref().and_then(|(_, map)| map.as_ref());
         let mut all: Vec<st::RawTensor<'_>> = Vec::with_capacity(pending.len());
         for p in &pending {
             all.push(match p {
                 Pending::Spilled { name, dtype, shape, offset, len } => {
-                    let bytes = spilled.as_ref().map_or(&[][..], |m| &m[*offset..*offset + *len]);
+                    let bytes = spilled.map_or(&[][..], |m| &m[*offset..*offset + *len]);
                     st::RawTensor { name, dtype: *dtype, shape, bytes }
                 }
                 Pending::Source(n) => self.store.raw(n)?,
@@ -563,9 +562,9 @@ impl CheckpointWriter {
         self.shards.push((file, all.iter().map(|t| t.name.to_string()).collect()));
         self.pending_bytes = 0;
         drop(all);
-        if spilled.is_some() || spill_path.exists() {
-            drop(spilled);
-            std::fs::remove_file(&spill_path).map_err(|e| Error::io(&spill_path, e))?;
+        if let Some((path, map)) = spill {
+            drop(map); // unmapped before the file goes
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
         Ok(())
     }

@@ -615,9 +615,7 @@ pub fn run_streaming(
             if mods.rotation.is_some() { vec![1.0; h] } else { load_norm(cfg, store, "model.norm.weight", h)? };
         let final_norm = |x: &[f32]| {
             let mut out = vec![0.0f32; x.len()];
-            for (o, r) in out.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
-                rms_norm(r, &weight, cfg.rms_norm_eps, o);
-            }
+            rms_norm(x, &weight, cfg.rms_norm_eps, &mut out); // row by row, [tokens, h]
             out
         };
         let input = final_norm(&x);
