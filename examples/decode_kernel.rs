@@ -1,6 +1,7 @@
 //! Throughput of the one-token quantized linear (`QuantizedLinear::forward` with one
 //! token), in weights per second, for a matrix that stays in cache and one that streams
-//! from memory; and the f32 GEMV for comparison. Median of 7 runs.
+//! from memory, with exact products and with int8 inputs (`--dot int8`); and the f32
+//! GEMV for comparison. Median of 7 runs.
 //!
 //! cargo run --release --example decode_kernel
 use quantize::format::QuantScheme;
@@ -32,6 +33,8 @@ fn main() {
             let q = quantize_rtn("w", &w, rows, cols, scheme, None).unwrap();
             let lin = QuantizedLinear::new("w", &q).unwrap();
             println!("[{rows} x {cols}] {scheme}: {:.2} G weights/s", rate(&lin, reps));
+            let lin = lin.with_int8_dot();
+            println!("[{rows} x {cols}] {scheme} --dot int8: {:.2} G weights/s", rate(&lin, reps));
         }
         let dense = DenseLinear::new(w, rows, cols);
         println!("[{rows} x {cols}] f32: {:.2} G weights/s", rate(&dense, reps));

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Decode and prefill speed (issue 17): this tool's `bench` on SmolLM2-135M in f32, int8
-# (per channel), int4 g128 (GPTQ layout) and FP8, next to llama.cpp's llama-bench on F32,
-# Q8_0 and Q4_0 files of the same weights, in one run, plus the machine's read bandwidth.
+# (per channel), int4 g128 (GPTQ layout), FP8 and int4 g128 with a GPTQ int8 head
+# (recipes/gptq-int4-g128-head-int8.toml), with exact products and with `--dot int8`
+# (llama.cpp's int8 inputs), next to llama.cpp's llama-bench on F32, Q8_0 and Q4_0 files
+# of the same weights, in one run, plus the machine's read bandwidth.
 #
 #   LLAMA_CPP=/path/to/llama.cpp/build/bin scripts/bench_decode.sh [WORKDIR]
 #
@@ -24,12 +26,15 @@ cargo build --release --bin quantize --example mem_bandwidth >/dev/null
 [ -d "$W/int8" ] || $Q --method rtn --bits 8 --per-channel "$W/f32" -o "$W/int8"
 [ -d "$W/int4" ] || $Q --method gptq --bits 4 --group-size 128 --nsamples 32 --seqlen 512 "$W/f32" -o "$W/int4"
 [ -d "$W/fp8" ] || $Q --method fp8 "$W/f32" -o "$W/fp8"
+[ -d "$W/int4h" ] || $Q --recipe recipes/gptq-int4-g128-head-int8.toml "$W/f32" -o "$W/int4h"
 for t in F32 Q8_0 Q4_0; do
   src=$GGUF; [ $t = F32 ] || src="$W/F32.gguf"
   [ -f "$W/$t.gguf" ] || "$L/llama-quantize" --allow-requantize "$src" "$W/$t.gguf" $t > "$W/$t.quantize.log" 2>&1
 done
 echo "## machine"; lscpu | grep -E "Model name|^CPU\(s\)"; target/release/examples/mem_bandwidth
 echo "## quantize bench"
-$Q bench --model "$W/f32" "$W/int8" "$W/int4" "$W/fp8" -p 512 -n 128 -r "$REPS"
+$Q bench --model "$W/f32" "$W/int8" "$W/int4" "$W/fp8" "$W/int4h" -p 512 -n 128 -r "$REPS"
+echo "## quantize bench --dot int8"
+$Q bench --model "$W/int8" "$W/int4" "$W/int4h" -p 512 -n 128 -r "$REPS" --dot int8
 echo "## llama-bench"
 "$L/llama-bench" -m "$W/F32.gguf" -m "$W/Q8_0.gguf" -m "$W/Q4_0.gguf" -p 512 -n 128 -t 2 -r "$REPS"

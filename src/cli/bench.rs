@@ -1,6 +1,5 @@
 //! `quantize bench`: prefill and decode tokens/s of a model directory.
 
-use super::ModelLoader;
 use crate::generate::bench::{prompt_processing, token_generation, BenchResult};
 use std::path::PathBuf;
 
@@ -18,9 +17,8 @@ pub struct BenchArgs {
     /// Repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long, default_value_t = 5)]
     pub repetitions: usize,
-    /// Where the quantized linears run (as for `eval`).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
-    pub device: String,
+    #[command(flatten)]
+    pub runtime: super::RuntimeArgs,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -33,7 +31,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     if let Some(j) = a.json.as_ref().filter(|j| j.exists()) {
         anyhow::bail!("invalid option --json: {} already exists (choose another name or remove it)", j.display());
     }
-    let loader = ModelLoader::new(&a.device)?;
+    let loader = a.runtime.loader()?;
     let threads = rayon::current_num_threads();
     println!("| model | format | bits/weight | size | threads | test | t/s | median t/s |");
     println!("|---|---|---:|---:|---:|---|---:|---:|");
@@ -70,7 +68,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
             );
         }
         all.push(
-            serde_json::json!({"model": dir, "load": info, "threads": threads, "device": a.device, "results": results}),
+            serde_json::json!({"model": dir, "load": info, "threads": threads, "device": a.runtime.device, "dot": a.runtime.dot, "results": results}),
         );
     }
     if let Some(p) = &a.json {

@@ -1,6 +1,5 @@
 //! `quantize eval`: perplexity, and the comparison against a baseline.
 
-use super::ModelLoader;
 use crate::eval::perplexity::Protocol;
 use crate::eval::{compare_many, perplexity, report, EvalOptions};
 use crate::io::tokenizer::{read_text, Tokenizer};
@@ -35,16 +34,8 @@ pub struct EvalArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Where the quantized linears run: `gpu` uploads their packed weights once and runs
-    /// them through the WGSL kernels (adapter from `WGPU_BACKEND` / `QUANTIZE_ADAPTER`);
-    /// attention, norms, dense layers and the baseline stay on the CPU.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
-    pub device: String,
-    /// W8A8 checkpoints: round the activations as `vllm` (what serves them) or
-    /// `compressed-tensors` (its reference forward in transformers) computes them; they
-    /// differ in the last bit of some codes (docs/FORMATS.md).
-    #[arg(long, default_value = "vllm", value_parser = ["vllm", "compressed-tensors"])]
-    pub act_runtime: String,
+    #[command(flatten)]
+    pub runtime: super::RuntimeArgs,
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -70,7 +61,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Check the window count before loading anything heavy.
     crate::eval::perplexity::windows(&tokens, a.ctx, a.max_windows)?;
     let t0 = std::time::Instant::now();
-    let loader = ModelLoader::new(&a.device)?.with_act_runtime(a.act_runtime.parse()?);
+    let loader = a.runtime.loader()?;
     let mut models = Vec::new();
     for dir in &a.model {
         models.push(loader.load(dir)?);

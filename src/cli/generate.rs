@@ -1,6 +1,5 @@
 //! `quantize generate`: text from a prompt, or a chat, streamed token by token.
 
-use super::ModelLoader;
 use crate::generate::chat::{ChatTemplate, Message};
 use crate::generate::sampler::{Sampler, Sampling};
 use crate::generate::{stop_tokens, Session};
@@ -54,14 +53,8 @@ pub struct GenerateArgs {
     /// plus --max-tokens (4096 for an interactive chat), at most max_position_embeddings.
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// Where the quantized linears run (as for `eval`).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
-    pub device: String,
-    /// W8A8 checkpoints: round the activations as `vllm` (what serves them) or
-    /// `compressed-tensors` (its reference forward in transformers) computes them; they
-    /// differ in the last bit of some codes (docs/FORMATS.md).
-    #[arg(long, default_value = "vllm", value_parser = ["vllm", "compressed-tensors"])]
-    pub act_runtime: String,
+    #[command(flatten)]
+    pub runtime: super::RuntimeArgs,
 }
 
 /// Default context of an interactive chat.
@@ -114,7 +107,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     if first.as_ref().is_some_and(|t| t.is_empty()) {
         anyhow::bail!("the prompt is empty (no tokens): there is nothing to continue");
     }
-    let (model, info) = ModelLoader::new(&a.device)?.with_act_runtime(a.act_runtime.parse()?).load(&a.model)?;
+    let (model, info) = a.runtime.loader()?.load(&a.model)?;
     let max_pos = model.config.max_position_embeddings;
     let ctx = a.ctx.unwrap_or_else(|| match &first {
         Some(t) => (t.len() + a.max_tokens).min(max_pos),

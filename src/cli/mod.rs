@@ -139,6 +139,45 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How models run in `eval`, `generate` and `bench`: where, and with which arithmetic.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Where the quantized linears run: `gpu` uploads their packed weights once and runs
+    /// them through the WGSL kernels (adapter from `WGPU_BACKEND` / `QUANTIZE_ADAPTER`);
+    /// attention, norms, dense layers and any baseline stay on the CPU.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "gpu"])]
+    pub device: String,
+    /// W8A8 checkpoints: round the activations as `vllm` (what serves them) or
+    /// `compressed-tensors` (its reference forward in transformers) computes them; they
+    /// differ in the last bit of some codes (docs/FORMATS.md).
+    #[arg(long, default_value = "vllm", value_parser = ["vllm", "compressed-tensors"])]
+    pub act_runtime: String,
+    /// How int4/int8 linears multiply on the CPU: `exact` = f32 products with the
+    /// dequantized weights (the dequantized model's numbers); `int8` = inputs rounded to
+    /// int8 per 64 (llama.cpp's Q8 blocks) times the integer codes, as llama.cpp computes
+    /// its Q4_0/Q8_0 files: faster decoding for a small perplexity cost
+    /// (docs/BENCHMARKS.md). Linears with act-order or groups not a multiple of 64 stay exact.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "int8"])]
+    pub dot: String,
+}
+
+impl RuntimeArgs {
+    /// The loader these options describe (errors name the option at fault).
+    pub(crate) fn loader(&self) -> anyhow::Result<ModelLoader> {
+        let mut l = ModelLoader::new(&self.device)?.with_act_runtime(self.act_runtime.parse()?);
+        if self.dot == "int8" {
+            if self.device != "cpu" {
+                anyhow::bail!(
+                    "invalid option --dot int8 with --device {}: the int8 kernels are the CPU's; use --device cpu",
+                    self.device
+                );
+            }
+            l.int8_dot = true;
+        }
+        Ok(l)
+    }
+}
+
 /// Loads models for one run on `--device`: the GPU context, when asked for, is created
 /// once and shared by every model.
 pub(crate) struct ModelLoader {
@@ -146,6 +185,8 @@ pub(crate) struct ModelLoader {
     gpu: Option<std::sync::Arc<crate::gpu::GpuContext>>,
     /// Whose rounding W8A8 activations get (`--act-runtime`).
     act_runtime: crate::format::activation::ActRuntime,
+    /// `--dot int8`: the quantized CPU linears take int8-rounded inputs.
+    int8_dot: bool,
 }
 
 impl ModelLoader {
@@ -155,6 +196,7 @@ impl ModelLoader {
                 #[cfg(feature = "gpu")]
                 gpu: None,
                 act_runtime: Default::default(),
+                int8_dot: false,
             }),
             #[cfg(feature = "gpu")]
             _ => {
@@ -167,7 +209,7 @@ impl ModelLoader {
                         ctx.describe()
                     );
                 }
-                Ok(Self { gpu: Some(ctx), act_runtime: Default::default() })
+                Ok(Self { gpu: Some(ctx), act_runtime: Default::default(), int8_dot: false })
             }
             #[cfg(not(feature = "gpu"))]
             other => anyhow::bail!("invalid option --device: {other}; this build has no GPU support (feature `gpu`)"),
@@ -193,8 +235,19 @@ impl ModelLoader {
             return Ok(crate::model::load::load_model_as(dir, &factory, self.act_runtime)?);
         }
         if crate::io::tokenizer::is_gguf(dir) {
+            if self.int8_dot {
+                anyhow::bail!(
+                    "invalid option --dot int8 for {}: a GGUF file already runs with llama.cpp's input rounding",
+                    dir.display()
+                );
+            }
             return Ok(crate::model::load::load_model(dir)?);
         }
-        Ok(crate::model::load::load_model_as(dir, &crate::model::load::cpu_quantized_linear, self.act_runtime)?)
+        let factory: &crate::model::load::QuantizedFactory = if self.int8_dot {
+            &crate::model::load::cpu_quantized_linear_int8_dot
+        } else {
+            &crate::model::load::cpu_quantized_linear
+        };
+        Ok(crate::model::load::load_model_as(dir, factory, self.act_runtime)?)
     }
 }

@@ -62,6 +62,12 @@ pub fn cpu_quantized_linear(name: &str, q: &QuantizedTensor) -> Result<Box<dyn L
     Ok(Box::new(QuantizedLinear::new(name, q)?))
 }
 
+/// [`cpu_quantized_linear`] taking int8-rounded inputs where its layout allows
+/// ([`QuantizedLinear::with_int8_dot`]; `--dot int8`).
+pub fn cpu_quantized_linear_int8_dot(name: &str, q: &QuantizedTensor) -> Result<Box<dyn Linear>> {
+    Ok(Box::new(QuantizedLinear::new(name, q)?.with_int8_dot()))
+}
+
 /// Load `dir`, dense or quantized; quantized linears go through `make_quantized`.
 pub fn load_model_with(dir: &Path, make_quantized: &QuantizedFactory) -> Result<(LlamaModel, LoadInfo)> {
     load_model_as(dir, make_quantized, ActRuntime::default())

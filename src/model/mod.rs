@@ -3,6 +3,7 @@
 pub mod act_linear;
 pub mod config;
 pub mod fastexp;
+pub mod int8_dot;
 pub mod kv_cache;
 pub mod layers;
 pub mod linear;

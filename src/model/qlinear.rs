@@ -17,6 +17,7 @@
 //! once per call; FP8 and act-order rows are dequantized one at a time and dotted with `x`.
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
+use super::int8_dot::{row_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
 use super::linear::{matmul_xwt, sum_by_halves, Linear};
 use crate::error::{Error, Result};
 use crate::format::fp8;
@@ -28,6 +29,12 @@ use std::ops::Range;
 
 /// Output rows dequantized at once: 64 rows × 4096 inputs × 4 B = 1 MiB, L2-sized.
 pub const TILE_ROWS: usize = 64;
+/// Rows a task of the one-token kernels takes: about 4 tasks a thread, so a small matrix
+/// (a 192-row k_proj) still splits evenly; at least 8 rows.
+fn one_token_rows(rows: usize) -> usize {
+    rows.div_ceil(4 * rayon::current_num_threads()).max(8)
+}
+
 /// Up to this many tokens, rows are multiplied by dot products instead of a GEMM.
 pub const DOT_MAX_TOKENS: usize = 4;
 
@@ -44,6 +51,9 @@ pub struct QuantizedLinear {
     g_idx: Option<Vec<u32>>,
     /// FP8 E4M3 codes with no NaN (`S.1111.111`), decodable by [`row_dot_e4m3`]'s bit trick.
     e4m3_finite: bool,
+    /// Inputs rounded to int8 blocks and multiplied with the integer codes
+    /// ([`super::int8_dot`], `--dot int8`), for every token count.
+    int8_dot: bool,
 }
 
 thread_local! {
@@ -111,7 +121,26 @@ impl QuantizedLinear {
             zeros,
             g_idx: q.g_idx.clone(),
             e4m3_finite,
+            int8_dot: false,
         })
+    }
+
+    /// This linear with inputs rounded to int8 blocks and multiplied with the integer
+    /// codes ([`super::int8_dot`]) where its layout allows: 4- or 8-bit codes in contiguous
+    /// groups (no act-order), inputs and groups multiples of [`INT8_DOT_ALIGN`]. Other
+    /// layouts stay exact ([`Self::uses_int8_dot`] says which).
+    pub fn with_int8_dot(mut self) -> Self {
+        let width = self.scheme.group_width(self.cols);
+        self.int8_dot = !self.scheme.is_fp8()
+            && self.g_idx.is_none()
+            && matches!(self.scheme.bits(), 4 | 8)
+            && width.is_multiple_of(INT8_DOT_ALIGN)
+            && self.cols.is_multiple_of(INT8_DOT_ALIGN);
+        self
+    }
+
+    pub fn uses_int8_dot(&self) -> bool {
+        self.int8_dot
     }
 
     pub fn scheme(&self) -> QuantScheme {
@@ -189,9 +218,10 @@ impl QuantizedLinear {
         let gsums = &*gsums;
         let per = 32 / self.scheme.bits() as usize;
         let run = |xi: &[f32], y: &mut [f32]| {
-            y.par_chunks_mut(TILE_ROWS).enumerate().for_each(|(t, ys)| {
+            let chunk = one_token_rows(self.rows);
+            y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
                 for (i, yr) in ys.iter_mut().enumerate() {
-                    let r = t * TILE_ROWS + i;
+                    let r = t * chunk + i;
                     let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
                     let (sc, zs) = (
                         &self.scales[r * self.groups..(r + 1) * self.groups],
@@ -219,12 +249,70 @@ impl QuantizedLinear {
         });
     }
 
+    /// `y = Ŵ·x̂` for `tokens` inputs rounded to int8 blocks (`--dot int8`): one token's
+    /// rows written in place, more tokens by row tiles (each tile's codes meet every
+    /// token while in cache). The rounded inputs live in a reused thread-local buffer.
+    fn forward_int8(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
+        let (bits, width) = (self.scheme.bits(), self.scheme.group_width(self.cols));
+        let rows = |inp: &Int8Input, y: &mut [f32]| {
+            let row = |r: usize, x: TokenInput| {
+                let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
+                let (sc, zs) = (
+                    &self.scales[r * self.groups..(r + 1) * self.groups],
+                    &self.zeros[r * self.groups..(r + 1) * self.groups],
+                );
+                match bits {
+                    4 => row_dot_int8::<8>(words, x, width, sc, zs),
+                    _ => row_dot_int8::<4>(words, x, width, sc, zs),
+                }
+            };
+            if tokens == 1 {
+                let one = inp.token(0);
+                let chunk = one_token_rows(self.rows);
+                y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
+                    for (i, yr) in ys.iter_mut().enumerate() {
+                        *yr = row(t * chunk + i, one);
+                    }
+                });
+                return;
+            }
+            let parts: Vec<_> = (0..tokens).map(|t| inp.token(t)).collect();
+            let tiles = (0..self.rows.div_ceil(TILE_ROWS))
+                .into_par_iter()
+                .map(|t| {
+                    let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(self.rows));
+                    let mut part = vec![0.0f32; tokens * (r1 - r0)];
+                    for (i, r) in (r0..r1).enumerate() {
+                        for tk in 0..tokens {
+                            part[tk * (r1 - r0) + i] = row(r, parts[tk]);
+                        }
+                    }
+                    (r0, part)
+                })
+                .collect();
+            scatter_tiles(tiles, tokens, self.rows, y);
+        };
+        INT8_INPUT.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut inp) => {
+                inp.fill(x, self.cols, bits, width);
+                rows(&inp, y);
+            }
+            // Re-entered on this thread (a nested parallel caller): a buffer of its own.
+            Err(_) => {
+                let mut inp = Int8Input::default();
+                inp.fill(x, self.cols, bits, width);
+                rows(&inp, y);
+            }
+        });
+    }
+
     /// `y = Ŵ·x` for one token of FP8 E4M3 weights (one scale per row): each row's codes
     /// decoded 8 at a time in registers ([`row_dot_e4m3`]), then scaled.
     fn forward_one_e4m3(&self, x: &[f32], y: &mut [f32]) {
-        y.par_chunks_mut(TILE_ROWS).enumerate().for_each(|(t, ys)| {
+        let chunk = one_token_rows(self.rows);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
             for (i, yr) in ys.iter_mut().enumerate() {
-                let r = t * TILE_ROWS + i;
+                let r = t * chunk + i;
                 let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
                 // FP8 rows are Stream-packed bytes, LSB first: the words' little-endian bytes.
                 *yr = self.scales[r * self.groups] * row_dot_e4m3(&words_as_bytes(words)[..self.cols], x);
@@ -559,6 +647,18 @@ unsafe fn row_dot_e4m3_avx2(codes: &[u8], x: &[f32]) -> f32 {
 thread_local! {
     /// The interleaved input of [`QuantizedLinear::forward_one`], reused between calls.
     static INTERLEAVED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The rounded inputs of [`QuantizedLinear::forward_int8`], reused between calls.
+    static INT8_INPUT: RefCell<Int8Input> = RefCell::new(Int8Input::default());
+}
+
+/// Row tiles `(first row, [tokens, tile rows])` into `y` (`[tokens, rows]`).
+fn scatter_tiles(tiles: Vec<(usize, Vec<f32>)>, tokens: usize, rows: usize, y: &mut [f32]) {
+    for (r0, part) in tiles {
+        let n = part.len() / tokens.max(1);
+        for t in 0..tokens {
+            y[t * rows + r0..t * rows + r0 + n].copy_from_slice(&part[t * n..(t + 1) * n]);
+        }
+    }
 }
 
 impl Linear for QuantizedLinear {
@@ -571,6 +671,9 @@ impl Linear for QuantizedLinear {
     fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols, "QuantizedLinear: x shape");
         assert_eq!(y.len(), tokens * self.rows, "QuantizedLinear: y shape");
+        if self.int8_dot && tokens > 0 {
+            return self.forward_int8(x, tokens, y);
+        }
         if tokens == 1 && self.one_token_kernel() {
             return self.forward_one(x, y);
         }
@@ -592,12 +695,7 @@ impl Linear for QuantizedLinear {
                 (r0, self.tile(x, tokens, r0, r1, gsums.as_deref()))
             })
             .collect();
-        for (r0, part) in tiles {
-            let n = part.len() / tokens.max(1);
-            for t in 0..tokens {
-                y[t * self.rows + r0..t * self.rows + r0 + n].copy_from_slice(&part[t * n..(t + 1) * n]);
-            }
-        }
+        scatter_tiles(tiles, tokens, self.rows, y);
     }
     fn weight_bytes(&self) -> usize {
         self.words.len() * 4 + self.scales.len() * 4 + self.zeros.len() + self.g_idx.as_ref().map_or(0, |g| g.len() * 4)
@@ -756,6 +854,60 @@ mod tests {
         assert!(QuantizedLinear::new("w", &q).unwrap().e4m3_finite);
         q.codes[3] = 0x7F;
         assert!(!QuantizedLinear::new("w", &q).unwrap().e4m3_finite);
+    }
+
+    /// `--dot int8`: every token count gives the dequantized weights times the rounded
+    /// inputs (one token, several, none); layouts it cannot take stay exact.
+    #[test]
+    fn the_int8_dot_multiplies_the_rounded_inputs() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+        let int4 = QuantScheme::int(4).unwrap();
+        let int8 = QuantScheme::int(8).unwrap();
+        for (scheme, rows, cols, uses) in [
+            (int4.group(128).unwrap().asymmetric().unwrap(), 70, 576, true), // groups 128 .. 64
+            (int4.group(64).unwrap(), 65, 192, true),
+            (int8.asymmetric().unwrap(), 3, 576, true),
+            (int8.group(64).unwrap(), 130, 128, true),
+            (int4.group(32).unwrap(), 5, 128, false),
+            (int4.group(128).unwrap(), 5, 160, false),
+            (QuantScheme::fp8_e4m3(), 5, 128, false),
+        ] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let q = quantize_rtn("w", &w, rows, cols, scheme, None).unwrap();
+            let lin = QuantizedLinear::new("w", &q).unwrap().with_int8_dot();
+            assert_eq!(lin.uses_int8_dot(), uses, "{scheme} cols {cols}");
+            let deq = q.dequantize();
+            for tokens in [0usize, 1, 3] {
+                let mut x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                if tokens > 0 {
+                    x[0] = 40.0; // an outlier
+                }
+                let mut y = vec![f32::NAN; tokens * rows];
+                lin.forward(&x, tokens, &mut y);
+                let xr = if uses {
+                    let mut inp = Int8Input::default();
+                    inp.fill(&x, cols, scheme.bits(), scheme.group_width(cols));
+                    (0..tokens)
+                        .flat_map(|t| {
+                            let x = inp.token(t);
+                            (0..cols)
+                                .map(|c| x.d[c / super::super::int8_dot::ACT_BLOCK] * x.codes[c] as f32)
+                                .collect::<Vec<_>>()
+                        })
+                        .collect()
+                } else {
+                    x.clone()
+                };
+                let r = reference_xwt(&xr, tokens, &deq, rows, cols);
+                for t in 0..tokens {
+                    for o in 0..rows {
+                        let mag: f32 = (0..cols).map(|i| (xr[t * cols + i] * deq[o * cols + i]).abs()).sum();
+                        let (a, b) = (y[t * rows + o], r[t * rows + o]);
+                        assert!((a - b).abs() <= SUM_REL_TOL * mag + 1e-7, "{scheme} t={tokens}: {a} vs {b}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
