@@ -2,7 +2,8 @@
 //! (its Q4_0 / Q8_0 weights meet inputs rounded to Q8 blocks), for `--dot int8`.
 //!
 //! Each token's input is rounded per block of [`ACT_BLOCK`] = 32 inputs to `x̂ = d_b · xq`,
-//! `d_b = max|x| / 127`, `xq = round(x / d_b)` in `-127..=127` (llama.cpp's Q8_0). A row
+//! `d_b = max|x| / 127`, `xq = round(x / d_b)` in `-127..=127` (llama.cpp's Q8_0, with
+//! `d_b` in f32). A row
 //! of `b`-bit codes `q` (groups `g` of scale `s_g`, zero `z_g`) then gives
 //! `Σ_g s_g · (Σ_{b∈g} d_b · Σ_{c∈b} q_c·xq_c − z_g · X̂_g)` with `X̂_g = Σ_{c∈g} x̂_c`:
 //! the inner sums are exact integers (`vpdpbusd`: 4 byte products summed into each 32-bit
@@ -102,14 +103,15 @@ pub struct TokenInput<'a> {
 }
 
 simd_kernel! {
-    /// One block: `d = max|x| / 127`, `q = round(x / d)` (half away from zero, as
-    /// llama.cpp's `roundf`; all zeros when `d = 0`); returns `d`.
+    /// One block: `d = max|x| / 127`, `q = round(x / d)` (ties to even, as llama.cpp's
+    /// AVX2 `quantize_row_q8_0`; all zeros when `d = 0`); returns `d` (kept in f32, where
+    /// Q8_0 stores f16).
     fn round_block(xs: &[f32], qs: &mut [i8]) -> f32 {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in qs.iter_mut().zip(xs) {
-            *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
         }
         d
     }

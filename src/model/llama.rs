@@ -554,6 +554,13 @@ impl Block {
     /// biases added, split from the fused projection where there is one.
     fn qkv(&self, cfg: &LlamaConfig, h1: &[f32], t: usize) -> [Vec<f32>; 3] {
         if !cfg.fused() {
+            if t == 1 {
+                // Decoding: three small products in one parallel region, not three regions
+                // that each end in a wait (same outputs: each is computed by its own linear).
+                let (q, (k, v)) =
+                    rayon::join(|| self.project(0, h1, t), || rayon::join(|| self.project(1, h1, t), || self.project(2, h1, t)));
+                return [q, k, v];
+            }
             return [self.project(0, h1, t), self.project(1, h1, t), self.project(2, h1, t)];
         }
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
@@ -647,8 +654,11 @@ impl Block {
             gated(cfg.activation, &mut gate, &up);
             return gate;
         }
-        let mut gate = self.project(4, h2, t);
-        let up = self.project(5, h2, t);
+        let (mut gate, up) = if t == 1 {
+            rayon::join(|| self.project(4, h2, t), || self.project(5, h2, t)) // decoding: one region
+        } else {
+            (self.project(4, h2, t), self.project(5, h2, t))
+        };
         gated(cfg.activation, &mut gate, &up);
         gate
     }

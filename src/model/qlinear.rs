@@ -251,7 +251,7 @@ impl QuantizedLinear {
 
     /// `y = Ŵ·x̂` for `tokens` inputs rounded to int8 blocks (`--dot int8`): one token's
     /// rows written in place, more tokens by row tiles (each tile's codes meet every
-    /// token while in cache). The rounded inputs live in a reused thread-local buffer.
+    /// token while in cache). The rounded inputs live in a reused thread-local pool.
     fn forward_int8(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         let (bits, width) = (self.scheme.bits(), self.scheme.group_width(self.cols));
         let rows = |inp: &Int8Input, y: &mut [f32]| {
@@ -292,18 +292,11 @@ impl QuantizedLinear {
                 .collect();
             scatter_tiles(tiles, tokens, self.rows, y);
         };
-        INT8_INPUT.with(|buf| match buf.try_borrow_mut() {
-            Ok(mut inp) => {
-                inp.fill(x, self.cols, bits, width);
-                rows(&inp, y);
-            }
-            // Re-entered on this thread (a nested parallel caller): a buffer of its own.
-            Err(_) => {
-                let mut inp = Int8Input::default();
-                inp.fill(x, self.cols, bits, width);
-                rows(&inp, y);
-            }
-        });
+        // A buffer from this thread's pool (a nested caller on this thread takes another).
+        let mut inp = INT8_INPUTS.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        inp.fill(x, self.cols, bits, width);
+        rows(&inp, y);
+        INT8_INPUTS.with(|p| p.borrow_mut().push(inp));
     }
 
     /// `y = Ŵ·x` for one token of FP8 E4M3 weights (one scale per row): each row's codes
@@ -647,8 +640,10 @@ unsafe fn row_dot_e4m3_avx2(codes: &[u8], x: &[f32]) -> f32 {
 thread_local! {
     /// The interleaved input of [`QuantizedLinear::forward_one`], reused between calls.
     static INTERLEAVED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// The rounded inputs of [`QuantizedLinear::forward_int8`], reused between calls.
-    static INT8_INPUT: RefCell<Int8Input> = RefCell::new(Int8Input::default());
+    /// The rounded inputs of [`QuantizedLinear::forward_int8`], reused between calls: one
+    /// per call in flight on this thread (calls nest when a thread waiting in one steals
+    /// another linear's task), so no call allocates once the pool has grown.
+    static INT8_INPUTS: RefCell<Vec<Int8Input>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Row tiles `(first row, [tokens, tile rows])` into `y` (`[tokens, rows]`).
