@@ -104,6 +104,46 @@ fn the_kv_cache_works_for_every_quantized_format() {
     }
 }
 
+/// `--dot int8`: the cached path gives the full forward's logits (the row kernels and the
+/// GEMM on the same rounded inputs), the logits stay near the exact arithmetic's but are not its, and the
+/// option is refused where it cannot apply (naming it).
+#[test]
+fn int8_inputs_run_cached_as_full_and_near_the_exact_logits() {
+    use quantize::model::load::{cpu_quantized_linear_int8_dot, load_model_with};
+    let root = tempfile::tempdir().unwrap();
+    for (what, extra) in
+        [("int4 g64", &["--bits", "4", "--group-size", "64", "--asym"][..]), ("int8", &["--bits", "8", "--per-channel"][..])]
+    {
+        let out = root.path().join(what.replace(' ', "-"));
+        let fx = fixture("llama3");
+        let mut args = vec![fx.to_str().unwrap(), "--method", "rtn", "-o", out.to_str().unwrap()];
+        args.extend(extra);
+        let (ok, err) = common::quantize(&args);
+        assert!(ok, "{args:?}: {err}");
+        let (exact, _) = load_model(&out).unwrap();
+        let (int8, _) = load_model_with(&out, &cpu_quantized_linear_int8_dot).unwrap();
+        let tokens: Vec<u32> = (0..24u32).map(|i| (i * 53 + 5) % exact.config.vocab_size as u32).collect();
+        check_cache_within(&int8, &tokens, &format!("{what} --dot int8"), 2e-5);
+        let (a, b) = (int8.forward(&tokens, 1, 24).unwrap(), exact.forward(&tokens, 1, 24).unwrap());
+        let e = rel_err(&a, &b);
+        assert!(e > 0.0 && e < 0.05, "{what}: int8 inputs moved the logits by {e:.2e}");
+    }
+    let m = root.path().join("int8");
+    common::fails_with(
+        &["eval", "--model", m.to_str().unwrap(), "--dot", "int8", "--device", "gpu"],
+        &["--dot int8", "--device gpu"],
+    );
+    let gguf = common::smollm2_gguf();
+    common::fails_with(
+        &["bench", "--model", gguf.to_str().unwrap(), "--dot", "int8", "-n", "1"],
+        &["--dot int8", "GGUF"],
+    );
+    common::fails_with(
+        &["generate", "--model", m.to_str().unwrap(), "--dot", "int4", "--prompt", "Hi"],
+        &["--dot", "int4"],
+    );
+}
+
 #[derive(serde::Deserialize)]
 struct Case {
     prompt: String,

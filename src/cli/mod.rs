@@ -164,16 +164,15 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// The loader these options describe (errors name the option at fault).
     pub(crate) fn loader(&self) -> anyhow::Result<ModelLoader> {
-        let mut l = ModelLoader::new(&self.device)?.with_act_runtime(self.act_runtime.parse()?);
-        if self.dot == "int8" {
-            if self.device != "cpu" {
-                anyhow::bail!(
-                    "invalid option --dot int8 with --device {}: the int8 kernels are the CPU's; use --device cpu",
-                    self.device
-                );
-            }
-            l.int8_dot = true;
+        let int8_dot = self.dot == "int8";
+        if int8_dot && self.device != "cpu" {
+            anyhow::bail!(
+                "invalid option --dot int8 with --device {}: the int8 kernels are the CPU's; use --device cpu",
+                self.device
+            );
         }
+        let mut l = ModelLoader::new(&self.device)?.with_act_runtime(self.act_runtime.parse()?);
+        l.int8_dot = int8_dot;
         Ok(l)
     }
 }

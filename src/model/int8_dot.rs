@@ -77,6 +77,12 @@ impl Int8Input {
         }
     }
 
+    /// The rounded inputs as f32, `x̂ = d_b · xq` (`[tokens, cols]`).
+    pub fn dequantized(&self) -> Vec<f32> {
+        let blocks = self.codes.chunks(ACT_BLOCK).zip(&self.d);
+        blocks.flat_map(|(q, &d)| q.iter().map(move |&v| d * v as f32)).collect()
+    }
+
     /// Token `t`'s parts.
     pub fn token(&self, t: usize) -> TokenInput<'_> {
         let (cols, blocks) = (self.cols, self.cols / ACT_BLOCK);

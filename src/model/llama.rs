@@ -557,8 +557,10 @@ impl Block {
             if t == 1 {
                 // Decoding: three small products in one parallel region, not three regions
                 // that each end in a wait (same outputs: each is computed by its own linear).
-                let (q, (k, v)) =
-                    rayon::join(|| self.project(0, h1, t), || rayon::join(|| self.project(1, h1, t), || self.project(2, h1, t)));
+                let (q, (k, v)) = rayon::join(
+                    || self.project(0, h1, t),
+                    || rayon::join(|| self.project(1, h1, t), || self.project(2, h1, t)),
+                );
                 return [q, k, v];
             }
             return [self.project(0, h1, t), self.project(1, h1, t), self.project(2, h1, t)];

@@ -15,6 +15,9 @@
 //! tokens (decoding) no GEMM is set up: integer rows without act-order are never expanded,
 //! `y = Σ_g s_g · (Σ_{c∈g} q_c·x_c − z_g · Σ_{c∈g} x_c)` with the group sums of `x` computed
 //! once per call; FP8 and act-order rows are dequantized one at a time and dotted with `x`.
+//! With [`QuantizedLinear::with_int8_dot`] (`--dot int8`) the inputs are first rounded to
+//! int8 blocks ([`super::int8_dot`]): up to [`DOT_MAX_TOKENS`] tokens go through its integer
+//! row kernels, more through the GEMM tiles on the rounded inputs (the same product).
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
 use super::int8_dot::{row_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
@@ -249,9 +252,9 @@ impl QuantizedLinear {
         });
     }
 
-    /// `y = Ŵ·x̂` for `tokens` inputs rounded to int8 blocks (`--dot int8`): one token's
-    /// rows written in place, more tokens by row tiles (each tile's codes meet every
-    /// token while in cache). The rounded inputs live in a reused thread-local pool.
+    /// `y = Ŵ·x̂` for up to [`DOT_MAX_TOKENS`] inputs rounded to int8 blocks (`--dot
+    /// int8`): one token's rows written in place, more tokens by row tiles (each tile's
+    /// codes meet every token while in cache). The rounded inputs live in a reused thread-local pool.
     fn forward_int8(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         let (bits, width) = (self.scheme.bits(), self.scheme.group_width(self.cols));
         let rows = |inp: &Int8Input, y: &mut [f32]| {
@@ -666,9 +669,28 @@ impl Linear for QuantizedLinear {
     fn forward(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         assert_eq!(x.len(), tokens * self.cols, "QuantizedLinear: x shape");
         assert_eq!(y.len(), tokens * self.rows, "QuantizedLinear: y shape");
-        if self.int8_dot && tokens > 0 {
+        if self.int8_dot && (1..=DOT_MAX_TOKENS).contains(&tokens) {
             return self.forward_int8(x, tokens, y);
         }
+        if self.int8_dot && tokens > DOT_MAX_TOKENS {
+            // Prefill: the same product `Ŵ·x̂` through the GEMM tiles, on the rounded inputs
+            // as f32 (`d_b · xq`); it differs from the row kernels by float rounding only.
+            let mut inp = Int8Input::default();
+            inp.fill(x, self.cols, self.scheme.bits(), self.scheme.group_width(self.cols));
+            let rounded = inp.dequantized();
+            return self.forward_exact(&rounded, tokens, y);
+        }
+        self.forward_exact(x, tokens, y)
+    }
+    fn weight_bytes(&self) -> usize {
+        self.words.len() * 4 + self.scales.len() * 4 + self.zeros.len() + self.g_idx.as_ref().map_or(0, |g| g.len() * 4)
+    }
+}
+
+impl QuantizedLinear {
+    /// `y = x·Ŵᵀ` with exact f32 products: the one-token kernels, or the fused few-token
+    /// dot products, or dequantized tiles through the GEMM.
+    fn forward_exact(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         if tokens == 1 && self.one_token_kernel() {
             return self.forward_one(x, y);
         }
@@ -691,9 +713,6 @@ impl Linear for QuantizedLinear {
             })
             .collect();
         scatter_tiles(tiles, tokens, self.rows, y);
-    }
-    fn weight_bytes(&self) -> usize {
-        self.words.len() * 4 + self.scales.len() * 4 + self.zeros.len() + self.g_idx.as_ref().map_or(0, |g| g.len() * 4)
     }
 }
 
@@ -872,7 +891,7 @@ mod tests {
             let lin = QuantizedLinear::new("w", &q).unwrap().with_int8_dot();
             assert_eq!(lin.uses_int8_dot(), uses, "{scheme} cols {cols}");
             let deq = q.dequantize();
-            for tokens in [0usize, 1, 3] {
+            for tokens in [0usize, 1, 3, 17] {
                 let mut x: Vec<f32> = (0..tokens * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
                 if tokens > 0 {
                     x[0] = 40.0; // an outlier
