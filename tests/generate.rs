@@ -111,9 +111,10 @@ fn the_kv_cache_works_for_every_quantized_format() {
 fn int8_inputs_run_cached_as_full_and_near_the_exact_logits() {
     use quantize::model::load::{cpu_quantized_linear_int8_dot, load_model_with};
     let root = tempfile::tempdir().unwrap();
-    for (what, extra) in
-        [("int4 g64", &["--bits", "4", "--group-size", "64", "--asym"][..]), ("int8", &["--bits", "8", "--per-channel"][..])]
-    {
+    for (what, extra) in [
+        ("int4 g64", &["--bits", "4", "--group-size", "64", "--asym"][..]),
+        ("int8", &["--bits", "8", "--per-channel"][..]),
+    ] {
         let out = root.path().join(what.replace(' ', "-"));
         let fx = fixture("llama3");
         let mut args = vec![fx.to_str().unwrap(), "--method", "rtn", "-o", out.to_str().unwrap()];

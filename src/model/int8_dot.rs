@@ -77,12 +77,6 @@ impl Int8Input {
         }
     }
 
-    /// The rounded inputs as f32, `x̂ = d_b · xq` (`[tokens, cols]`).
-    pub fn dequantized(&self) -> Vec<f32> {
-        let blocks = self.codes.chunks(ACT_BLOCK).zip(&self.d);
-        blocks.flat_map(|(q, &d)| q.iter().map(move |&v| d * v as f32)).collect()
-    }
-
     /// Token `t`'s parts.
     pub fn token(&self, t: usize) -> TokenInput<'_> {
         let (cols, blocks) = (self.cols, self.cols / ACT_BLOCK);
@@ -121,6 +115,23 @@ simd_kernel! {
         }
         d
     }
+}
+
+/// `x` (`[tokens, cols]`, `cols` a multiple of [`ACT_BLOCK`]) rounded as [`Int8Input`]
+/// rounds it, as f32 (`x̂ = d_b · xq`), rows in parallel: the GEMM's input for prefill.
+pub fn round_rows(x: &[f32], cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, xs)| {
+        let mut q = [0i8; ACT_BLOCK];
+        for (ob, xb) in o.chunks_exact_mut(ACT_BLOCK).zip(xs.chunks_exact(ACT_BLOCK)) {
+            let d = round_block(xb, &mut q);
+            for (v, &c) in ob.iter_mut().zip(&q) {
+                *v = d * c as f32;
+            }
+        }
+    });
+    out
 }
 
 /// The codes in the SIMD kernels' order. 8-bit rows: natural (byte `i` of the words is
@@ -349,7 +360,8 @@ mod tests {
     }
 
     /// The rounding: every code within half a step of `x / d`, the block maximum at ±127,
-    /// a zero block all zeros; several tokens filled at once equal one by one.
+    /// a zero block all zeros; several tokens filled at once equal one by one, and equal
+    /// the prefill's `round_rows`.
     #[test]
     fn inputs_round_to_q8_blocks() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
@@ -358,6 +370,13 @@ mod tests {
         x[cols + 32..cols + 64].fill(0.0);
         let mut all = Int8Input::default();
         all.fill(&x, cols, 4, 128);
+        // The prefill's f32 rounding is the same `d_b · xq`.
+        let rounded = round_rows(&x, cols);
+        for (i, &v) in rounded.iter().enumerate() {
+            let tk = all.token(i / cols);
+            let c = i % cols;
+            assert_eq!(v.to_bits(), (tk.d[c / ACT_BLOCK] * tk.codes[c] as f32).to_bits());
+        }
         for t in 0..3 {
             let mut one = Int8Input::default();
             one.fill(&x[t * cols..(t + 1) * cols], cols, 4, 128);

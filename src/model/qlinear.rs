@@ -20,7 +20,7 @@
 //! row kernels, more through the GEMM tiles on the rounded inputs (the same product).
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
-use super::int8_dot::{row_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
+use super::int8_dot::{round_rows, row_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
 use super::linear::{matmul_xwt, sum_by_halves, Linear};
 use crate::error::{Error, Result};
 use crate::format::fp8;
@@ -675,10 +675,7 @@ impl Linear for QuantizedLinear {
         if self.int8_dot && tokens > DOT_MAX_TOKENS {
             // Prefill: the same product `Ŵ·x̂` through the GEMM tiles, on the rounded inputs
             // as f32 (`d_b · xq`); it differs from the row kernels by float rounding only.
-            let mut inp = Int8Input::default();
-            inp.fill(x, self.cols, self.scheme.bits(), self.scheme.group_width(self.cols));
-            let rounded = inp.dequantized();
-            return self.forward_exact(&rounded, tokens, y);
+            return self.forward_exact(&round_rows(x, self.cols), tokens, y);
         }
         self.forward_exact(x, tokens, y)
     }
