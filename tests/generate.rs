@@ -130,6 +130,12 @@ fn int8_inputs_run_cached_as_full_and_near_the_exact_logits() {
         assert!(e > 0.0 && e < 0.05, "{what}: int8 inputs moved the logits by {e:.2e}");
     }
     let m = root.path().join("int8");
+    let json = root.path().join("bench.json");
+    let args = ["bench", "--model", m.to_str().unwrap(), "-p", "8", "-n", "4", "-r", "1", "--dot", "int8", "--json"];
+    let (ok, err) = common::quantize(&[&args[..], &[json.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((v[0]["dot"].as_str(), v[0]["load"]["dot"].as_str()), (Some("int8"), Some("int8")));
     common::fails_with(
         &["eval", "--model", m.to_str().unwrap(), "--dot", "int8", "--device", "gpu"],
         &["--dot int8", "--device gpu"],

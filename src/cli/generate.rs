@@ -122,10 +122,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let stops = if a.ignore_eos { Vec::new() } else { stop_tokens(&a.model)? };
     let mut session = Session::new(&model, ctx)?;
     eprintln!(
-        "model: {} ({}, {:.2} bits/weight); context {ctx} tokens, KV cache {} KiB/token; {}",
+        "model: {} ({}, {:.2} bits/weight{}); context {ctx} tokens, KV cache {} KiB/token; {}",
         a.model.display(),
         info.format.as_deref().unwrap_or("dense"),
         info.bits_per_weight.unwrap_or(32.0),
+        if info.dot.is_some() { ", int8 inputs (--dot int8)" } else { "" },
         session.cache_bytes_per_token() / 1024,
         if sampling.is_greedy() { "greedy".to_string() } else { format!("sampling at temperature {}", a.temperature) }
     );

@@ -247,6 +247,10 @@ impl ModelLoader {
         } else {
             &crate::model::load::cpu_quantized_linear
         };
-        Ok(crate::model::load::load_model_as(dir, factory, self.act_runtime)?)
+        let (model, mut info) = crate::model::load::load_model_as(dir, factory, self.act_runtime)?;
+        if self.int8_dot && info.quantized_linears > 0 {
+            info.dot = Some("int8".into());
+        }
+        Ok((model, info))
     }
 }

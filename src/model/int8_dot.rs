@@ -18,6 +18,7 @@
 //! arithmetic; the SIMD kernels give the same bits.
 
 use super::linear::sum_by_halves;
+use super::qlinear::PackedRows;
 
 /// Inputs sharing one activation scale (llama.cpp's Q8_0 block).
 pub const ACT_BLOCK: usize = 32;
@@ -107,11 +108,18 @@ simd_kernel! {
     /// AVX2 `quantize_row_q8_0`; all zeros when `d = 0`); returns `d` (kept in f32, where
     /// Q8_0 stores f16).
     fn round_block(xs: &[f32], qs: &mut [i8]) -> f32 {
-        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // max|x| in 16 lanes (max is exact in any order; a fold would stay scalar).
+        let mut lanes = [0.0f32; 16];
+        for c in xs.chunks_exact(16) {
+            for (m, v) in lanes.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = xs.chunks_exact(16).remainder().iter().fold(lanes.into_iter().fold(0.0f32, f32::max), |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         for (q, &v) in qs.iter_mut().zip(xs) {
-            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
+            *q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i32 as i8; // via i32: vectorizes
         }
         d
     }
@@ -151,24 +159,27 @@ fn arrange(codes: &[i8], bits: u8, out: &mut [i8]) {
     }
 }
 
-/// One row's `Σ_g s_g · (Σ_{b∈g} d_b · Σ_{c∈b} q_c·xq_c − z_g · X̂_g)` for `PER` codes a
-/// word (8: 4-bit, 4: 8-bit), groups of `width` inputs, token input `x`. The widest
-/// kernel the CPU has: AVX-512 VNNI (`vpdpbusd`, 4- and 8-bit), AVX2 (`vpmaddubsw` +
-/// `vpmaddwd`, 4-bit only: 8-bit pairs could saturate 16 bits), else the plain loops.
-/// Same bits.
-pub fn row_dot_int8<const PER: usize>(words: &[u32], x: TokenInput, width: usize, scales: &[f32], zeros: &[u8]) -> f32 {
+/// `out[r]` = row `r`'s `Σ_g s_g · (Σ_{b∈g} d_b · Σ_{c∈b} q_c·xq_c − z_g · X̂_g)` for
+/// `PER` codes a word (8: 4-bit, 4: 8-bit), token input `x`, for the first `out.len()`
+/// rows of `m`. The widest kernel the CPU has, chosen once for all the rows: AVX-512 VNNI
+/// (`vpdpbusd`, 4- and 8-bit), AVX2 (`vpmaddubsw` + `vpmaddwd`, 4-bit only: 8-bit pairs
+/// could saturate 16 bits), else the plain loops. Same bits.
+pub fn rows_dot_int8<const PER: usize>(m: PackedRows, x: TokenInput, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the features are present; the loops stay inside `words` and `x`.
-            return unsafe { row_dot_int8_vnni::<PER>(words, x, width, scales, zeros) };
+            // SAFETY: the features are present; the loops stay inside the rows and `x`.
+            return unsafe { rows_dot_int8_vnni::<PER>(m, x, out) };
         }
         if PER == 8 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { row_dot_int8_avx2::<PER>(words, x, width, scales, zeros) };
+            return unsafe { rows_dot_int8_avx2::<PER>(m, x, out) };
         }
     }
-    row_dot_int8_plain::<PER>(words, x, width, scales, zeros)
+    for (r, o) in out.iter_mut().enumerate() {
+        let (words, scales, zeros) = m.row(r);
+        *o = row_dot_int8_plain::<PER>(words, x, m.width, scales, zeros);
+    }
 }
 
 /// The reference arithmetic, from the natural codes and block scales: per step, lane
@@ -208,15 +219,19 @@ pub fn row_dot_int8_plain<const PER: usize>(
     sum_by_halves(acc) - offset
 }
 
-/// The x86 twins of [`row_dot_int8_plain`]: `$sum(ia, w, xa)` adds one step's products
-/// (32 bytes of words `w`, their arranged inputs at `xa`) into the 8 lanes `ia`.
+/// The x86 twins of [`row_dot_int8_plain`], row after row (one call for a task's rows: no
+/// dispatch or call per row): `$sum(ia, w, xa)` adds one step's products (32 bytes of
+/// words `w`, their arranged inputs at `xa`) into the 8 lanes `ia`.
 macro_rules! row_dot_int8_x86 {
     ($(#[$meta:meta])* $name:ident, $features:literal, |$ia:ident, $w:ident, $xa:ident| $sum:expr) => {
         $(#[$meta])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const PER: usize>(words: &[u32], x: TokenInput, width: usize, scales: &[f32], zeros: &[u8]) -> f32 {
+        unsafe fn $name<const PER: usize>(m: PackedRows, x: TokenInput, out: &mut [f32]) {
             use std::arch::x86_64::*;
+            for (r, o) in out.iter_mut().enumerate() {
+            let (words, scales, zeros) = m.row(r);
+            let width = m.width;
             let step_cols = STEP_WORDS * PER;
             let steps = (words.len() / STEP_WORDS).min(x.arranged.len() / step_cols).min(x.lane_d.len() / STEP_WORDS);
             let group_steps = width / step_cols;
@@ -240,7 +255,8 @@ macro_rules! row_dot_int8_x86 {
             let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
             let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
             let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-            _mm_cvtss_f32(h1) - offset
+            *o = _mm_cvtss_f32(h1) - offset;
+            }
         }
     };
 }
@@ -256,7 +272,7 @@ unsafe fn nibbles(w: std::arch::x86_64::__m256i) -> (std::arch::x86_64::__m256i,
 
 row_dot_int8_x86!(
     /// AVX-512 VNNI on 256-bit registers: `vpdpbusd` adds 4 byte products to each lane.
-    row_dot_int8_vnni, "avx512f,avx512vl,avx512vnni,avx2,fma",
+    rows_dot_int8_vnni, "avx512f,avx512vl,avx512vnni,avx2,fma",
     |ia, w, xa| if PER == 8 {
         let (lo, hi) = nibbles(w);
         let ia = _mm256_dpbusd_epi32(ia, lo, _mm256_loadu_si256(xa as *const __m256i));
@@ -269,7 +285,7 @@ row_dot_int8_x86!(
 row_dot_int8_x86!(
     /// AVX2, 4-bit codes: `vpmaddubsw` (pairs, at most 2·15·127: no saturation), then
     /// `vpmaddwd` by ones (4 bytes a lane).
-    row_dot_int8_avx2, "avx2,fma",
+    rows_dot_int8_avx2, "avx2,fma",
     |ia, w, xa| {
         let ones = _mm256_set1_epi16(1);
         let (lo, hi) = nibbles(w);
@@ -284,16 +300,18 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// `ROWS` random rows of `cols` codes, their scales and zeros, and an input.
+    const ROWS: usize = 3;
     fn case(rng: &mut impl Rng, bits: u8, cols: usize, width: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>, Vec<u8>) {
         let per = 32 / bits as usize;
-        let words: Vec<u32> = (0..cols / per).map(|_| rng.random()).collect();
+        let words: Vec<u32> = (0..ROWS * cols / per).map(|_| rng.random()).collect();
         let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
         x[1] = 5e3; // an outlier
         x[2] = 0.0;
         if cols >= 2 * ACT_BLOCK {
             x[ACT_BLOCK..2 * ACT_BLOCK].fill(0.0); // a block of zeros: d = 0
         }
-        let groups = cols.div_ceil(width);
+        let groups = ROWS * cols.div_ceil(width);
         let scales: Vec<f32> = (0..groups).map(|_| rng.random_range(0.001..0.1)).collect();
         let zeros: Vec<u8> = (0..groups).map(|_| rng.random_range(0..=(1u32 << bits) - 1) as u8).collect();
         (words, x, scales, zeros)
@@ -318,44 +336,63 @@ mod tests {
             let mut inp = Int8Input::default();
             inp.fill(&x, cols, bits, width);
             let x1 = inp.token(0);
-            let plain = match bits {
-                4 => row_dot_int8_plain::<8>(&words, x1, width, &scales, &zeros),
-                _ => row_dot_int8_plain::<4>(&words, x1, width, &scales, &zeros),
+            let m = PackedRows {
+                words: &words,
+                row_words: cols * bits as usize / 32,
+                scales: &scales,
+                zeros: &zeros,
+                groups: cols.div_ceil(width),
+                width,
             };
-            let fast = match bits {
-                4 => row_dot_int8::<8>(&words, x1, width, &scales, &zeros),
-                _ => row_dot_int8::<4>(&words, x1, width, &scales, &zeros),
-            };
-            assert_eq!(fast.to_bits(), plain.to_bits(), "{bits} bits, {cols} cols, groups of {width}");
+            let plain: Vec<f32> = (0..ROWS)
+                .map(|r| {
+                    let (w, s, z) = m.row(r);
+                    match bits {
+                        4 => row_dot_int8_plain::<8>(w, x1, width, s, z),
+                        _ => row_dot_int8_plain::<4>(w, x1, width, s, z),
+                    }
+                })
+                .collect();
+            let bits_of = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let mut fast = vec![f32::NAN; ROWS];
+            match bits {
+                4 => rows_dot_int8::<8>(m, x1, &mut fast),
+                _ => rows_dot_int8::<4>(m, x1, &mut fast),
+            }
+            assert_eq!(bits_of(&fast), bits_of(&plain), "{bits} bits, {cols} cols, groups of {width}");
             #[cfg(target_arch = "x86_64")]
             {
                 if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                    let mut v = vec![f32::NAN; ROWS];
                     // SAFETY: features checked.
-                    let v = unsafe {
+                    unsafe {
                         match bits {
-                            4 => row_dot_int8_vnni::<8>(&words, x1, width, &scales, &zeros),
-                            _ => row_dot_int8_vnni::<4>(&words, x1, width, &scales, &zeros),
+                            4 => rows_dot_int8_vnni::<8>(m, x1, &mut v),
+                            _ => rows_dot_int8_vnni::<4>(m, x1, &mut v),
                         }
                     };
-                    assert_eq!(v.to_bits(), plain.to_bits(), "vnni: {bits} bits, {cols} cols");
+                    assert_eq!(bits_of(&v), bits_of(&plain), "vnni: {bits} bits, {cols} cols");
                 }
                 if bits == 4 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    let mut v = vec![f32::NAN; ROWS];
                     // SAFETY: features checked.
-                    let v = unsafe { row_dot_int8_avx2::<8>(&words, x1, width, &scales, &zeros) };
-                    assert_eq!(v.to_bits(), plain.to_bits(), "avx2: {cols} cols");
+                    unsafe { rows_dot_int8_avx2::<8>(m, x1, &mut v) };
+                    assert_eq!(bits_of(&v), bits_of(&plain), "avx2: {cols} cols");
                 }
             }
-            // Against f64: the dequantized row times the rounded input.
+            // Against f64: the dequantized rows times the rounded input.
             let q = codes_of(&words, bits);
-            let (mut want, mut mag) = (0.0f64, 0.0f64);
-            for c in 0..cols {
-                let g = c / width;
-                let xhat = x1.d[c / ACT_BLOCK] as f64 * x1.codes[c] as f64;
-                let w = scales[g] as f64 * (q[c] as f64 - zeros[g] as f64);
-                want += w * xhat;
-                mag += (w * xhat).abs();
+            for (r, &got) in plain.iter().enumerate() {
+                let (mut want, mut mag) = (0.0f64, 0.0f64);
+                for c in 0..cols {
+                    let g = r * m.groups + c / width;
+                    let xhat = x1.d[c / ACT_BLOCK] as f64 * x1.codes[c] as f64;
+                    let w = scales[g] as f64 * (q[r * cols + c] as f64 - zeros[g] as f64);
+                    want += w * xhat;
+                    mag += (w * xhat).abs();
+                }
+                assert!((got as f64 - want).abs() <= 1e-5 * mag, "{bits} bits {cols} row {r}: {got} vs {want}");
             }
-            assert!((plain as f64 - want).abs() <= 1e-5 * mag, "{bits} bits {cols}: {plain} vs {want}");
         }
     }
 

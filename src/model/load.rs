@@ -34,6 +34,8 @@ pub struct LoadInfo {
     /// The method that made the checkpoint (`gptq`, `awq+gptq`...), when this tool wrote it
     /// (its `quantize_method` metadata).
     pub method: Option<String>,
+    /// `int8` when the quantized CPU linears take int8-rounded inputs (`--dot int8`).
+    pub dot: Option<String>,
 }
 
 /// True when `dir/config.json` carries a `quantization_config`.
@@ -179,6 +181,7 @@ pub fn load_gguf(path: &Path) -> Result<(LlamaModel, LoadInfo)> {
         resident_weight_bytes: model.weight_bytes(),
         activations: Some("llama.cpp CPU (Q8_0 / Q8_K inputs)".into()),
         method: g.get_str("quantize.method").ok().map(str::to_string),
+        dot: None,
     };
     Ok((model, info))
 }

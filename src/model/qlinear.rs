@@ -20,7 +20,7 @@
 //! row kernels, more through the GEMM tiles on the rounded inputs (the same product).
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
-use super::int8_dot::{round_rows, row_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
+use super::int8_dot::{round_rows, rows_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
 use super::linear::{matmul_xwt, sum_by_halves, Linear};
 use crate::error::{Error, Result};
 use crate::format::fp8;
@@ -57,6 +57,39 @@ pub struct QuantizedLinear {
     /// Inputs rounded to int8 blocks and multiplied with the integer codes
     /// ([`super::int8_dot`], `--dot int8`), for every token count.
     int8_dot: bool,
+}
+
+/// Consecutive rows of a packed matrix, as the row kernels read them: `words`
+/// `[rows, row_words]` (Stream-packed), `scales` / `zeros` `[rows, groups]`, contiguous
+/// groups of `width` inputs.
+#[derive(Clone, Copy)]
+pub struct PackedRows<'a> {
+    pub words: &'a [u32],
+    pub row_words: usize,
+    pub scales: &'a [f32],
+    pub zeros: &'a [u8],
+    pub groups: usize,
+    pub width: usize,
+}
+
+impl<'a> PackedRows<'a> {
+    /// Row `r`'s words, scales and zeros.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> (&'a [u32], &'a [f32], &'a [u8]) {
+        let g = r * self.groups..(r + 1) * self.groups;
+        (&self.words[r * self.row_words..(r + 1) * self.row_words], &self.scales[g.clone()], &self.zeros[g])
+    }
+
+    /// Rows `r0 .. r0 + n`.
+    pub fn rows(&self, r0: usize, n: usize) -> Self {
+        let g = r0 * self.groups..(r0 + n) * self.groups;
+        Self {
+            words: &self.words[r0 * self.row_words..(r0 + n) * self.row_words],
+            scales: &self.scales[g.clone()],
+            zeros: &self.zeros[g],
+            ..*self
+        }
+    }
 }
 
 thread_local! {
@@ -146,6 +179,18 @@ impl QuantizedLinear {
         self.int8_dot
     }
 
+    /// All rows, as the row kernels read them.
+    fn packed_rows(&self) -> PackedRows<'_> {
+        PackedRows {
+            words: &self.words,
+            row_words: self.row_words,
+            scales: &self.scales,
+            zeros: &self.zeros,
+            groups: self.groups,
+            width: self.scheme.group_width(self.cols),
+        }
+    }
+
     pub fn scheme(&self) -> QuantScheme {
         self.scheme
     }
@@ -190,7 +235,7 @@ impl QuantizedLinear {
         }
     }
 
-    /// True when [`row_dot`] handles this layout: 4- or 8-bit integer codes in contiguous
+    /// True when [`rows_dot`] handles this layout: 4- or 8-bit integer codes in contiguous
     /// groups (no act-order) whose widths are multiples of [`step_columns`] (64, 32).
     fn one_token_kernel(&self) -> bool {
         let width = self.scheme.group_width(self.cols);
@@ -220,63 +265,36 @@ impl QuantizedLinear {
         }
         let gsums = &*gsums;
         let per = 32 / self.scheme.bits() as usize;
-        let run = |xi: &[f32], y: &mut [f32]| {
-            let chunk = one_token_rows(self.rows);
-            y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
-                for (i, yr) in ys.iter_mut().enumerate() {
-                    let r = t * chunk + i;
-                    let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
-                    let (sc, zs) = (
-                        &self.scales[r * self.groups..(r + 1) * self.groups],
-                        &self.zeros[r * self.groups..(r + 1) * self.groups],
-                    );
-                    *yr = match per {
-                        8 => row_dot::<8>(words, xi, width, sc, zs, gsums),
-                        _ => row_dot::<4>(words, xi, width, sc, zs, gsums),
-                    };
-                }
-            });
-        };
-        INTERLEAVED.with(|buf| match buf.try_borrow_mut() {
-            Ok(mut xi) => {
-                xi.resize(self.cols, 0.0);
-                interleave(x, per, &mut xi);
-                run(&xi, y);
-            }
-            // Re-entered on this thread (a nested parallel caller): a buffer of its own.
-            Err(_) => {
-                let mut xi = vec![0.0; self.cols];
-                interleave(x, per, &mut xi);
-                run(&xi, y);
+        let (m, chunk) = (self.packed_rows(), one_token_rows(self.rows));
+        // A buffer from this thread's pool (a nested caller on this thread takes another).
+        let mut xi = INTERLEAVED.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        xi.resize(self.cols, 0.0);
+        interleave(x, per, &mut xi);
+        y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
+            let part = m.rows(t * chunk, ys.len());
+            match per {
+                8 => rows_dot::<8>(part, &xi, gsums, ys),
+                _ => rows_dot::<4>(part, &xi, gsums, ys),
             }
         });
+        INTERLEAVED.with(|p| p.borrow_mut().push(xi));
     }
 
     /// `y = Ŵ·x̂` for up to [`DOT_MAX_TOKENS`] inputs rounded to int8 blocks (`--dot
     /// int8`): one token's rows written in place, more tokens by row tiles (each tile's
-    /// codes meet every token while in cache). The rounded inputs live in a reused thread-local pool.
+    /// codes meet every token while in cache); each task's rows in one kernel call. The rounded inputs live in a reused thread-local pool.
     fn forward_int8(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         let (bits, width) = (self.scheme.bits(), self.scheme.group_width(self.cols));
+        let m = self.packed_rows();
+        // Rows `r0..` of `m` for token input `x` into `out` (one kernel call for them all).
+        let dot = |r0: usize, x: TokenInput, out: &mut [f32]| match bits {
+            4 => rows_dot_int8::<8>(m.rows(r0, out.len()), x, out),
+            _ => rows_dot_int8::<4>(m.rows(r0, out.len()), x, out),
+        };
         let rows = |inp: &Int8Input, y: &mut [f32]| {
-            let row = |r: usize, x: TokenInput| {
-                let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
-                let (sc, zs) = (
-                    &self.scales[r * self.groups..(r + 1) * self.groups],
-                    &self.zeros[r * self.groups..(r + 1) * self.groups],
-                );
-                match bits {
-                    4 => row_dot_int8::<8>(words, x, width, sc, zs),
-                    _ => row_dot_int8::<4>(words, x, width, sc, zs),
-                }
-            };
             if tokens == 1 {
-                let one = inp.token(0);
-                let chunk = one_token_rows(self.rows);
-                y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
-                    for (i, yr) in ys.iter_mut().enumerate() {
-                        *yr = row(t * chunk + i, one);
-                    }
-                });
+                let (one, chunk) = (inp.token(0), one_token_rows(self.rows));
+                y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| dot(t * chunk, one, ys));
                 return;
             }
             let parts: Vec<_> = (0..tokens).map(|t| inp.token(t)).collect();
@@ -285,10 +303,8 @@ impl QuantizedLinear {
                 .map(|t| {
                     let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(self.rows));
                     let mut part = vec![0.0f32; tokens * (r1 - r0)];
-                    for (i, r) in (r0..r1).enumerate() {
-                        for tk in 0..tokens {
-                            part[tk * (r1 - r0) + i] = row(r, parts[tk]);
-                        }
+                    for (tk, out) in part.chunks_mut(r1 - r0).enumerate() {
+                        dot(r0, parts[tk], out);
                     }
                     (r0, part)
                 })
@@ -411,12 +427,12 @@ fn dot_codes(q: &[u8], x: &[f32]) -> f32 {
 /// Words read per step of the one-token kernel: one code of each of 8 words fills 8 lanes.
 const WORD_LANES: usize = 8;
 
-/// Columns per step of [`row_dot`] for `bits`-bit codes: 8 words of `32/bits` codes.
+/// Columns per step of [`rows_dot`] for `bits`-bit codes: 8 words of `32/bits` codes.
 fn step_columns(bits: u8) -> usize {
     WORD_LANES * 32 / bits as usize
 }
 
-/// `x` reordered for [`row_dot`]: within each step of `8·PER` columns, column `j·PER + k`
+/// `x` reordered for [`rows_dot`]: within each step of `8·PER` columns, column `j·PER + k`
 /// (code `k` of word `j`) moves to `k·8 + j`, so code `k` of 8 consecutive words meets
 /// its 8 inputs in one vector.
 fn interleave(x: &[f32], per: usize, out: &mut [f32]) {
@@ -438,30 +454,26 @@ fn interleave(x: &[f32], per: usize, out: &mut [f32]) {
 /// where the CPU has them, else the plain
 /// loops below, which define the arithmetic: the same operations in the same order, each
 /// product-sum one fused multiply-add (`f32::mul_add`), so both give the same bits.
-fn row_dot<const PER: usize>(
-    words: &[u32],
-    xi: &[f32],
-    width: usize,
-    scales: &[f32],
-    zeros: &[u8],
-    gsums: &[f32],
-) -> f32 {
+fn rows_dot<const PER: usize>(m: PackedRows, xi: &[f32], gsums: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if PER == 8 && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl")
         {
-            // SAFETY: AVX-512F/VL are present; slice lengths are checked by the loops' chunking.
-            return unsafe { row_dot_int4_avx512::<8>(words, xi, width, scales, zeros, gsums) };
+            // SAFETY: AVX-512F/VL are present; the loops stay inside the rows and `xi`.
+            return unsafe { rows_dot_int4_avx512::<8>(m, xi, gsums, out) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: AVX2 and FMA are present; slice lengths are checked by the loops' chunking.
-            return unsafe { row_dot_avx2::<PER>(words, xi, width, scales, zeros, gsums) };
+            // SAFETY: AVX2 and FMA are present; as above.
+            return unsafe { rows_dot_avx2::<PER>(m, xi, gsums, out) };
         }
     }
-    row_dot_plain::<PER>(words, xi, width, scales, zeros, gsums)
+    for (r, o) in out.iter_mut().enumerate() {
+        let (words, scales, zeros) = m.row(r);
+        *o = row_dot_plain::<PER>(words, xi, m.width, scales, zeros, gsums);
+    }
 }
 
-/// The reference arithmetic of [`row_dot`]: `PER` accumulator vectors of 8 lanes, one per
+/// The reference arithmetic of [`rows_dot`], one row: `PER` accumulator vectors of 8 lanes, one per
 /// code position `k` of a word, `acc[k][j] = fma(q·s_g, x, acc[k][j])` (each code scaled by
 /// its group's scale first, so no per-group reduction chain), summed over `k` in order,
 /// then reduced by halves; the zero points come off through the group sums.
@@ -510,15 +522,11 @@ macro_rules! row_dot_x86 {
         $(#[$meta])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const PER: usize>(
-            words: &[u32],
-            xi: &[f32],
-            width: usize,
-            scales: &[f32],
-            zeros: &[u8],
-            gsums: &[f32],
-        ) -> f32 {
+        unsafe fn $name<const PER: usize>(m: PackedRows, xi: &[f32], gsums: &[f32], out: &mut [f32]) {
             use std::arch::x86_64::*;
+            for (r, o) in out.iter_mut().enumerate() {
+            let (words, scales, zeros) = m.row(r);
+            let width = m.width;
             let bits = (32 / PER) as i32;
             let $mask = _mm256_set1_epi32((1i32 << bits) - 1);
             let codes_lo = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
@@ -554,14 +562,15 @@ macro_rules! row_dot_x86 {
             let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
             let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
             let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-            _mm_cvtss_f32(h1) - offset
+            *o = _mm_cvtss_f32(h1) - offset;
+            }
         }
     };
 }
 
 row_dot_x86!(
     /// AVX2: shift, mask, convert, multiply by the scale, FMA per 8 codes.
-    row_dot_avx2, "avx2,fma",
+    rows_dot_avx2, "avx2,fma",
     |q, s, mask, _lo, _hi| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, mask)), s)
 );
 
@@ -570,7 +579,7 @@ row_dot_x86!(
     /// (the very products `q·s` the plain loop makes) by one two-table permute
     /// (`vpermt2ps`, which reads only the low 4 bits of a lane: no mask): shift, permute,
     /// FMA per 8 codes. Only for `PER = 8`.
-    row_dot_int4_avx512, "avx512f,avx512vl,avx2,fma",
+    rows_dot_int4_avx512, "avx512f,avx512vl,avx2,fma",
     |q, _s, _mask, lo, hi| _mm256_permutex2var_ps(lo, q, hi)
 );
 
@@ -641,8 +650,9 @@ unsafe fn row_dot_e4m3_avx2(codes: &[u8], x: &[f32]) -> f32 {
 }
 
 thread_local! {
-    /// The interleaved input of [`QuantizedLinear::forward_one`], reused between calls.
-    static INTERLEAVED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The interleaved inputs of [`QuantizedLinear::forward_one`], reused between calls:
+    /// one per call in flight on this thread, as [`INT8_INPUTS`].
+    static INTERLEAVED: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
     /// The rounded inputs of [`QuantizedLinear::forward_int8`], reused between calls: one
     /// per call in flight on this thread (calls nest when a thread waiting in one steals
     /// another linear's task), so no call allocates once the pool has grown.
@@ -801,46 +811,55 @@ mod tests {
     fn the_one_token_kernel_is_bit_identical_to_its_plain_loops() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
         for (bits, cols, width) in [(4u8, 576, 128), (4, 192, 64), (4, 1536, 1536), (8, 96, 32), (8, 576, 576)] {
-            let per = 32 / bits as usize;
-            let words: Vec<u32> = (0..cols / per).map(|_| rng.random()).collect();
+            let (per, rows) = (32 / bits as usize, 2);
+            let words: Vec<u32> = (0..rows * cols / per).map(|_| rng.random()).collect();
             let mut x: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
             x[1] = 5e3;
             x[2] = 0.0;
             let groups = cols.div_ceil(width);
-            let scales: Vec<f32> = (0..groups).map(|_| rng.random_range(0.001..0.1)).collect();
-            let zeros: Vec<u8> = (0..groups).map(|_| rng.random_range(0..=(1u32 << bits) - 1) as u8).collect();
+            let scales: Vec<f32> = (0..rows * groups).map(|_| rng.random_range(0.001..0.1)).collect();
+            let zeros: Vec<u8> = (0..rows * groups).map(|_| rng.random_range(0..=(1u32 << bits) - 1) as u8).collect();
             let gsums: Vec<f32> = x.chunks(width).map(|c| c.iter().sum()).collect();
             let mut xi = vec![0.0; cols];
             interleave(&x, per, &mut xi);
-            let (fast, plain) = match per {
-                8 => (
-                    row_dot::<8>(&words, &xi, width, &scales, &zeros, &gsums),
-                    row_dot_plain::<8>(&words, &xi, width, &scales, &zeros, &gsums),
-                ),
-                _ => (
-                    row_dot::<4>(&words, &xi, width, &scales, &zeros, &gsums),
-                    row_dot_plain::<4>(&words, &xi, width, &scales, &zeros, &gsums),
-                ),
+            let m = PackedRows { words: &words, row_words: cols / per, scales: &scales, zeros: &zeros, groups, width };
+            let plain: Vec<u32> = (0..rows)
+                .map(|r| {
+                    let (w, s, z) = m.row(r);
+                    match per {
+                        8 => row_dot_plain::<8>(w, &xi, width, s, z, &gsums),
+                        _ => row_dot_plain::<4>(w, &xi, width, s, z, &gsums),
+                    }
+                    .to_bits()
+                })
+                .collect();
+            let run = |f: &dyn Fn(&mut [f32])| {
+                let mut out = vec![f32::NAN; rows];
+                f(&mut out);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
             };
-            assert_eq!(fast.to_bits(), plain.to_bits(), "{bits} bits, {cols} cols, groups of {width}");
-            // Each x86 variant on its own (row_dot picks the widest the CPU has).
+            let fast = run(&|out| match per {
+                8 => rows_dot::<8>(m, &xi, &gsums, out),
+                _ => rows_dot::<4>(m, &xi, &gsums, out),
+            });
+            assert_eq!(fast, plain, "{bits} bits, {cols} cols, groups of {width}");
+            // Each x86 variant on its own (rows_dot picks the widest the CPU has).
             #[cfg(target_arch = "x86_64")]
             {
-                let args = (&words[..], &xi[..], width, &scales[..], &zeros[..], &gsums[..]);
                 if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                     // SAFETY: features checked.
-                    let avx2 = unsafe {
+                    let avx2 = run(&|out| unsafe {
                         match per {
-                            8 => row_dot_avx2::<8>(args.0, args.1, args.2, args.3, args.4, args.5),
-                            _ => row_dot_avx2::<4>(args.0, args.1, args.2, args.3, args.4, args.5),
+                            8 => rows_dot_avx2::<8>(m, &xi, &gsums, out),
+                            _ => rows_dot_avx2::<4>(m, &xi, &gsums, out),
                         }
-                    };
-                    assert_eq!(avx2.to_bits(), plain.to_bits(), "avx2: {bits} bits, {cols} cols, groups of {width}");
+                    });
+                    assert_eq!(avx2, plain, "avx2: {bits} bits, {cols} cols, groups of {width}");
                 }
                 if per == 8 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
                     // SAFETY: features checked.
-                    let avx512 = unsafe { row_dot_int4_avx512::<8>(args.0, args.1, args.2, args.3, args.4, args.5) };
-                    assert_eq!(avx512.to_bits(), plain.to_bits(), "avx512: {cols} cols, groups of {width}");
+                    let avx512 = run(&|out| unsafe { rows_dot_int4_avx512::<8>(m, &xi, &gsums, out) });
+                    assert_eq!(avx512, plain, "avx512: {cols} cols, groups of {width}");
                 }
             }
         }
