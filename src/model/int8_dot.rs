@@ -2,9 +2,9 @@
 //! (its Q4_0 / Q8_0 weights meet inputs rounded to Q8 blocks), for `--dot int8`.
 //!
 //! Each token's input is rounded per block of [`ACT_BLOCK`] = 32 inputs to `x̂ = d_b · xq`,
-//! `d_b = max|x| / 127`, `xq = round(x / d_b)` in `-127..=127` (llama.cpp's Q8_0, with
-//! `d_b` in f32). A row
-//! of `b`-bit codes `q` (groups `g` of scale `s_g`, zero `z_g`) then gives
+//! `d_b = max|x| / 127`, `xq = round(x / d_b)` in `-127..=127` (llama.cpp's Q8_0 rounding,
+//! ties to even, with `d_b` kept in f32 where Q8_0 stores f16). A row of `b`-bit codes `q`
+//! (groups `g` of scale `s_g`, zero `z_g`) then gives
 //! `Σ_g s_g · (Σ_{b∈g} d_b · Σ_{c∈b} q_c·xq_c − z_g · X̂_g)` with `X̂_g = Σ_{c∈g} x̂_c`:
 //! the inner sums are exact integers (`vpdpbusd`: 4 byte products summed into each 32-bit
 //! lane), so 4-bit codes cost one FMA per 64 weights instead of one per 8. The result is
