@@ -154,9 +154,10 @@ pub struct RuntimeArgs {
     pub act_runtime: String,
     /// How int4/int8 linears multiply on the CPU: `exact` = f32 products with the
     /// dequantized weights (the dequantized model's numbers); `int8` = inputs rounded to
-    /// int8 per 64 (llama.cpp's Q8 blocks) times the integer codes, as llama.cpp computes
-    /// its Q4_0/Q8_0 files: faster decoding for a small perplexity cost
-    /// (docs/BENCHMARKS.md). Linears with act-order or groups not a multiple of 64 stay exact.
+    /// int8 per block of 32 (llama.cpp's Q8_0 blocks) times the integer codes, as llama.cpp
+    /// computes its Q4_0/Q8_0 files: faster decoding for a small perplexity cost
+    /// (docs/BENCHMARKS.md). Linears with act-order, or inputs or groups not a multiple
+    /// of 64, stay exact.
     #[arg(long, default_value = "exact", value_parser = ["exact", "int8"])]
     pub dot: String,
 }

@@ -18,6 +18,8 @@
 //! arithmetic; the SIMD kernels give the same bits.
 
 use super::linear::sum_by_halves;
+#[cfg(target_arch = "x86_64")]
+use super::linear::sum_by_halves_m256;
 use super::qlinear::PackedRows;
 
 /// Inputs sharing one activation scale (llama.cpp's Q8_0 block).
@@ -252,10 +254,7 @@ macro_rules! row_dot_int8_x86 {
                 offset += scales[g] * (zeros[g] as f32 * x.gsums[g]);
                 (st0, g) = (end, g + 1);
             }
-            let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-            let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-            *o = _mm_cvtss_f32(h1) - offset;
+            *o = sum_by_halves_m256(acc) - offset;
             }
         }
     };

@@ -92,6 +92,22 @@ pub fn sum_by_halves<const N: usize>(mut lanes: [f32; N]) -> f32 {
     lanes[0]
 }
 
+/// [`sum_by_halves`] of an AVX register's 8 lanes: lanes `i + 4`, then `i + 2`, then
+/// `i + 1`, the same additions in the same order (the x86 lane kernels' last step).
+///
+/// # Safety
+/// The CPU must have AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub unsafe fn sum_by_halves_m256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let h4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    _mm_cvtss_f32(h1)
+}
+
 /// Full-precision weights `[out, in]` row-major, owned in f32.
 pub struct DenseLinear {
     pub weight: Vec<f32>,

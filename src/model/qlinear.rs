@@ -21,6 +21,8 @@
 //! Every output element is produced by one thread in a fixed order: deterministic.
 
 use super::int8_dot::{round_rows, rows_dot_int8, Int8Input, TokenInput, INT8_DOT_ALIGN};
+#[cfg(target_arch = "x86_64")]
+use super::linear::sum_by_halves_m256;
 use super::linear::{matmul_xwt, sum_by_halves, Linear};
 use crate::error::{Error, Result};
 use crate::format::fp8;
@@ -29,6 +31,7 @@ use crate::format::{Granularity, NumberFormat, QuantScheme, QuantizedTensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 /// Output rows dequantized at once: 64 rows × 4096 inputs × 4 B = 1 MiB, L2-sized.
 pub const TILE_ROWS: usize = 64;
@@ -266,23 +269,23 @@ impl QuantizedLinear {
         let gsums = &*gsums;
         let per = 32 / self.scheme.bits() as usize;
         let (m, chunk) = (self.packed_rows(), one_token_rows(self.rows));
-        // A buffer from this thread's pool (a nested caller on this thread takes another).
-        let mut xi = INTERLEAVED.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        xi.resize(self.cols, 0.0);
-        interleave(x, per, &mut xi);
-        y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
-            let part = m.rows(t * chunk, ys.len());
-            match per {
-                8 => rows_dot::<8>(part, &xi, gsums, ys),
-                _ => rows_dot::<4>(part, &xi, gsums, ys),
-            }
+        with_pooled(&INTERLEAVED, |xi| {
+            xi.resize(self.cols, 0.0);
+            interleave(x, per, xi);
+            y.par_chunks_mut(chunk).enumerate().for_each(|(t, ys)| {
+                let part = m.rows(t * chunk, ys.len());
+                match per {
+                    8 => rows_dot::<8>(part, xi, gsums, ys),
+                    _ => rows_dot::<4>(part, xi, gsums, ys),
+                }
+            });
         });
-        INTERLEAVED.with(|p| p.borrow_mut().push(xi));
     }
 
     /// `y = Ŵ·x̂` for up to [`DOT_MAX_TOKENS`] inputs rounded to int8 blocks (`--dot
     /// int8`): one token's rows written in place, more tokens by row tiles (each tile's
-    /// codes meet every token while in cache); each task's rows in one kernel call. The rounded inputs live in a reused thread-local pool.
+    /// codes meet every token while in cache); each task's rows in one kernel call. The
+    /// rounded inputs live in a reused thread-local pool.
     fn forward_int8(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
         let (bits, width) = (self.scheme.bits(), self.scheme.group_width(self.cols));
         let m = self.packed_rows();
@@ -311,11 +314,10 @@ impl QuantizedLinear {
                 .collect();
             scatter_tiles(tiles, tokens, self.rows, y);
         };
-        // A buffer from this thread's pool (a nested caller on this thread takes another).
-        let mut inp = INT8_INPUTS.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        inp.fill(x, self.cols, bits, width);
-        rows(&inp, y);
-        INT8_INPUTS.with(|p| p.borrow_mut().push(inp));
+        with_pooled(&INT8_INPUTS, |inp| {
+            inp.fill(x, self.cols, bits, width);
+            rows(inp, y);
+        });
     }
 
     /// `y = Ŵ·x` for one token of FP8 E4M3 weights (one scale per row): each row's codes
@@ -558,11 +560,7 @@ macro_rules! row_dot_x86 {
             for ak in &acc[1..] {
                 tot = _mm256_add_ps(tot, *ak);
             }
-            // Halves: lanes i + 4, then i + 2, then i + 1, as the plain loop.
-            let h4 = _mm_add_ps(_mm256_castps256_ps128(tot), _mm256_extractf128_ps(tot, 1));
-            let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-            let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-            *o = _mm_cvtss_f32(h1) - offset;
+            *o = sum_by_halves_m256(tot) - offset; // as the plain loop
             }
         }
     };
@@ -643,20 +641,24 @@ unsafe fn row_dot_e4m3_avx2(codes: &[u8], x: &[f32]) -> f32 {
         let w = _mm256_mul_ps(_mm256_castsi256_ps(bits), rescale);
         acc = _mm256_fmadd_ps(w, _mm256_loadu_ps(v.as_ptr()), acc);
     }
-    let h4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
-    let h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
-    _mm_cvtss_f32(h1) + tail
+    sum_by_halves_m256(acc) + tail
 }
 
 thread_local! {
-    /// The interleaved inputs of [`QuantizedLinear::forward_one`], reused between calls:
-    /// one per call in flight on this thread, as [`INT8_INPUTS`].
+    /// The interleaved inputs of [`QuantizedLinear::forward_one`] ([`with_pooled`]).
     static INTERLEAVED: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
-    /// The rounded inputs of [`QuantizedLinear::forward_int8`], reused between calls: one
-    /// per call in flight on this thread (calls nest when a thread waiting in one steals
-    /// another linear's task), so no call allocates once the pool has grown.
+    /// The rounded inputs of [`QuantizedLinear::forward_int8`] ([`with_pooled`]).
     static INT8_INPUTS: RefCell<Vec<Int8Input>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a buffer from this thread's `pool`, taken out while `f` runs: a call
+/// nested on this thread (a thread waiting in one product steals another's task) takes
+/// another, and none is allocated once the pool has grown.
+fn with_pooled<T: Default, R>(pool: &'static LocalKey<RefCell<Vec<T>>>, f: impl FnOnce(&mut T) -> R) -> R {
+    let mut buf = pool.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    let r = f(&mut buf);
+    pool.with(|p| p.borrow_mut().push(buf));
+    r
 }
 
 /// Row tiles `(first row, [tokens, tile rows])` into `y` (`[tokens, rows]`).
