@@ -669,6 +669,7 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
     let mut cur_g = usize::MAX;
     let mut gather = vec![0.0f32; gw.min(cols)];
     let mut loss = 0.0f64;
+    let (mut x, mut xw) = (vec![0.0f32; ggml_qk], vec![0.0f32; ggml_qk]);
 
     for i1 in (0..cols).step_by(bs) {
         let i2 = (i1 + bs).min(cols);
@@ -685,18 +686,22 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
                 }
             }
         }
-        if let Params::Ggml { ty, fixed: false } = plan.params {
-            // ggml blocks starting in this GPTQ block, from the weights as of its start.
-            let per = ggml_qk / gw;
-            let (mut x, mut w) = (vec![0.0f32; ggml_qk], vec![0.0f32; ggml_qk]);
-            for b in i1.div_ceil(ggml_qk)..i2.div_ceil(ggml_qk) {
+        for i in 0..count {
+            let p = i1 + i;
+            if let (Params::Ggml { ty, fixed: false }, true) = (plan.params, p.is_multiple_of(ggml_qk)) {
+                // The ggml block starting at this column, solved from the weights as the
+                // sweep reaches it: every earlier column's error feedback applied (blocks
+                // no wider than the GPTQ block lie inside it; a wider k-quant super-block
+                // starts a GPTQ block, where its columns are up to date).
+                let b = p / ggml_qk;
+                let per = ggml_qk / gw;
                 for r in 0..cr {
                     for k in 0..ggml_qk {
-                        let c = b * ggml_qk + k;
+                        let c = p + k;
                         x[k] = wl[c * cr + r];
-                        w[k] = element_weight(plan.importance[c], sigma2[r], x[k]);
+                        xw[k] = element_weight(plan.importance[c], sigma2[r], x[k]);
                     }
-                    let h = solve_block(ty, &x, &w);
+                    let h = solve_block(ty, &x, &xw);
                     for j in 0..per {
                         let (sj, oj) = h.grid(ty, j);
                         scales[r * groups + b * per + j] = sj;
@@ -704,12 +709,9 @@ fn run_chunk(plan: &Plan, r0: usize, cr: usize, keep_q: bool) -> ChunkOut {
                     }
                     headers[r * bpr + b] = h;
                 }
+                cur_g = usize::MAX;
             }
-            cur_g = usize::MAX;
-        }
-        let block = &mut wl[i1 * cr..i2 * cr];
-        for i in 0..count {
-            let p = i1 + i;
+            let block = &mut wl[i1 * cr..i2 * cr];
             let g = match plan.params {
                 Params::Tensor(_) | Params::Channel => 0,
                 Params::Static | Params::Ggml { .. } => plan.perm[p] / gw,
@@ -1008,6 +1010,32 @@ mod tests {
         let q4k = QuantScheme::ggml(GgmlType::Q4_K).unwrap();
         let e = gptq_quantize("m", &w, rows, 500, &h, q4k, &GptqOptions::default()).unwrap_err().to_string();
         assert!(e.contains("m") && e.contains("500 input columns are not a multiple of Q4_K's block of 256"), "{e}");
+    }
+
+    /// Dynamic ggml grids are solved from the weights as the sweep reaches each block, so
+    /// the lazy-batch width (which changes only the order of the same updates) leaves them
+    /// alone: GPTQ blocks of 128 columns give the grids of GPTQ blocks as wide as one ggml
+    /// block (where every ggml block starts a GPTQ block), up to the float rounding of the
+    /// updates. Grids taken at the GPTQ block start (the reference's timing for its groups)
+    /// would miss the feedback of up to 96 earlier columns in 3 of 4 blocks.
+    #[test]
+    fn dynamic_ggml_grids_see_every_earlier_columns_feedback() {
+        let (rows, cols) = (40, 512);
+        let (w, h) = layer(13, rows, cols, 600, None);
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+            let scheme = QuantScheme::ggml(ty).unwrap();
+            let run = |block_size: usize| {
+                let opts = GptqOptions { block_size, ..Default::default() };
+                let factor = HessianFactor::new("t", &h, cols, &opts).unwrap();
+                quantize_impl("t", &w, rows, HessianView::dense(&h, cols), &factor, scheme, &opts, false).unwrap().0
+            };
+            let (narrow, wide) = (run(32), run(128));
+            let (hn, hw) = (&narrow.tensor.ggml.as_ref().unwrap().headers, &wide.tensor.ggml.as_ref().unwrap().headers);
+            let same = hn.iter().zip(hw).filter(|(a, b)| a == b).count();
+            assert!(same * 100 >= hn.len() * 98, "{ty}: {same} of {} grids equal", hn.len());
+            let rel = (narrow.loss - wide.loss).abs() / narrow.loss;
+            assert!(rel < 1e-3, "{ty}: loss {} vs {}", narrow.loss, wide.loss);
+        }
     }
 
     #[test]
