@@ -4,7 +4,8 @@
 #   LLAMA_CPP=/path/to/llama.cpp/build/bin scripts/bench_gguf.sh OUTDIR [TYPE...]
 #
 # TYPEs default to Q4_0 Q4_K_M; METHODS (default "rtn rtn-imat gptq") picks this tool's runs
-# (also gptaq = gptq --gptaq, gptaq-ao = gptq --gptaq --asym-alpha 1 --act-order), PEERS (default "lq lq-imat")
+# (also gptaq = gptq --gptaq, gptaq-ao = gptq --gptaq --asym-alpha 1 --act-order,
+# target-ao = gptq --asym-target --act-order), PEERS (default "lq lq-imat")
 # llama-quantize's. For each type: llama-quantize without and with an imatrix
 # (llama-imatrix on the Brown calibration split, CHUNKS (default 256) chunks of 512 tokens), and
 # this tool's methods (CHUNKS windows of 512 tokens of the same text: the same token count),
@@ -62,6 +63,8 @@ for t in "${types[@]}"; do
     --method gptq --gptaq --gguf-type "$t" "${cal[@]}"; }
   has gptaq-ao && { [ -f "$out/gptaq-ao-$t.gguf" ] || timed "gptaq-ao-$t" "$Q" "$out/smollm2" -o "$out/gptaq-ao-$t.gguf" \
     --method gptq --gptaq --asym-alpha 1 --act-order --gguf-type "$t" "${cal[@]}"; }
+  has target-ao && { [ -f "$out/target-ao-$t.gguf" ] || timed "target-ao-$t" "$Q" "$out/smollm2" -o "$out/target-ao-$t.gguf" \
+    --method gptq --asym-target --act-order --gguf-type "$t" "${cal[@]}"; }
 done
 
 ppl() { # file text -> perplexity
