@@ -48,10 +48,15 @@ others with the default fallback (g64 there, as compressed-tensors writes it).
   gptq --gptaq --rotate --scheme w4a8-int8  int4 g128 sym, A8 +12.7%     4.22   10 min
 
 GGUF types (--gguf-type; llama.cpp protocol, ctx 512, 40 windows, f32 38.19, scored by
-llama.cpp's llama-perplexity on the exported file):
-  Q4_0     rtn +16.5%   rtn --imatrix +8.5%   gptq +17.6%   (llama-quantize +imatrix +8.4%)
-  Q4_K_M   rtn +4.3%    rtn --imatrix +2.1%   gptq +3.3%    (llama-quantize +imatrix +2.2%)
-  Q3_K_M   rtn +9.3%    rtn --imatrix +8.1%   gptq +7.5%    (llama-quantize +imatrix +7.8%)
+llama.cpp's llama-perplexity on the exported file; gptq with its GGUF default act-order,
+`gptaq` = --gptaq --asym-alpha 1, `target` = --asym-target; 128 x 512 calibration windows,
+rtn --imatrix 256):
+  Q4_0     rtn +16.5%  rtn --imatrix +8.5%  gptq gptaq +6.3%  target +4.8%  (llama-quantize +imatrix +8.7%)
+  Q4_K_M   rtn +4.3%   rtn --imatrix +2.1%  gptq gptaq +1.5%  target +1.8%  (llama-quantize +imatrix +2.0%)
+  Q3_K_M   rtn +9.3%   rtn --imatrix +8.1%  gptq gptaq +3.6%                 (llama-quantize +imatrix +7.5%)
+  Q2_K     gptq gptaq +9.3%  (llama-quantize +imatrix +14.3%)
+  (gptq without asymmetric calibration, our eval: Q4_0 +11.8%; time: gptq 3 min, gptaq or
+  target 6-11 min here)
   Scored by this tool's eval as llama.cpp computes the file (same protocol), rtn:
   Q8_0 +0.22% (8.50 bits/w), Q6_K +0.98% (8.02: 576-wide tensors fall back to Q8_0),
   Q5_K_M +0.73% (6.04). The other types are not measured here yet
