@@ -15,6 +15,9 @@
 //!    column, from the weights as updated up to the start of the current block
 //!    (`quantizer.find_params(W[:, j:j+groupsize])` in `gptq.py`), or, with
 //!    `static_groups`, up front from the original weights over original columns.
+//!    ggml blocks (GGUF types) without act-order are solved when the sweep reaches
+//!    them from the weights as updated up to that column (a second deviation: the
+//!    reference's timing left 3 of 4 Q4_0 blocks without up to 96 columns' feedback).
 //!
 //! FP8 weights (E4M3 / E5M2, per channel or per tensor) go through the same sweep: the
 //! scale of each row is fixed up front (`amax / fp8_max`, or the clipping search), and a
