@@ -75,11 +75,12 @@ files=(f32 $(for t in "${types[@]}"; do for m in $peers $methods; do echo "$m-$t
 # llama.cpp's CPU backend rounds them), one pass, for the agreement column.
 "$Q" eval --baseline "$out/smollm2" --protocol llama.cpp --ctx 512 --max-windows 40 --text "$heldout" \
   --json "$out/eval-ours.json" --model $(for f in "${files[@]:1}"; do echo "$out/$f.gguf"; done) > "$out/eval-ours.log" 2>&1
-ours() { # file -> this tool's perplexity of it
-  python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
-for m in d["models"]:
-    if m["model"].endswith("/" + sys.argv[2]): print("%.4f" % m["comparison"]["quantized"]["perplexity"])
-print("%.4f" % d["models"][0]["comparison"]["baseline"]["perplexity"]) if sys.argv[2] == "f32.gguf" else None' "$out/eval-ours.json" "$1"
+ours() { # file -> this tool's perplexity of it (f32.gguf: the eval's baseline, the same weights)
+  python3 -c 'import json, sys
+models, name = json.load(open(sys.argv[1]))["models"], sys.argv[2]
+ppl = [m["comparison"]["quantized"]["perplexity"] for m in models if m["model"].endswith("/" + name)]
+print("%.4f" % (models[0]["comparison"]["baseline"]["perplexity"] if name == "f32.gguf" else ppl[0]))' \
+    "$out/eval-ours.json" "$1"
 }
 {
   echo "| file | bytes | Brown ppl (llama.cpp) | Brown ppl (this tool's eval) | Shakespeare ppl (llama.cpp) |"
